@@ -1,0 +1,144 @@
+"""Forward + backward time and peak memory of one block as the token count grows.
+
+    python benchmarks/layer_scaling.py            # all blocks, 196 .. 12544 tokens (about 5 minutes)
+
+Width 192 (the tiny preset's), batch 8, one block of each kind, all measured in the same run.
+Each token count is timed in its own process with the blocks stepped in turn; each (block, tokens)
+case is then run once more in a fresh process so that its peak resident memory is its own.
+
+The cases run with glibc's allocator told to keep freed memory (MALLOC_MMAP_MAX_=0 and no heap
+trimming), as PyTorch's CPU performance guide advises through jemalloc/tcmalloc: by default,
+buffers over 32 MB are handed back to the kernel at every free and page-faulted in again at the
+next step, which taxes every block at 12544 tokens but none at 3136 and would bend the scaling
+curves by an allocator threshold rather than by the algorithms.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import layers  # noqa: E402
+from benchmarks.report import Target, exit_with, write  # noqa: E402
+
+WIDTH, BATCH = 192, 8
+SIDES = (14, 28, 56, 112)  # 196, 784, 3136, 12544 tokens
+REFERENCE = layers.PRESETS["weightformer_tiny"]
+BLOCKS = {
+    "attention": lambda: layers.create_block(REFERENCE.replace(mixer="attention", every=1, offset=0), 0),
+    "linear_attention": lambda: layers.create_block(REFERENCE.replace(mixer="linear_attention", every=1, offset=0), 0),
+    "dynamic": lambda: layers.create_block(REFERENCE, 1),
+    "static": lambda: layers.create_block(REFERENCE, 0),
+}
+ALLOCATOR_ENV = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(1 << 40)}
+
+
+def _step(block: torch.nn.Module, tokens: torch.Tensor) -> float:
+    start = time.perf_counter()
+    block(tokens).sum().backward()
+    tokens.grad = None
+    return time.perf_counter() - start
+
+
+def _setup(side: int) -> tuple[dict[str, torch.nn.Module], torch.Tensor]:
+    torch.manual_seed(0)
+    blocks = {name: build() for name, build in BLOCKS.items()}
+    return blocks, torch.randn(BATCH, side, side, WIDTH, requires_grad=True)
+
+
+def time_blocks(side: int) -> dict[str, dict]:
+    """Median forward+backward seconds of every block, stepping them in turn.
+
+    Interleaving the blocks round by round exposes all of them to the same machine state, so
+    their ratios hold even when the machine's speed drifts during the run.
+    """
+    blocks, tokens = _setup(side)
+    for block in blocks.values():  # one-time allocation and kernel selection; not timed
+        _step(block, tokens)
+    seconds: dict[str, list[float]] = {name: [] for name in blocks}
+    deadline = time.perf_counter() + 60.0
+    while len(seconds["static"]) < 3 or (len(seconds["static"]) < 9 and time.perf_counter() < deadline):
+        for name, block in blocks.items():
+            seconds[name].append(_step(block, tokens))
+    return {name: {"seconds": statistics.median(values), "steps": len(values)} for name, values in seconds.items()}
+
+
+def peak_memory(block_name: str, side: int) -> float:
+    """MiB of resident memory that two forward+backward steps of one block added to the process."""
+    torch.manual_seed(0)
+    block = BLOCKS[block_name]()
+    tokens = torch.randn(BATCH, side, side, WIDTH, requires_grad=True)
+    baseline_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    _step(block, tokens)
+    _step(block, tokens)
+    return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - baseline_kib) / 1024
+
+
+def block_gmacs(block_name: str, side: int) -> float:
+    """Forward GMACs of the block for the whole batch, counted on meta tensors."""
+    with torch.device("meta"):
+        block, tokens = BLOCKS[block_name](), torch.empty(BATCH, side, side, WIDTH)
+    return layers.count_macs(block, tokens) / 1e9
+
+
+def child(*args: str) -> object:
+    out = subprocess.run(
+        [sys.executable, __file__, *args], env={**os.environ, **ALLOCATOR_ENV},
+        check=True, capture_output=True, text=True,
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--time", type=int, metavar="SIDE", help=argparse.SUPPRESS)
+    parser.add_argument("--memory", nargs=2, metavar=("BLOCK", "SIDE"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.time:
+        print(json.dumps(time_blocks(args.time)))
+        return
+    if args.memory:
+        print(json.dumps(peak_memory(args.memory[0], int(args.memory[1]))))
+        return
+
+    rows = []
+    for side in SIDES:
+        timed = child("--time", str(side))
+        for name in BLOCKS:
+            row = {"block": name, "tokens": side * side, **timed[name], "peak_mib": child("--memory", name, str(side)),
+                   "gmacs": block_gmacs(name, side)}
+            print(f"{name:>16} {row['tokens']:>6} tokens: {row['seconds']:.4f} s, {row['peak_mib']:.0f} MiB", flush=True)
+            rows.append(row)
+    time_of = {(r["block"], r["tokens"]): r["seconds"] for r in rows}
+    tokens = [s * s for s in SIDES]
+    growth = max(time_of["dynamic", b] / time_of["dynamic", a] for a, b in zip(tokens, tokens[1:]))
+    targets = [
+        Target("dynamic block: worst time growth per x4 tokens", growth, 4.6, at_most=True),
+        Target("attention / dynamic time at 3136 tokens", time_of["attention", 3136] / time_of["dynamic", 3136], 3.0, at_most=False),
+        Target("attention / dynamic time at 12544 tokens", time_of["attention", 12544] / time_of["dynamic", 12544], 10.0, at_most=False),
+        Target("dynamic / static time at 3136 tokens", time_of["dynamic", 3136] / time_of["static", 3136], 1.3, at_most=True),
+    ]
+    table = [
+        {"block": r["block"], "tokens": r["tokens"], "fwd+bwd s": r["seconds"], "x static time": r["seconds"] / time_of["static", r["tokens"]],
+         "fwd GMACs": r["gmacs"], "peak MiB": r["peak_mib"]}
+        for r in sorted(rows, key=lambda r: (list(BLOCKS).index(r["block"]), r["tokens"]))
+    ]
+    notes = (f"One block, width {WIDTH}, batch {BATCH}, float32 on the CPU: median seconds of a forward + "
+             "backward step (blocks stepped in turn, 3 to 9 rounds), and the peak resident memory two "
+             "steps added to a fresh process (MiB); forward GMACs of the batch for comparison.")
+    exit_with(write("layer_scaling", "Layer scaling", table, targets, notes))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,47 @@
+"""Parameters and GMACs of an architecture, measured on meta tensors: no memory, no arithmetic.
+
+GMACs count one multiply-add as 1 (FLOPs / 2), the DeiT / timm / fvcore convention. The count
+comes from torch's FlopCounterMode, which sees every matmul, bmm, baddbmm and (grouped)
+convolution, so the hypernetwork's own work (building dW and dK) is included.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from .backbone import DynamicBackbone
+from .config import ArchConfig
+
+
+@dataclass(frozen=True)
+class Complexity:
+    params: int
+    macs: int  # per image
+
+    @property
+    def gmacs(self) -> float:
+        return self.macs / 1e9
+
+    @property
+    def mparams(self) -> float:
+        return self.params / 1e6
+
+
+def count_macs(module: torch.nn.Module, *inputs: torch.Tensor) -> int:
+    """Multiply-adds of one forward of ``module`` (inputs may be meta tensors)."""
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        module(*inputs)
+    return counter.get_total_flops() // 2
+
+
+def complexity(arch: ArchConfig, img_size: int | tuple[int, int] | None = None) -> Complexity:
+    """Cost of one image through ``arch`` at ``img_size`` (default: the config's own)."""
+    size = arch.img_size if img_size is None else img_size
+    size = (size, size) if isinstance(size, int) else tuple(size)
+    with torch.device("meta"):
+        model = DynamicBackbone(arch).eval()
+        image = torch.empty(1, arch.in_chans, *size)
+    params = sum(p.numel() for p in model.parameters())
+    return Complexity(params=params, macs=count_macs(model, image))

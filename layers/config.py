@@ -1,0 +1,261 @@
+"""The architecture config: one serialisable dataclass that fully describes a backbone.
+
+Every field is a plain value (int, float, bool, str, tuple of ints) so that a config round-trips
+exactly through YAML and JSON, can be flattened into a results table, and is what the search
+samples. Names of strategies are validated against the registries that build them, so a config
+that constructs is a config that builds.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Mapping, Union, get_args, get_origin, get_type_hints
+
+import yaml
+
+from .registry import unknown_name_message
+
+
+class ConfigError(ValueError):
+    """An invalid architecture config. ``path`` is the dotted key that is wrong."""
+
+    def __init__(self, path: str, message: str):
+        super().__init__(f"{path}: {message}" if path else message)
+        self.path = path
+        self.reason = message
+
+
+@dataclass(frozen=True)
+class DynamicConfig:
+    """How the dynamic sub-layers of a dynamic block predict their weights (DESIGN.md section 2)."""
+
+    fc1: bool = True  # which sub-layers carry W0 + dW(x); the others stay static
+    dwc: bool = True
+    fc2: bool = False
+    linear_predictor: str = "bilateral"  # gap | linear | nonlinear | bilateral | deep
+    pool: str = "avg2"  # context of the linear predictors: global | avg<k> | max<k> | adaptive<g> | attn<m>
+    rank_ratio: int = 4  # factor widths are in/r and out/r
+    hyper_depth: int = 1  # hidden layers of the `deep` predictor's MLP (1-3); other predictors have none
+    linear_act: str = "silu"
+    conv_predictor: str = "adaptive"  # gap | adaptive | amp_dir | conv
+    conv_act: str = "gelu"
+    norm: str = "unit1"  # none | unit1 | layernorm | tanh, applied to dW and dK
+    gate: str = "none"  # none | scalar | sigmoid
+
+
+@dataclass(frozen=True)
+class ArchConfig:
+    """An isotropic backbone: patch stem, ``depth`` blocks of one width, LayerNorm + mean + linear head.
+
+    Block i uses ``mixer`` when ``i % every == offset`` and is a static depthwise-conv block
+    otherwise, which is how the reference model places its dynamic blocks (every 3rd, offset 1).
+    """
+
+    img_size: tuple[int, int] = (224, 224)
+    in_chans: int = 3
+    num_classes: int = 1000
+    patch_size: int = 16
+    embed_dim: int = 192
+    depth: int = 17
+    mlp_ratio: float = 4.0
+    mixer: str = "dynamic"  # dynamic | attention | linear_attention | static
+    every: int = 3
+    offset: int = 1
+    kernel_size: int = 3  # every depthwise conv, static or dynamic
+    num_heads: int = 3  # attention mixers only
+    drop_path_rate: float = 0.0
+    dynamic: DynamicConfig = field(default_factory=DynamicConfig)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.img_size, int):
+            object.__setattr__(self, "img_size", (self.img_size, self.img_size))
+        elif isinstance(self.img_size, list):
+            object.__setattr__(self, "img_size", tuple(self.img_size))
+        if isinstance(self.mlp_ratio, int) and not isinstance(self.mlp_ratio, bool):
+            object.__setattr__(self, "mlp_ratio", float(self.mlp_ratio))
+        if isinstance(self.dynamic, Mapping):
+            object.__setattr__(self, "dynamic", _from_mapping(DynamicConfig, self.dynamic, "dynamic"))
+        _check_types(self, "")
+        _check_types(self.dynamic, "dynamic")
+        _check_values(self)
+
+    # ------------------------------------------------------------------ derived quantities
+    @property
+    def grid(self) -> tuple[int, int]:
+        """Token grid (H, W) at the config's input size."""
+        return self.img_size[0] // self.patch_size, self.img_size[1] // self.patch_size
+
+    @property
+    def mlp_hidden(self) -> int:
+        return int(self.embed_dim * self.mlp_ratio)
+
+    def uses_mixer(self, index: int) -> bool:
+        """Whether block ``index`` is a ``mixer`` block (otherwise a static conv block)."""
+        return index % self.every == self.offset
+
+    # ------------------------------------------------------------------ serialisation
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["img_size"] = list(self.img_size)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "ArchConfig":
+        return _from_mapping(cls, data, "")
+
+    def replace(self, **changes: Any) -> "ArchConfig":
+        """A copy with top-level fields changed; ``dynamic`` may be given as a partial mapping."""
+        if isinstance(changes.get("dynamic"), Mapping):
+            changes["dynamic"] = _from_mapping(
+                DynamicConfig, {**dataclasses.asdict(self.dynamic), **changes["dynamic"]}, "dynamic"
+            )
+        unknown = set(changes) - {f.name for f in fields(self)}
+        if unknown:
+            name = sorted(unknown)[0]
+            raise ConfigError(name, unknown_name_message("key", name, [f.name for f in fields(self)]))
+        return dataclasses.replace(self, **changes)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    @classmethod
+    def from_yaml(cls, text: str) -> "ArchConfig":
+        return cls.from_dict(_expect_mapping(yaml.safe_load(text), "an architecture config"))
+
+    @classmethod
+    def from_json(cls, text: str) -> "ArchConfig":
+        return cls.from_dict(_expect_mapping(json.loads(text), "an architecture config"))
+
+    @classmethod
+    def load(cls, path: str | Path) -> "ArchConfig":
+        """Read a ``.yaml``/``.yml``/``.json`` file."""
+        path = Path(path)
+        text = path.read_text()
+        return cls.from_json(text) if path.suffix == ".json" else cls.from_yaml(text)
+
+    def save(self, path: str | Path) -> None:
+        path = Path(path)
+        path.write_text(self.to_json() if path.suffix == ".json" else self.to_yaml())
+
+    @classmethod
+    def coerce(cls, arch: "ArchConfig | Mapping[str, Any] | str | Path") -> "ArchConfig":
+        """Accept a config object, a mapping, or the path of a YAML/JSON file."""
+        if isinstance(arch, ArchConfig):
+            return arch
+        if isinstance(arch, Mapping):
+            return cls.from_dict(arch)
+        if isinstance(arch, (str, Path)):
+            return cls.load(arch)
+        raise TypeError(f"expected an ArchConfig, a mapping or a file path, got {type(arch).__name__}")
+
+
+# ---------------------------------------------------------------------- validation helpers
+def _expect_mapping(data: Any, what: str) -> Mapping[str, Any]:
+    if not isinstance(data, Mapping):
+        raise ConfigError("", f"{what} must be a mapping of keys to values, got {type(data).__name__}")
+    return data
+
+
+def _from_mapping(cls: type, data: Mapping[str, Any], prefix: str) -> Any:
+    names = [f.name for f in fields(cls)]
+    for key in data:
+        if key not in names:
+            path = f"{prefix}.{key}" if prefix else str(key)
+            raise ConfigError(path, unknown_name_message("key", key, names))
+    return cls(**data)
+
+
+def _check_types(obj: Any, prefix: str) -> None:
+    hints = get_type_hints(type(obj))
+    for f in fields(obj):
+        value, hint = getattr(obj, f.name), hints[f.name]
+        path = f"{prefix}.{f.name}" if prefix else f.name
+        if not _matches(value, hint):
+            raise ConfigError(path, f"expected {_type_name(hint)}, got {value!r}")
+
+
+def _matches(value: Any, hint: Any) -> bool:
+    origin = get_origin(hint)
+    if origin is tuple:
+        return isinstance(value, tuple) and len(value) == len(get_args(hint)) and all(
+            _matches(v, h) for v, h in zip(value, get_args(hint))
+        )
+    if origin is Union:
+        return any(_matches(value, h) for h in get_args(hint))
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, float) and math.isfinite(value)
+    return isinstance(value, hint)
+
+
+def _type_name(hint: Any) -> str:
+    if get_origin(hint) is tuple:
+        return f"a list of {len(get_args(hint))} integers"
+    return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(
+        hint, getattr(hint, "__name__", str(hint))
+    )
+
+
+def _check_values(cfg: ArchConfig) -> None:
+    # Imported here: the registries import this module's dataclasses for their signatures.
+    from .activations import ACTIVATIONS
+    from .blocks import MIXERS
+    from .dynamic_conv import CONV_PREDICTORS
+    from .dynamic_linear import LINEAR_PREDICTORS, context_pool
+    from .gating import GATES
+    from .pooling import POOLS, pool_extent
+    from .weight_norm import WEIGHT_NORMS
+
+    def require(ok: bool, path: str, message: str) -> None:
+        if not ok:
+            raise ConfigError(path, message)
+
+    def registered(registry: Any, path: str, name: str) -> None:
+        try:
+            registry.validate(name)
+        except ValueError as err:
+            raise ConfigError(path, str(err)) from None
+
+    for name in ("in_chans", "patch_size", "embed_dim", "depth", "every", "num_heads"):
+        require(getattr(cfg, name) >= 1, name, "must be at least 1")
+    require(cfg.num_classes >= 0, "num_classes", "must be 0 (no head) or more")
+    require(all(s >= cfg.patch_size for s in cfg.img_size), "img_size",
+            f"{list(cfg.img_size)} is smaller than the patch size {cfg.patch_size}")
+    require(cfg.mlp_ratio > 0, "mlp_ratio", "must be positive")
+    require(0 <= cfg.offset < cfg.every, "offset", f"must be in 0..{cfg.every - 1} (every = {cfg.every})")
+    require(cfg.kernel_size % 2 == 1, "kernel_size", f"must be odd, got {cfg.kernel_size}")
+    require(0.0 <= cfg.drop_path_rate < 1.0, "drop_path_rate", "must be in [0, 1)")
+    registered(MIXERS, "mixer", cfg.mixer)
+    if cfg.mixer in ("attention", "linear_attention"):
+        require(cfg.embed_dim % cfg.num_heads == 0, "num_heads",
+                f"embed_dim {cfg.embed_dim} is not divisible by num_heads {cfg.num_heads}")
+
+    dyn = cfg.dynamic
+    registered(LINEAR_PREDICTORS, "dynamic.linear_predictor", dyn.linear_predictor)
+    registered(POOLS, "dynamic.pool", dyn.pool)
+    registered(ACTIVATIONS, "dynamic.linear_act", dyn.linear_act)
+    registered(CONV_PREDICTORS, "dynamic.conv_predictor", dyn.conv_predictor)
+    registered(ACTIVATIONS, "dynamic.conv_act", dyn.conv_act)
+    registered(WEIGHT_NORMS, "dynamic.norm", dyn.norm)
+    registered(GATES, "dynamic.gate", dyn.gate)
+    require(1 <= dyn.hyper_depth <= 3, "dynamic.hyper_depth", f"must be 1, 2 or 3, got {dyn.hyper_depth}")
+    if cfg.mixer != "dynamic":
+        return
+    require(dyn.fc1 or dyn.dwc or dyn.fc2, "dynamic", "at least one of fc1, dwc, fc2 must be dynamic")
+    if dyn.fc1 or dyn.fc2:
+        require(dyn.rank_ratio >= 1, "dynamic.rank_ratio", "must be at least 1")
+        for width in (cfg.embed_dim, cfg.mlp_hidden):
+            require(width % dyn.rank_ratio == 0, "dynamic.rank_ratio",
+                    f"{dyn.rank_ratio} does not divide the layer width {width}")
+        pool, grid = context_pool(dyn), cfg.grid
+        extent = pool_extent(pool)
+        require(extent is None or extent <= min(grid), "dynamic.pool",
+                f"{pool!r} pools {extent}x{extent} tokens, larger than the {grid[0]}x{grid[1]} token grid "
+                f"of a {cfg.img_size[0]}x{cfg.img_size[1]} input with patch {cfg.patch_size}")

@@ -1,0 +1,56 @@
+"""Gates on the predicted update: how much of dW reaches the weight, W = W0 + g * dW.
+
+A gate takes the update and a global summary of the input (B, C) and returns the gated update.
+``channel_dim`` is the dimension of dW that holds output channels (last for a linear layer's
+(B, in, out) update, 1 for a conv's (B, C, k, k) kernel update).
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from .registry import Registry
+
+GATES: Registry = Registry("gate")
+
+
+@GATES.register("none")
+class NoGate(nn.Module):
+    def __init__(self, context_dim: int, channels: int, channel_dim: int):
+        super().__init__()
+
+    def forward(self, dw: Tensor, context: Tensor) -> Tensor:
+        return dw
+
+
+@GATES.register("scalar")
+class ScalarGate(nn.Module):
+    """One learned scalar, initialised at 0 so that training starts from the static network."""
+
+    def __init__(self, context_dim: int, channels: int, channel_dim: int):
+        super().__init__()
+        self.gate = nn.Parameter(torch.zeros(()))
+
+    def forward(self, dw: Tensor, context: Tensor) -> Tensor:
+        return self.gate * dw
+
+
+@GATES.register("sigmoid")
+class SigmoidGate(nn.Module):
+    """A per-sample, per-output-channel gate in (0, 1) predicted from the input's global mean."""
+
+    def __init__(self, context_dim: int, channels: int, channel_dim: int):
+        super().__init__()
+        self.proj = nn.Linear(context_dim, channels)
+        self.channel_dim = channel_dim
+
+    def forward(self, dw: Tensor, context: Tensor) -> Tensor:
+        gate = torch.sigmoid(self.proj(context))  # (B, channels)
+        shape = [gate.shape[0]] + [1] * (dw.dim() - 1)
+        shape[self.channel_dim] = gate.shape[1]
+        return dw * gate.view(shape)
+
+
+def create_gate(name: str, context_dim: int, channels: int, channel_dim: int) -> nn.Module:
+    factory, _ = GATES.parse(name)
+    return factory(context_dim, channels, channel_dim)

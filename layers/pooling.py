@@ -1,0 +1,126 @@
+"""Context compression: N tokens on an H x W grid -> M context tokens that summarise all of them.
+
+Every pool maps tokens of shape (B, H, W, C) to a context of shape (B, M, C). A dynamic layer
+predicts its weight from this context, so the context is the layer's only route to global
+information. Grids the pool size does not divide are handled with ceil-mode pooling, whose last
+window averages (or maxes) only the tokens that exist.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .registry import Registry
+
+POOLS: Registry = Registry("pooling")
+
+
+class ContextPool(nn.Module):
+    """Base class. ``grows_with_grid`` tells whether M is proportional to the token count."""
+
+    grows_with_grid: bool = False
+
+    def forward(self, x: Tensor) -> Tensor:  # (B, H, W, C) -> (B, M, C)
+        raise NotImplementedError
+
+
+@POOLS.register("global")
+class GlobalPool(ContextPool):
+    def forward(self, x: Tensor) -> Tensor:
+        return x.mean(dim=(1, 2)).unsqueeze(1)
+
+
+class _GridPool(ContextPool):
+    """k x k windows with stride k on the token grid (M = ceil(H/k) * ceil(W/k))."""
+
+    grows_with_grid = True
+
+    def __init__(self, dim: int, size: int):
+        super().__init__()
+        self.size = size
+
+    def _pool(self, x: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def forward(self, x: Tensor) -> Tensor:
+        pooled = self._pool(x.permute(0, 3, 1, 2))
+        return pooled.flatten(2).transpose(1, 2)
+
+
+@POOLS.register("avg", parametric=True)
+class AvgPool(_GridPool):
+    def _pool(self, x: Tensor) -> Tensor:
+        return F.avg_pool2d(x, self.size, self.size, ceil_mode=True)
+
+
+@POOLS.register("max", parametric=True)
+class MaxPool(_GridPool):
+    def _pool(self, x: Tensor) -> Tensor:
+        return F.max_pool2d(x, self.size, self.size, ceil_mode=True)
+
+
+def adaptive_avg_pool(x: Tensor, size: int) -> Tensor:
+    """Adaptive average pooling of channels-last tokens (B, H, W, C) -> (B, g, g, C).
+
+    Same windows as F.adaptive_avg_pool2d, computed as two small matmuls with averaging matrices:
+    on channels-last data this is several times faster, backward included, than the pooling op.
+    """
+    rows = _averaging_matrix(x.shape[1], size, x)
+    cols = _averaging_matrix(x.shape[2], size, x)
+    pooled_cols = cols @ x  # (B, H, g, C)
+    return (rows @ pooled_cols.flatten(2)).unflatten(2, (size, x.shape[3]))
+
+
+def _averaging_matrix(length: int, size: int, like: Tensor) -> Tensor:
+    """(size, length) matrix whose row i averages adaptive window i: [floor(i L/g), ceil((i+1) L/g))."""
+    index = torch.arange(size, device=like.device)
+    starts = (index * length) // size
+    ends = -((-(index + 1) * length) // size)
+    position = torch.arange(length, device=like.device)
+    inside = (position >= starts[:, None]) & (position < ends[:, None])
+    return inside.to(like.dtype) / (ends - starts)[:, None].to(like.dtype)
+
+
+@POOLS.register("adaptive", parametric=True)
+class AdaptivePool(ContextPool):
+    """Average pooling to a fixed g x g grid, so M = g^2 whatever the resolution."""
+
+    def __init__(self, dim: int, size: int):
+        super().__init__()
+        self.size = size
+
+    def forward(self, x: Tensor) -> Tensor:
+        return adaptive_avg_pool(x, self.size).flatten(1, 2)
+
+
+@POOLS.register("attn", parametric=True)
+class AttentionPool(ContextPool):
+    """m learned queries attend over all tokens: a learned, content-dependent summary in O(N m C)."""
+
+    def __init__(self, dim: int, size: int):
+        super().__init__()
+        self.queries = nn.Parameter(torch.zeros(size, dim))
+        nn.init.trunc_normal_(self.queries, std=0.02)
+        self.key = nn.Linear(dim, dim, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        tokens = x.flatten(1, 2)  # (B, N, C)
+        keys = self.key(tokens)
+        queries = self.queries.expand(tokens.shape[0], -1, -1)
+        return F.scaled_dot_product_attention(
+            queries.unsqueeze(1), keys.unsqueeze(1), tokens.unsqueeze(1), scale=1.0 / math.sqrt(tokens.shape[-1])
+        ).squeeze(1)
+
+
+def create_pool(name: str, dim: int) -> ContextPool:
+    factory, size = POOLS.parse(name)
+    return factory() if size is None else factory(dim, size)
+
+
+def pool_extent(name: str) -> int | None:
+    """The token-grid side a pool needs (its window or output grid), None if any grid will do."""
+    factory, size = POOLS.parse(name)
+    return size if factory in (AvgPool, MaxPool, AdaptivePool) else None

@@ -1,0 +1,106 @@
+"""The WeightFormer presets are exactly DESIGN.md section 3, checked against a count made by hand."""
+import pytest
+import timm
+import torch
+
+import layers
+from layers import ArchConfig, PRESETS
+
+
+def weightformer_param_count(dim: int, classes: int = 1000, depth: int = 17, in_chans: int = 3,
+                             patch: int = 16, mlp_ratio: int = 4, rank_ratio: int = 4, k: int = 3) -> int:
+    """Parameter count derived from the layer list of DESIGN.md section 3, independent of the code."""
+    hidden = mlp_ratio * dim
+    layer_norm = 2 * dim
+    stem = in_chans * patch * patch * dim + dim + layer_norm
+    fc1 = dim * hidden + hidden
+    fc2 = hidden * dim + dim
+    static_block = (dim * k * k + dim) + layer_norm + fc1 + fc2
+    dyn_dwc = (dim * k * k + dim) + (dim * dim + dim) + dim * dim  # K0, bias, 1x1 conv + bias, 1x1 conv
+    rank_in, rank_out = dim // rank_ratio, hidden // rank_ratio
+    dyn_fc1 = (dim * hidden + hidden) + (dim * (rank_in + rank_out) + rank_in + rank_out) + rank_in * dim + rank_out * hidden
+    dynamic_block = layer_norm + dyn_dwc + layer_norm + dyn_fc1 + fc2
+    dynamic = sum(1 for i in range(depth) if i % 3 == 1)
+    head = layer_norm + dim * classes + classes
+    return stem + dynamic * dynamic_block + (depth - dynamic) * static_block + head
+
+
+def n_params(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def test_hand_count_of_tiny_is_the_published_number():
+    assert weightformer_param_count(192) == 7_074_184
+
+
+@pytest.mark.parametrize("name, dim", [("weightformer_tiny", 192), ("weightformer_small", 384), ("weightformer_base", 384)])
+def test_timm_presets_match_the_hand_count(name, dim):
+    model = timm.create_model(name)
+    assert n_params(model) == weightformer_param_count(dim)
+    assert layers.complexity(PRESETS[name]).params == weightformer_param_count(dim)
+
+
+def test_tiny_preset_is_exactly_7074184_parameters():
+    assert n_params(timm.create_model("weightformer_tiny")) == 7_074_184
+
+
+def test_preset_structure_follows_the_design():
+    cfg = PRESETS["weightformer_tiny"]
+    model = layers.create_model(cfg)
+    dynamic = [i for i, block in enumerate(model.blocks) if isinstance(block.mixer, layers.DynamicDWConv)]
+    assert dynamic == [1, 4, 7, 10, 13, 16]
+    block = model.blocks[1]
+    assert isinstance(block.stream_norm, torch.nn.LayerNorm)  # LN1 on the residual stream
+    assert isinstance(block.mlp.fc1, layers.DynamicLinear)
+    assert isinstance(block.mlp.fc2, torch.nn.Linear)  # FC2 stays static
+    assert isinstance(model.blocks[0].stream_norm, torch.nn.Identity)
+    assert isinstance(model.blocks[0].mixer_norm, torch.nn.Identity)  # no norm before the static DWConv
+    assert model.stem_norm.eps == 1e-6
+    assert PRESETS["weightformer_base"].img_size == (448, 448)
+    assert PRESETS["weightformer_small"].embed_dim == PRESETS["weightformer_base"].embed_dim == 384
+
+
+def test_preset_init_follows_the_design():
+    torch.manual_seed(0)
+    model = layers.create_model(PRESETS["weightformer_tiny"])
+    fc1 = model.blocks[1].mlp.fc1
+    for tensor in (fc1.weight, fc1.bias, fc1.factors.u, fc1.factors.v, model.blocks[1].mixer.weight,
+                   model.blocks[1].mixer.bias, model.head.weight):
+        assert 0.015 < tensor.std() < 0.025  # truncated normal, std 0.02 (timm's convention: cut at +-2)
+    assert torch.count_nonzero(model.head.bias) == 0
+    assert torch.count_nonzero(fc1.factors.proj[0].bias) == 0
+    assert torch.all(model.head_norm.weight == 1) and torch.count_nonzero(model.head_norm.bias) == 0
+    # Convolutions keep PyTorch's default (kaiming-uniform) init: bound 1 / sqrt(fan_in).
+    assert model.patch_embed.weight.abs().max() > 0.9 / (3 * 16 * 16) ** 0.5
+    assert model.blocks[0].mixer.conv.weight.abs().max() > 0.9 / 3
+
+
+def test_timm_options_are_honoured():
+    model = timm.create_model("weightformer_tiny", num_classes=10, in_chans=1, img_size=64)
+    assert model.cfg.num_classes == 10 and model.cfg.in_chans == 1 and model.cfg.img_size == (64, 64)
+    assert model(torch.randn(2, 1, 64, 64)).shape == (2, 10)
+    model.reset_classifier(0)
+    assert model(torch.randn(1, 1, 64, 64)).shape == (1, 192)
+
+
+@pytest.mark.parametrize("form", ["object", "dict", "yaml"])
+def test_generic_timm_entry_builds_from_any_form(form, tmp_path):
+    cfg = ArchConfig(img_size=32, patch_size=4, embed_dim=24, depth=3, num_classes=7)
+    arch = {"object": cfg, "dict": cfg.to_dict(), "yaml": tmp_path / "arch.yaml"}[form]
+    cfg.save(tmp_path / "arch.yaml")
+    model = timm.create_model("dynamic_backbone", arch=arch, num_classes=4, drop_path_rate=0.1)
+    assert model.cfg == cfg.replace(num_classes=4, drop_path_rate=0.1)
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 4)
+
+
+def test_generic_timm_entry_without_arch_is_an_error():
+    with pytest.raises(TypeError, match="arch="):
+        timm.create_model("dynamic_backbone")
+
+
+def test_layers_demo_runs(capsys):
+    from layers import demo
+
+    demo.main()
+    out = capsys.readouterr().out
+    assert "7,074,184 parameters" in out and "attention" in out
