@@ -9,23 +9,15 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Union, get_args, get_origin, get_type_hints
+from typing import Any, Mapping
 
 import yaml
 
-from .registry import unknown_name_message
+from .schema import ConfigError, build, coerce_fields
 
-
-class ConfigError(ValueError):
-    """An invalid architecture config. ``path`` is the dotted key that is wrong."""
-
-    def __init__(self, path: str, message: str):
-        super().__init__(f"{path}: {message}" if path else message)
-        self.path = path
-        self.reason = message
+__all__ = ["ArchConfig", "ConfigError", "DynamicConfig"]
 
 
 @dataclass(frozen=True)
@@ -45,13 +37,17 @@ class DynamicConfig:
     norm: str = "unit1"  # none | unit1 | layernorm | tanh, applied to dW and dK
     gate: str = "none"  # none | scalar | sigmoid
 
+    def __post_init__(self) -> None:
+        coerce_fields(self)
+
 
 @dataclass(frozen=True)
 class ArchConfig:
     """An isotropic backbone: patch stem, ``depth`` blocks of one width, LayerNorm + mean + linear head.
 
-    Block i uses ``mixer`` when ``i % every == offset`` and is a static depthwise-conv block
-    otherwise, which is how the reference model places its dynamic blocks (every 3rd, offset 1).
+    Block i uses ``mixer`` when ``i % every == offset % every`` and is a static depthwise-conv
+    block otherwise, which is how the reference model places its dynamic blocks (every 3rd,
+    offset 1). With every = 1 all blocks use the mixer, whatever the offset.
     """
 
     img_size: tuple[int, int] = (224, 224)
@@ -70,16 +66,9 @@ class ArchConfig:
     dynamic: DynamicConfig = field(default_factory=DynamicConfig)
 
     def __post_init__(self) -> None:
-        if isinstance(self.img_size, int):
-            object.__setattr__(self, "img_size", (self.img_size, self.img_size))
-        elif isinstance(self.img_size, list):
-            object.__setattr__(self, "img_size", tuple(self.img_size))
-        if isinstance(self.mlp_ratio, int) and not isinstance(self.mlp_ratio, bool):
-            object.__setattr__(self, "mlp_ratio", float(self.mlp_ratio))
-        if isinstance(self.dynamic, Mapping):
-            object.__setattr__(self, "dynamic", _from_mapping(DynamicConfig, self.dynamic, "dynamic"))
-        _check_types(self, "")
-        _check_types(self.dynamic, "dynamic")
+        if isinstance(self.img_size, int) and not isinstance(self.img_size, bool):
+            object.__setattr__(self, "img_size", (self.img_size, self.img_size))  # square input
+        coerce_fields(self)
         _check_values(self)
 
     # ------------------------------------------------------------------ derived quantities
@@ -94,7 +83,7 @@ class ArchConfig:
 
     def uses_mixer(self, index: int) -> bool:
         """Whether block ``index`` is a ``mixer`` block (otherwise a static conv block)."""
-        return index % self.every == self.offset
+        return index % self.every == self.offset % self.every
 
     # ------------------------------------------------------------------ serialisation
     def to_dict(self) -> dict[str, Any]:
@@ -104,19 +93,13 @@ class ArchConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "ArchConfig":
-        return _from_mapping(cls, data, "")
+        return build(cls, data)
 
     def replace(self, **changes: Any) -> "ArchConfig":
         """A copy with top-level fields changed; ``dynamic`` may be given as a partial mapping."""
         if isinstance(changes.get("dynamic"), Mapping):
-            changes["dynamic"] = _from_mapping(
-                DynamicConfig, {**dataclasses.asdict(self.dynamic), **changes["dynamic"]}, "dynamic"
-            )
-        unknown = set(changes) - {f.name for f in fields(self)}
-        if unknown:
-            name = sorted(unknown)[0]
-            raise ConfigError(name, unknown_name_message("key", name, [f.name for f in fields(self)]))
-        return dataclasses.replace(self, **changes)
+            changes["dynamic"] = {**dataclasses.asdict(self.dynamic), **changes["dynamic"]}
+        return build(type(self), {**self.to_dict(), **changes})
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
@@ -126,11 +109,11 @@ class ArchConfig:
 
     @classmethod
     def from_yaml(cls, text: str) -> "ArchConfig":
-        return cls.from_dict(_expect_mapping(yaml.safe_load(text), "an architecture config"))
+        return cls.from_dict(yaml.safe_load(text))
 
     @classmethod
     def from_json(cls, text: str) -> "ArchConfig":
-        return cls.from_dict(_expect_mapping(json.loads(text), "an architecture config"))
+        return cls.from_dict(json.loads(text))
 
     @classmethod
     def load(cls, path: str | Path) -> "ArchConfig":
@@ -155,71 +138,42 @@ class ArchConfig:
         raise TypeError(f"expected an ArchConfig, a mapping or a file path, got {type(arch).__name__}")
 
 
-# ---------------------------------------------------------------------- validation helpers
-def _expect_mapping(data: Any, what: str) -> Mapping[str, Any]:
-    if not isinstance(data, Mapping):
-        raise ConfigError("", f"{what} must be a mapping of keys to values, got {type(data).__name__}")
-    return data
-
-
-def _from_mapping(cls: type, data: Mapping[str, Any], prefix: str) -> Any:
-    names = [f.name for f in fields(cls)]
-    for key in data:
-        if key not in names:
-            path = f"{prefix}.{key}" if prefix else str(key)
-            raise ConfigError(path, unknown_name_message("key", key, names))
-    return cls(**data)
-
-
-def _check_types(obj: Any, prefix: str) -> None:
-    hints = get_type_hints(type(obj))
-    for f in fields(obj):
-        value, hint = getattr(obj, f.name), hints[f.name]
-        path = f"{prefix}.{f.name}" if prefix else f.name
-        if not _matches(value, hint):
-            raise ConfigError(path, f"expected {_type_name(hint)}, got {value!r}")
-
-
-def _matches(value: Any, hint: Any) -> bool:
-    origin = get_origin(hint)
-    if origin is tuple:
-        return isinstance(value, tuple) and len(value) == len(get_args(hint)) and all(
-            _matches(v, h) for v, h in zip(value, get_args(hint))
-        )
-    if origin is Union:
-        return any(_matches(value, h) for h in get_args(hint))
-    if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if hint is float:
-        return isinstance(value, float) and math.isfinite(value)
-    return isinstance(value, hint)
-
-
-def _type_name(hint: Any) -> str:
-    if get_origin(hint) is tuple:
-        return f"a list of {len(get_args(hint))} integers"
-    return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(
-        hint, getattr(hint, "__name__", str(hint))
-    )
-
-
-def _check_values(cfg: ArchConfig) -> None:
-    # Imported here: the registries import this module's dataclasses for their signatures.
+# ---------------------------------------------------------------------- value checks
+def named_fields() -> dict[str, Any]:
+    """Config fields whose value names a registered strategy, mapped to the registry that knows them."""
+    # Imported here: these modules import this one for the dataclasses.
     from .activations import ACTIVATIONS
     from .blocks import MIXERS
     from .dynamic_conv import CONV_PREDICTORS
-    from .dynamic_linear import LINEAR_PREDICTORS, context_pool
+    from .dynamic_linear import LINEAR_PREDICTORS
     from .gating import GATES
-    from .pooling import POOLS, pool_extent
+    from .pooling import POOLS
     from .weight_norm import WEIGHT_NORMS
+
+    return {
+        "mixer": MIXERS,
+        "dynamic.linear_predictor": LINEAR_PREDICTORS,
+        "dynamic.pool": POOLS,
+        "dynamic.linear_act": ACTIVATIONS,
+        "dynamic.conv_predictor": CONV_PREDICTORS,
+        "dynamic.conv_act": ACTIVATIONS,
+        "dynamic.norm": WEIGHT_NORMS,
+        "dynamic.gate": GATES,
+    }
+
+
+def _check_values(cfg: ArchConfig) -> None:
+    from .dynamic_linear import context_pool
+    from .pooling import pool_extent
 
     def require(ok: bool, path: str, message: str) -> None:
         if not ok:
             raise ConfigError(path, message)
 
-    def registered(registry: Any, path: str, name: str) -> None:
+    values = {"mixer": cfg.mixer, **{f"dynamic.{k}": v for k, v in dataclasses.asdict(cfg.dynamic).items()}}
+    for path, registry in named_fields().items():
         try:
-            registry.validate(name)
+            registry.validate(values[path])
         except ValueError as err:
             raise ConfigError(path, str(err)) from None
 
@@ -229,22 +183,14 @@ def _check_values(cfg: ArchConfig) -> None:
     require(all(s >= cfg.patch_size for s in cfg.img_size), "img_size",
             f"{list(cfg.img_size)} is smaller than the patch size {cfg.patch_size}")
     require(cfg.mlp_ratio > 0, "mlp_ratio", "must be positive")
-    require(0 <= cfg.offset < cfg.every, "offset", f"must be in 0..{cfg.every - 1} (every = {cfg.every})")
+    require(cfg.offset >= 0, "offset", "must not be negative")
     require(cfg.kernel_size % 2 == 1, "kernel_size", f"must be odd, got {cfg.kernel_size}")
     require(0.0 <= cfg.drop_path_rate < 1.0, "drop_path_rate", "must be in [0, 1)")
-    registered(MIXERS, "mixer", cfg.mixer)
     if cfg.mixer in ("attention", "linear_attention"):
         require(cfg.embed_dim % cfg.num_heads == 0, "num_heads",
                 f"embed_dim {cfg.embed_dim} is not divisible by num_heads {cfg.num_heads}")
 
     dyn = cfg.dynamic
-    registered(LINEAR_PREDICTORS, "dynamic.linear_predictor", dyn.linear_predictor)
-    registered(POOLS, "dynamic.pool", dyn.pool)
-    registered(ACTIVATIONS, "dynamic.linear_act", dyn.linear_act)
-    registered(CONV_PREDICTORS, "dynamic.conv_predictor", dyn.conv_predictor)
-    registered(ACTIVATIONS, "dynamic.conv_act", dyn.conv_act)
-    registered(WEIGHT_NORMS, "dynamic.norm", dyn.norm)
-    registered(GATES, "dynamic.gate", dyn.gate)
     require(1 <= dyn.hyper_depth <= 3, "dynamic.hyper_depth", f"must be 1, 2 or 3, got {dyn.hyper_depth}")
     if cfg.mixer != "dynamic":
         return

@@ -57,7 +57,7 @@ def test_int_and_list_forms_are_normalised():
     ({"dynamic": {"fc1": False, "dwc": False}}, "dynamic", "at least one of fc1, dwc, fc2"),
     ({"img_size": 32, "patch_size": 8, "dynamic": {"pool": "avg8"}}, "dynamic.pool", "larger than the 4x4 token grid"),
     ({"kernel_size": 4}, "kernel_size", "odd"),
-    ({"offset": 3}, "offset", "0..2"),
+    ({"offset": -1}, "offset", "not be negative"),
     ({"mixer": "attention", "num_heads": 5}, "num_heads", "not divisible"),
     ({"img_size": 8}, "img_size", "smaller than the patch size"),
     ({"mlp_ratio": float("nan")}, "mlp_ratio", "expected a number"),

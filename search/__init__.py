@@ -1,0 +1,1 @@
+"""Multi-objective architecture search over dynamic-parameter layers: ``python -m search --help``."""

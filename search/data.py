@@ -1,0 +1,293 @@
+"""Data sets as uint8 image tensors with a fixed, seeded train / validation split.
+
+Small data sets live whole in memory and are moved once to the trial's device; batches are then
+slices of device tensors and augmentation runs batched on the device (see ``augment.py``).
+ImageFolder trees too large to hold stream from disk through DataLoader workers that only decode
+and resize; everything after that is the same on-device path.
+
+    digits       scikit-learn's 8x8 digits (1,797 glyphs, shipped with the package)
+    digit-pairs  two of those glyphs at the two ends of an 8 x 40 canvas; the label is their sum
+                 mod 10, so no single digit tells anything about it and only a model whose tokens
+                 combine both ends can beat chance
+    cifar10/100  torchvision's format under a local ``root`` (never downloaded)
+    imagefolder  ``root/train/<class>/*`` and optionally ``root/val/<class>/*`` (ImageNet layout)
+"""
+from __future__ import annotations
+
+import functools
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from layers.registry import Registry
+from layers.schema import ConfigError, coerce_fields
+
+DATASETS: Registry = Registry("data set")
+
+# Images whose uint8 tensors would exceed this stay on disk and stream (bytes).
+IN_MEMORY_LIMIT = 4 << 30
+
+
+class DataError(ValueError):
+    """A data set that cannot be loaded as specified (missing root, empty folder...)."""
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    name: str = "digit-pairs"
+    root: str | None = None  # cifar10 / cifar100 / imagefolder
+    val_fraction: float = 0.2  # held out from the training data, with the split's own seed
+    seed: int = 0
+    img_size: int | None = None  # imagefolder: images are resized to this square size
+    pairs: int = 6000  # digit-pairs: number of generated training canvases (validation: a sixth)
+
+    def __post_init__(self) -> None:
+        coerce_fields(self)
+        if not 0.0 < self.val_fraction < 1.0:
+            raise ConfigError("val_fraction", f"must be between 0 and 1, got {self.val_fraction}")
+
+
+@dataclass(frozen=True)
+class DataInfo:
+    """What a model needs to know about a data set, known without loading it."""
+
+    img_size: tuple[int, int]
+    in_chans: int
+    num_classes: int
+
+
+@dataclass(frozen=True)
+class DataSource:
+    info: Callable[[DataSpec], DataInfo]
+    load: Callable[[DataSpec], "Dataset"]
+    needs_root: bool = False
+
+
+@dataclass
+class Split:
+    """uint8 images (N, C, H, W) and int64 labels (N,), held in memory."""
+
+    images: Tensor
+    labels: Tensor
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def to(self, device: torch.device | str) -> "Split":
+        return Split(self.images.to(device, non_blocking=True), self.labels.to(device, non_blocking=True))
+
+    def batches(self, batch_size: int, device: torch.device, generator: torch.Generator | None = None,
+                drop_last: bool = False) -> Iterator[tuple[Tensor, Tensor]]:
+        """Batches of (uint8 images, labels) on ``device``; shuffled when a generator is given."""
+        n = len(self)
+        order = None if generator is None else torch.randperm(n, generator=generator, device=generator.device).to(self.labels.device)
+        stop = n - n % batch_size if drop_last and n >= batch_size else n
+        for start in range(0, stop, batch_size):
+            index = slice(start, start + batch_size) if order is None else order[start:start + batch_size]
+            yield self.images[index].to(device, non_blocking=True), self.labels[index].to(device, non_blocking=True)
+
+
+class StreamingSplit:
+    """An ImageFolder split decoded by DataLoader workers, for trees too large for memory."""
+
+    def __init__(self, folder: torch.utils.data.Dataset, labels: Tensor, workers: int = min(4, os.cpu_count() or 1)):
+        self.folder, self.labels, self.workers = folder, labels, workers
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def to(self, device: torch.device | str) -> "StreamingSplit":
+        return self
+
+    def batches(self, batch_size: int, device: torch.device, generator: torch.Generator | None = None,
+                drop_last: bool = False) -> Iterator[tuple[Tensor, Tensor]]:
+        loader = torch.utils.data.DataLoader(
+            self.folder, batch_size=batch_size, shuffle=generator is not None, generator=generator,
+            num_workers=self.workers, drop_last=drop_last, pin_memory=device.type == "cuda",
+        )
+        for images, labels in loader:
+            yield images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+
+
+@dataclass
+class Dataset:
+    train: Split | StreamingSplit
+    val: Split | StreamingSplit
+    num_classes: int
+    img_size: tuple[int, int]
+    mean: tuple[float, ...]  # per channel, on the 0..1 scale
+    std: tuple[float, ...]
+    test: Split | StreamingSplit | None = None  # the official test split, when the data set has one
+
+    @property
+    def in_chans(self) -> int:
+        return len(self.mean)
+
+
+@functools.lru_cache(maxsize=4)
+def load_dataset(spec: DataSpec) -> Dataset:
+    """Load (once per process) the data set a spec names, with its seeded validation split."""
+    source, _ = DATASETS.parse(spec.name)
+    return source.load(spec)
+
+
+def describe(spec: DataSpec) -> DataInfo:
+    """Image size, channels and classes of a data set, refusing a missing root; loads no images."""
+    source, _ = DATASETS.parse(spec.name)
+    if source.needs_root:
+        if not spec.root:
+            raise DataError(f"data set {spec.name!r} reads from a local folder: set data.root")
+        if not Path(spec.root).expanduser().is_dir():
+            raise DataError(f"data set root {spec.root!r} does not exist or is not a folder")
+    return source.info(spec)
+
+
+def split_indices(n: int, val_fraction: float, seed: int) -> tuple[Tensor, Tensor]:
+    """A fixed random partition of range(n) into (train, validation) indices."""
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    n_val = max(1, round(n * val_fraction))
+    return order[n_val:], order[:n_val]
+
+
+def _holdout(images: Tensor, labels: Tensor, spec: DataSpec) -> tuple[Split, Split]:
+    train, val = split_indices(len(labels), spec.val_fraction, spec.seed)
+    return Split(images[train], labels[train]), Split(images[val], labels[val])
+
+
+# ---------------------------------------------------------------------- embedded data
+def _digit_glyphs() -> tuple[Tensor, Tensor]:
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    glyphs = torch.from_numpy(np.clip(digits.images * 16, 0, 255).astype(np.uint8))  # 0..16 -> 0..255
+    return glyphs.unsqueeze(1), torch.from_numpy(digits.target).long()
+
+
+def load_digits(spec: DataSpec) -> Dataset:
+    glyphs, labels = _digit_glyphs()
+    train, val = _holdout(glyphs, labels, spec)
+    return Dataset(train, val, num_classes=10, img_size=(8, 8), mean=(0.30,), std=(0.38,))
+
+
+PAIR_CANVAS = (8, 40)  # H x W: one 8 x 8 glyph near each end, 22 pixels apart at the least
+BLANK_FRACTION = 0.5  # training canvases with one end left blank (it counts as 0)
+
+
+def make_pairs(glyphs: Tensor, labels: Tensor, count: int, seed: int, blank_fraction: float) -> Split:
+    """``count`` canvases with a glyph at each end (jittered by up to 2 px); label (left + right) mod 10.
+
+    For a uniform pair either digit alone leaves the label uniform: a model whose tokens never
+    combine the two ends is at chance. Canvases with one end blank (a blank counts as 0, so the
+    label is the other digit) teach what the digits are; ``blank_fraction`` of the canvases are
+    such, and validation uses none, so its accuracy is that of the two-digit task alone.
+    """
+    rng = torch.Generator().manual_seed(seed)
+    height, width = PAIR_CANVAS
+    left = torch.randint(len(labels), (count,), generator=rng)
+    right = torch.randint(len(labels), (count,), generator=rng)
+    blank = torch.rand(count, generator=rng) < blank_fraction
+    blank_left = blank & (torch.rand(count, generator=rng) < 0.5)
+    blank_right = blank & ~blank_left
+    jitter = torch.randint(0, 3, (count, 2), generator=rng)
+    canvas = torch.zeros(count, 1, height, width, dtype=torch.uint8)
+    sample, rows = torch.arange(count)[:, None, None], torch.arange(8)
+    for side, (index, x0, hidden) in enumerate(((left, 0, blank_left), (right, width - 10, blank_right))):
+        cols = x0 + jitter[:, side, None] + rows  # (count, 8)
+        canvas[sample, 0, rows[None, :, None], cols[:, None, :]] = glyphs[index, 0] * (~hidden)[:, None, None]
+    digit_left = torch.where(blank_left, 0, labels[left])
+    digit_right = torch.where(blank_right, 0, labels[right])
+    return Split(canvas, (digit_left + digit_right) % 10)
+
+
+def load_digit_pairs(spec: DataSpec) -> Dataset:
+    glyphs, labels = _digit_glyphs()
+    train_glyphs, val_glyphs = split_indices(len(labels), spec.val_fraction, spec.seed)
+    train = make_pairs(glyphs[train_glyphs], labels[train_glyphs], spec.pairs, spec.seed + 1, BLANK_FRACTION)
+    val = make_pairs(glyphs[val_glyphs], labels[val_glyphs], max(1, spec.pairs // 6), spec.seed + 2, 0.0)
+    return Dataset(train, val, num_classes=10, img_size=PAIR_CANVAS, mean=(0.10,), std=(0.25,))
+
+
+# ---------------------------------------------------------------------- local data
+def _cifar(spec: DataSpec, classes: int) -> Dataset:
+    from torchvision.datasets import CIFAR10, CIFAR100
+
+    cls = CIFAR10 if classes == 10 else CIFAR100
+    root = str(Path(spec.root).expanduser())
+    try:
+        train_set, test_set = cls(root, train=True, download=False), cls(root, train=False, download=False)
+    except RuntimeError as err:  # torchvision: "Dataset not found or corrupted"
+        raise DataError(f"no {cls.__name__} data under {spec.root!r}: {err}") from None
+
+    def tensors(ds) -> tuple[Tensor, Tensor]:
+        return torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous(), torch.tensor(ds.targets)
+
+    train, val = _holdout(*tensors(train_set), spec)
+    mean, std = ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)) if classes == 10 else \
+        ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762))
+    return Dataset(train, val, classes, (32, 32), mean, std, test=Split(*tensors(test_set)))
+
+
+def load_imagefolder(spec: DataSpec) -> Dataset:
+    from torchvision.datasets import ImageFolder
+    from torchvision.transforms import v2
+
+    root = Path(spec.root).expanduser()
+    size = spec.img_size or 224
+    # Stored slightly larger than the training size so random crops have room (the 0.875 crop ratio).
+    stored = math.ceil(size / 0.875)
+    transform = v2.Compose([v2.PILToTensor(), v2.Lambda(_rgb), v2.Resize(stored, antialias=True), v2.CenterCrop(stored)])
+    train_root = root / "train" if (root / "train").is_dir() else root
+    try:
+        full = ImageFolder(str(train_root), transform=transform)
+        test = ImageFolder(str(root / "val"), transform=transform) if (root / "val").is_dir() else None
+    except (FileNotFoundError, RuntimeError) as err:
+        raise DataError(f"no images under {str(root)!r}: {err}") from None
+    labels = torch.tensor(full.targets)
+    train_idx, val_idx = split_indices(len(full), spec.val_fraction, spec.seed)
+    shape = (size, size)  # the model's input: train crops and eval centre crops of the stored images
+
+    if len(full) * 3 * stored * stored > IN_MEMORY_LIMIT:
+        def stream(folder, index: Tensor) -> StreamingSplit:
+            return StreamingSplit(torch.utils.data.Subset(folder, index.tolist()), labels[index])
+
+        test_split = StreamingSplit(test, torch.tensor(test.targets)) if test is not None else None
+        return Dataset(stream(full, train_idx), stream(full, val_idx), len(full.classes), shape,
+                       _IMAGENET_MEAN, _IMAGENET_STD, test_split)
+
+    def in_memory(folder) -> Split:
+        return Split(torch.stack([folder[i][0] for i in range(len(folder))]), torch.tensor(folder.targets))
+
+    everything = in_memory(full)
+    train = Split(everything.images[train_idx], labels[train_idx])
+    val = Split(everything.images[val_idx], labels[val_idx])
+    return Dataset(train, val, len(full.classes), shape, _IMAGENET_MEAN, _IMAGENET_STD,
+                   in_memory(test) if test is not None else None)
+
+
+def _rgb(image: Tensor) -> Tensor:
+    return image.expand(3, -1, -1) if image.shape[0] == 1 else image[:3]
+
+
+def _imagefolder_info(spec: DataSpec) -> DataInfo:
+    root = Path(spec.root).expanduser()
+    train_root = root / "train" if (root / "train").is_dir() else root
+    classes = sorted(p.name for p in train_root.iterdir() if p.is_dir())
+    if not classes:
+        raise DataError(f"no class folders under {str(train_root)!r} (expected <root>/train/<class>/<images>)")
+    size = spec.img_size or 224
+    return DataInfo((size, size), 3, len(classes))
+
+
+_IMAGENET_MEAN, _IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+DATASETS.register("digits")(DataSource(lambda spec: DataInfo((8, 8), 1, 10), load_digits))
+DATASETS.register("digit-pairs")(DataSource(lambda spec: DataInfo(PAIR_CANVAS, 1, 10), load_digit_pairs))
+DATASETS.register("cifar10")(DataSource(lambda spec: DataInfo((32, 32), 3, 10), lambda spec: _cifar(spec, 10), True))
+DATASETS.register("cifar100")(DataSource(lambda spec: DataInfo((32, 32), 3, 100), lambda spec: _cifar(spec, 100), True))
+DATASETS.register("imagefolder")(DataSource(_imagefolder_info, load_imagefolder, True))

@@ -1,0 +1,131 @@
+"""The live terminal view of a search (rich), or plain log lines with ``--quiet``."""
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from rich.console import Console, Group
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+from . import store
+from .pareto import front
+
+if TYPE_CHECKING:
+    from .space import SearchSpec
+
+
+@dataclass
+class Snapshot:
+    study: str
+    elapsed_s: float
+    counts: dict[str, int]
+    budget: int | None
+    timeout_s: float | None
+    objectives: list[str]
+    front: list[store.TrialRecord] = field(default_factory=list)
+    finished_this_run: int = 0
+
+    @classmethod
+    def of(cls, records: list[store.TrialRecord], spec: "SearchSpec", elapsed_s: float, running: int,
+           finished_this_run: int) -> "Snapshot":
+        counts = {s: 0 for s in (store.COMPLETE, store.PRUNED, store.FAILED, store.REJECTED)}
+        for record in records:
+            if record.status in counts:
+                counts[record.status] += 1
+        counts[store.RUNNING] = running
+        complete = [r for r in records if r.status == store.COMPLETE and r.values]
+        on_front = [complete[i] for i in front([r.values for r in complete], spec.directions)]
+        on_front.sort(key=lambda r: -r.values[0] if spec.directions[0] == "maximize" else r.values[0])
+        timeout = spec.trials.timeout_minutes * 60 if spec.trials.timeout_minutes else None
+        return cls(spec.study.name, elapsed_s, counts, spec.trials.count, timeout,
+                   [o.name for o in spec.objectives], on_front, finished_this_run)
+
+    @property
+    def done(self) -> int:
+        return sum(self.counts[s] for s in store.COUNTED)
+
+    def eta_s(self) -> float | None:
+        """Time left: the larger of what the trial count needs at this run's pace, capped by the timeout."""
+        estimates = []
+        if self.budget is not None and self.finished_this_run:
+            remaining = max(0, self.budget - self.done)
+            estimates.append(self.elapsed_s / self.finished_this_run * remaining)
+        if self.timeout_s is not None:
+            estimates.append(max(0.0, self.timeout_s - self.elapsed_s))
+        return min(estimates) if estimates else None
+
+
+def _clock(seconds: float | None) -> str:
+    if seconds is None:
+        return "?"
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}" if seconds >= 3600 else f"{seconds // 60}:{seconds % 60:02d}"
+
+
+class Display:
+    """Either a rich Live panel (interactive) or log lines (``quiet``), never both."""
+
+    def __init__(self, quiet: bool = False, console: Console | None = None):
+        self.quiet = quiet
+        self.console = console or Console(file=sys.stderr if quiet else sys.stdout)
+        self.live: Live | None = None
+
+    def start(self, spec: "SearchSpec") -> None:
+        self.log(f"study {spec.study.name!r}: {len(spec.params)} parameters, objectives "
+                 f"{', '.join(f'{o.name} ({o.direction})' for o in spec.objectives)}, {spec.trials.parallel} in parallel")
+        if not self.quiet:
+            self.live = Live(Text("starting..."), console=self.console, auto_refresh=False, transient=False)
+            self.live.start()
+
+    def log(self, message: str) -> None:
+        line = f"[{time.strftime('%H:%M:%S')}] {message}"
+        console = self.live.console if self.live is not None else self.console
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
+
+    def trial_ended(self, number: int, status: str, curve: list[float], gmacs: float, reason: str | None) -> None:
+        accuracy = f", accuracy {curve[-1]:.3f} after {len(curve)} epochs" if curve else ""
+        why = f" ({reason.splitlines()[0]})" if reason and status != store.COMPLETE else ""
+        self.log(f"trial {number} {status}{accuracy}, {gmacs:.4g} GMACs{why}")
+
+    def update(self, snapshot: Snapshot) -> None:
+        if self.live is not None:
+            self.live.update(self.render(snapshot), refresh=True)
+
+    def stop(self, snapshot: Snapshot) -> None:
+        if self.live is not None:
+            self.live.update(self.render(snapshot), refresh=True)
+            self.live.stop()
+            self.live = None
+        else:
+            c = snapshot.counts
+            self.log(f"finished: {c[store.COMPLETE]} complete, {c[store.PRUNED]} pruned, {c[store.FAILED]} failed, "
+                     f"{c[store.REJECTED]} rejected in {_clock(snapshot.elapsed_s)}; front: "
+                     + "; ".join(f"#{r.number} {r.label} {_values(r)}" for r in snapshot.front))
+
+    def render(self, snapshot: Snapshot) -> Group:
+        c = snapshot.counts
+        budget = f" of {snapshot.budget}" if snapshot.budget else ""
+        header = Text.assemble(
+            (f" {snapshot.study} ", "bold reverse"),
+            f"  {_clock(snapshot.elapsed_s)} elapsed, about {_clock(snapshot.eta_s())} left\n",
+            f" done {snapshot.done}{budget}   ", ("running ", "cyan"), f"{c[store.RUNNING]}   ",
+            ("complete ", "green"), f"{c[store.COMPLETE]}   ", ("pruned ", "yellow"), f"{c[store.PRUNED]}   ",
+            ("failed ", "red"), f"{c[store.FAILED]}   ", ("rejected ", "magenta"), f"{c[store.REJECTED]}",
+        )
+        table = Table(title="Pareto front", title_justify="left", expand=False)
+        table.add_column("trial", justify="right")
+        table.add_column("architecture")
+        for name in snapshot.objectives:
+            table.add_column(name, justify="right")
+        for record in snapshot.front[:12]:
+            tag = f" [{record.reference}]" if record.reference else ""
+            table.add_row(str(record.number), record.label + tag, *(f"{v:.4g}" for v in record.values))
+        return Group(header, table)
+
+
+def _values(record: store.TrialRecord) -> str:
+    return "/".join(f"{v:.4g}" for v in record.values or [])

@@ -1,0 +1,76 @@
+"""Reference trials: where the paper's design and the baselines stand in every study.
+
+Each reference is the WeightFormer block design with its mixer swapped (dynamic, softmax
+attention, static), at the space's middle width and depth. A reference is enqueued only if the
+space can express it exactly: every value that defines it must be one the space can take.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+from layers import PRESETS
+from layers.schema import ConfigError
+
+from .space import Param, SearchSpec
+
+_WEIGHTFORMER = PRESETS["weightformer_tiny"]
+_PLACEMENT = {"every": _WEIGHTFORMER.every, "offset": _WEIGHTFORMER.offset, "kernel_size": _WEIGHTFORMER.kernel_size,
+              "mlp_ratio": _WEIGHTFORMER.mlp_ratio}
+_DYNAMIC = {f"dynamic.{k}": v for k, v in dataclasses.asdict(_WEIGHTFORMER.dynamic).items() if k != "hyper_depth"}
+
+REFERENCES: dict[str, dict[str, Any]] = {
+    "weightformer": {"mixer": "dynamic", **_PLACEMENT, **_DYNAMIC},
+    "attention": {"mixer": "attention", **_PLACEMENT},
+    "static": {"mixer": "static", "kernel_size": _WEIGHTFORMER.kernel_size, "mlp_ratio": _WEIGHTFORMER.mlp_ratio},
+}
+
+
+def middle(param: Param) -> Any:
+    """The value a reference takes for a parameter it does not define: the middle of its range."""
+    options = param.possible()
+    if options is not None:
+        return options[len(options) // 2]
+    return math.sqrt(param.low * param.high) if param.log else (param.low + param.high) / 2
+
+
+def reference_params(spec: SearchSpec) -> dict[str, dict[str, Any]]:
+    """Sampled-parameter values of each reference that fits the space, by reference name."""
+    out = {}
+    for name, defining in REFERENCES.items():
+        values = _fit(spec, defining)
+        if values is not None:
+            out[name] = {k: v for k, v in values.items() if not _param(spec, k).fixed}
+    return out
+
+
+def _param(spec: SearchSpec, name: str) -> Param:
+    return next(p for p in spec.params if p.name == name)
+
+
+def _fit(spec: SearchSpec, defining: dict[str, Any]) -> dict[str, Any] | None:
+    values: dict[str, Any] = {}
+    for param in spec.params:
+        if not param.active(values):
+            continue
+        if param.name in defining:
+            if not param.contains(defining[param.name]):
+                return None
+            values[param.name] = defining[param.name]
+        else:
+            values[param.name] = middle(param)
+    try:
+        arch, _ = spec.configs(values)
+    except ConfigError:
+        return None
+    # Defining values the space does not set must hold through the config's defaults.
+    flat = {**arch.to_dict(), **{f"dynamic.{k}": v for k, v in arch.to_dict()["dynamic"].items()}}
+    if any(flat[key] != value for key, value in defining.items() if not _irrelevant(arch, key)):
+        return None
+    return values
+
+
+def _irrelevant(arch, key: str) -> bool:
+    # Dynamic fields only matter when the mixer is dynamic; others always apply.
+    return key.startswith("dynamic.") and arch.mixer != "dynamic"

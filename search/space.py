@@ -1,0 +1,525 @@
+"""The YAML search space: one file describes a whole study, and is checked before anything runs.
+
+    study:          {name, storage, seed}
+    data:           search.data.DataSpec       (name, root, val_fraction, ...)
+    training:       search.train.TrainSpec     (epochs, batch_size, lr, ..., augment: {...})
+    objectives:     {accuracy: maximize, gmacs: minimize}   (also params, latency)
+    budget:         {max_gmacs, max_params}    hard limits, checked before any training
+    trials:         {count, timeout_minutes, parallel, retries}
+    sampler:        tpe | nsga2 | random | gp, or {name, options}
+    early_stopping: {min_epochs, reduction} or false
+    resources:      {cpus, gpus} per trial (fractions allowed)
+    keep_weights:   front | all | none
+    space:          parameters, by config path:
+        embed_dim: {choices: [32, 48]}                categorical
+        depth: {low: 2, high: 6}                      integer range (also: step)
+        training.lr: {low: 1.0e-3, high: 1.0e-2, log: true}   float range
+        patch_size: 4                                 fixed value (also: {value: 4})
+        dynamic.pool: {choices: [avg2, max2], when: {mixer: dynamic}}   conditional
+
+Every problem is reported as ``SpaceError``: the file, the key path, what is wrong and what is
+allowed; the command line turns it into one message and exit code 2.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, get_type_hints
+
+import optuna
+import yaml
+
+from layers import ArchConfig, complexity
+from layers.config import DynamicConfig, named_fields
+from layers.dynamic_linear import LINEAR_PREDICTORS
+from layers.pooling import pool_extent
+from layers.registry import unknown_name_message
+from layers.schema import ConfigError, build, coerce_fields, join, matches_type, type_name
+
+from .data import DataError, DataInfo, DataSpec, describe
+from .samplers import SAMPLERS
+from .train import TrainSpec
+
+OBJECTIVES = ("accuracy", "gmacs", "params", "latency")
+DIRECTIONS = ("maximize", "minimize")
+KEEP_WEIGHTS = ("front", "all", "none")
+# Set by the data set, never by the space.
+DATA_FIELDS = ("img_size", "in_chans", "num_classes")
+STUDY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+
+class SpaceError(ValueError):
+    """A search-space file that cannot run: names the file, the key path and what is allowed."""
+
+    def __init__(self, source: str, path: str, reason: str):
+        super().__init__(f"{source}: {path}: {reason}" if path else f"{source}: {reason}")
+        self.source, self.path, self.reason = source, path, reason
+
+
+# ---------------------------------------------------------------------- sections
+@dataclass(frozen=True)
+class StudySection:
+    name: str
+    storage: str = "sqlite:///results/search.db"
+    seed: int | None = 0  # null: each run samples differently
+
+    def __post_init__(self) -> None:
+        coerce_fields(self)
+        if not STUDY_NAME.fullmatch(self.name) or ".." in self.name:
+            raise ConfigError("name", f"{self.name!r} must be letters, digits, '_', '-' and '.' only "
+                                      "(it names the folder results/<name>/), without '..'")
+
+
+@dataclass(frozen=True)
+class BudgetSection:
+    max_gmacs: float | None = None
+    max_params: int | None = None
+
+    def __post_init__(self) -> None:
+        coerce_fields(self)
+        for name in ("max_gmacs", "max_params"):
+            if getattr(self, name) is not None and getattr(self, name) <= 0:
+                raise ConfigError(name, "must be positive")
+
+
+@dataclass(frozen=True)
+class TrialsSection:
+    count: int | None = 20  # trials that finish, are pruned, or fail on their own
+    timeout_minutes: float | None = None  # no new trial starts after this much wall-clock time
+    parallel: int = 1
+    retries: int = 2  # re-runs of a trial whose worker process died
+
+    def __post_init__(self) -> None:
+        coerce_fields(self)
+        if self.count is None and self.timeout_minutes is None:
+            raise ConfigError("count", "set count, timeout_minutes or both: the study needs an end")
+        if self.count is not None and self.count < 1:
+            raise ConfigError("count", "must be at least 1")
+        if self.timeout_minutes is not None and self.timeout_minutes <= 0:
+            raise ConfigError("timeout_minutes", "must be positive")
+        if self.parallel < 1:
+            raise ConfigError("parallel", "must be at least 1")
+        if self.retries < 0:
+            raise ConfigError("retries", "must not be negative")
+
+
+@dataclass(frozen=True)
+class SamplerSection:
+    name: str = "tpe"
+    options: dict = field(default_factory=dict)  # keyword arguments of the Optuna sampler
+
+    def __post_init__(self) -> None:
+        coerce_fields(self)
+        try:
+            SAMPLERS.validate(self.name)
+        except ValueError as err:
+            raise ConfigError("name", str(err)) from None
+
+
+@dataclass(frozen=True)
+class EarlyStoppingSection:
+    """Rungs at min_epochs * reduction^k epochs; at each, trials dominated on (accuracy so far,
+    GMACs) by an earlier trial at the same rung are stopped."""
+
+    min_epochs: int = 1
+    reduction: int = 2
+
+    def __post_init__(self) -> None:
+        coerce_fields(self)
+        if self.min_epochs < 1:
+            raise ConfigError("min_epochs", "must be at least 1")
+        if self.reduction < 2:
+            raise ConfigError("reduction", "must be at least 2")
+
+    def rungs(self, epochs: int) -> tuple[int, ...]:
+        out, rung = [], self.min_epochs
+        while rung < epochs:
+            out.append(rung)
+            rung *= self.reduction
+        return tuple(out)
+
+
+@dataclass(frozen=True)
+class ResourcesSection:
+    cpus: float = 1.0
+    gpus: float = 0.0  # fractions share a GPU between trials
+
+    def __post_init__(self) -> None:
+        coerce_fields(self)
+        if self.cpus <= 0:
+            raise ConfigError("cpus", "must be positive")
+        if self.gpus < 0:
+            raise ConfigError("gpus", "must not be negative")
+        if self.gpus > 1 and self.gpus != int(self.gpus):
+            raise ConfigError("gpus", "above 1 must be a whole number")
+
+
+@dataclass(frozen=True)
+class Objective:
+    name: str
+    direction: str
+
+
+# ---------------------------------------------------------------------- parameters
+@dataclass(frozen=True)
+class Param:
+    """One key of ``space``: sampled (choices or a range) or fixed, possibly conditional."""
+
+    name: str
+    hint: Any  # the type of the config field it sets
+    choices: tuple | None = None
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    step: float | None = None
+    value: Any = None  # for fixed parameters
+    when: tuple[tuple[str, tuple], ...] = ()
+
+    @property
+    def fixed(self) -> bool:
+        return self.choices is None and self.low is None
+
+    @property
+    def is_int(self) -> bool:
+        return self.hint is int or (isinstance(self.low, int) and isinstance(self.high, int))
+
+    def active(self, values: Mapping[str, Any]) -> bool:
+        return all(name in values and values[name] in allowed for name, allowed in self.when)
+
+    def suggest(self, trial: optuna.Trial) -> Any:
+        if self.fixed:
+            return self.value
+        if self.choices is not None:
+            return trial.suggest_categorical(self.name, self.choices)
+        if self.is_int:
+            return trial.suggest_int(self.name, int(self.low), int(self.high), step=int(self.step or 1), log=self.log)
+        return trial.suggest_float(self.name, self.low, self.high, step=self.step, log=self.log)
+
+    def possible(self) -> tuple | None:
+        """All values it can take, or None for a continuous range."""
+        if self.fixed:
+            return (self.value,)
+        if self.choices is not None:
+            return self.choices
+        if self.is_int:
+            return tuple(range(int(self.low), int(self.high) + 1, int(self.step or 1)))
+        return None
+
+    def contains(self, value: Any) -> bool:
+        options = self.possible()
+        if options is not None:
+            return value in options
+        return isinstance(value, (int, float)) and self.low <= value <= self.high
+
+
+# ---------------------------------------------------------------------- the spec
+@dataclass(frozen=True)
+class SearchSpec:
+    source: str
+    text: str  # the file as written, kept with the study
+    study: StudySection
+    data: DataSpec
+    data_info: DataInfo
+    training: TrainSpec
+    objectives: tuple[Objective, ...]
+    budget: BudgetSection
+    trials: TrialsSection
+    sampler: SamplerSection
+    early_stopping: EarlyStoppingSection | None
+    resources: ResourcesSection
+    keep_weights: str
+    params: tuple[Param, ...]  # in an order where every condition's parameter comes first
+
+    @property
+    def directions(self) -> list[str]:
+        return [o.direction for o in self.objectives]
+
+    @property
+    def rungs(self) -> tuple[int, ...]:
+        return self.early_stopping.rungs(self.training.epochs) if self.early_stopping else ()
+
+    def sample(self, trial: optuna.Trial) -> dict[str, Any]:
+        """The active parameters' values for one trial (fixed ones included)."""
+        values: dict[str, Any] = {}
+        for param in self.params:
+            if param.active(values):
+                values[param.name] = param.suggest(trial)
+        return values
+
+    def configs(self, values: Mapping[str, Any]) -> tuple[ArchConfig, TrainSpec]:
+        """The architecture and training recipe of a set of parameter values (may raise ConfigError)."""
+        arch: dict[str, Any] = {"img_size": self.data_info.img_size, "in_chans": self.data_info.in_chans,
+                                "num_classes": self.data_info.num_classes, "dynamic": {}}
+        training: dict[str, Any] = {}
+        for name, value in values.items():
+            if name.startswith("training."):
+                training[name.removeprefix("training.")] = value
+            elif name.startswith("dynamic."):
+                arch["dynamic"][name.removeprefix("dynamic.")] = value
+            else:
+                arch[name] = value
+        return ArchConfig.from_dict(arch), dataclasses.replace(self.training, **training)
+
+    def arch_params(self) -> list[Param]:
+        return [p for p in self.params if not p.name.startswith("training.")]
+
+
+# ---------------------------------------------------------------------- loading
+SECTIONS = ("study", "data", "training", "objectives", "budget", "trials", "sampler", "early_stopping",
+            "resources", "keep_weights", "space")
+
+
+def load_space(path: str | Path, *, storage: str | None = None) -> SearchSpec:
+    """Read and check a space file; ``storage`` overrides the file's storage URL."""
+    source = str(path)
+    try:
+        text = Path(path).read_text()
+    except FileNotFoundError:
+        raise SpaceError(source, "", "no such file") from None
+    except (IsADirectoryError, PermissionError, UnicodeDecodeError) as err:
+        raise SpaceError(source, "", f"cannot be read: {err}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        where = getattr(err, "problem_mark", None)
+        line = f" (line {where.line + 1}, column {where.column + 1})" if where else ""
+        raise SpaceError(source, "", f"is not valid YAML{line}: {getattr(err, 'problem', err)}") from None
+    if data is None:
+        raise SpaceError(source, "", "is empty: a space needs at least study.name and space")
+    if not isinstance(data, dict):
+        raise SpaceError(source, "", f"must be a mapping of sections ({', '.join(SECTIONS)}), got {type(data).__name__}")
+    try:
+        return _parse(source, text, data, storage)
+    except ConfigError as err:
+        raise SpaceError(source, err.path, err.reason) from None
+
+
+def _parse(source: str, text: str, data: dict, storage: str | None) -> SearchSpec:
+    for key in data:
+        if key not in SECTIONS:
+            raise ConfigError(str(key), unknown_name_message("section", key, list(SECTIONS)))
+    for required in ("study", "space"):
+        if required not in data:
+            raise ConfigError(required, "is missing")
+    study = build(StudySection, data["study"], "study")
+    if storage:
+        study = dataclasses.replace(study, storage=storage)
+    data_spec = build(DataSpec, data.get("data") or {}, "data")
+    try:
+        info = describe(data_spec)
+    except (DataError, ValueError) as err:
+        raise ConfigError("data.root" if "root" in str(err) else "data.name", str(err)) from None
+    training = build(TrainSpec, data.get("training") or {}, "training")
+    stopping_raw = data.get("early_stopping", {})
+    early_stopping = None if stopping_raw is False else build(EarlyStoppingSection, stopping_raw or {}, "early_stopping")
+    keep = data.get("keep_weights", "front")
+    if keep not in KEEP_WEIGHTS:
+        raise ConfigError("keep_weights", unknown_name_message("choice", keep, list(KEEP_WEIGHTS)))
+    sampler_raw = data.get("sampler", "tpe")
+    sampler = build(SamplerSection, {"name": sampler_raw} if isinstance(sampler_raw, str) else sampler_raw, "sampler")
+    spec = SearchSpec(
+        source=source, text=text, study=study, data=data_spec, data_info=info, training=training,
+        objectives=_objectives(data.get("objectives", {"accuracy": "maximize", "gmacs": "minimize"})),
+        budget=build(BudgetSection, data.get("budget") or {}, "budget"),
+        trials=build(TrialsSection, data.get("trials") or {}, "trials"),
+        sampler=sampler, early_stopping=early_stopping,
+        resources=build(ResourcesSection, data.get("resources") or {}, "resources"),
+        keep_weights=keep, params=_params(data["space"]),
+    )
+    _check_grids(spec)
+    _check_fixed_budget(spec)
+    return spec
+
+
+def _objectives(raw: Any) -> tuple[Objective, ...]:
+    if not isinstance(raw, Mapping) or not raw:
+        raise ConfigError("objectives", "expected a mapping such as {accuracy: maximize, gmacs: minimize}")
+    out = []
+    for name, direction in raw.items():
+        if name not in OBJECTIVES:
+            raise ConfigError(f"objectives.{name}", unknown_name_message("objective", name, list(OBJECTIVES)))
+        if direction not in DIRECTIONS:
+            raise ConfigError(f"objectives.{name}", unknown_name_message("direction", direction, list(DIRECTIONS)))
+        out.append(Objective(name, direction))
+    return tuple(out)
+
+
+def _field_hints() -> dict[str, Any]:
+    """Every settable path and its type: architecture fields, dynamic.*, training.* (scalars)."""
+    arch = {k: v for k, v in get_type_hints(ArchConfig).items() if k not in DATA_FIELDS and k != "dynamic"}
+    dynamic = {f"dynamic.{k}": v for k, v in get_type_hints(DynamicConfig).items()}
+    training = {f"training.{k}": v for k, v in get_type_hints(TrainSpec).items() if k != "augment"}
+    return {**arch, **dynamic, **training}
+
+
+def _params(raw: Any) -> tuple[Param, ...]:
+    if not isinstance(raw, Mapping) or not raw:
+        raise ConfigError("space", "expected a mapping of parameters, e.g. {embed_dim: {choices: [32, 64]}}")
+    hints = _field_hints()
+    params = {}
+    for name, spec in raw.items():
+        path = f"space.{name}"
+        if name in DATA_FIELDS:
+            raise ConfigError(path, f"{name} is set by the data set, not by the space")
+        if name not in hints:
+            raise ConfigError(path, unknown_name_message("parameter", name, sorted(hints)))
+        params[name] = _param(name, spec, hints[name], path)
+    for param in params.values():
+        for ref, allowed in param.when:
+            where = f"space.{param.name}.when.{ref}"
+            if ref not in params:
+                raise ConfigError(where, f"refers to {ref!r}, which is not a parameter of this space "
+                                         f"(parameters: {', '.join(params)})")
+            possible = params[ref].possible()
+            impossible = [v for v in allowed if possible is not None and v not in possible]
+            if impossible:
+                raise ConfigError(where, f"{impossible[0]!r} is not a value {ref!r} can take ({list(possible)})")
+    return tuple(_ordered(params))
+
+
+def _param(name: str, spec: Any, hint: Any, path: str) -> Param:
+    if not isinstance(spec, Mapping):
+        spec = {"value": spec}
+    allowed_keys = ("choices", "low", "high", "log", "step", "value", "when")
+    for key in spec:
+        if key not in allowed_keys:
+            raise ConfigError(join(path, str(key)), unknown_name_message("key", key, list(allowed_keys)))
+    kinds = [k for k in ("choices", "low", "value") if k in spec]
+    if "high" in spec and "low" not in spec:
+        kinds.append("low")
+    if len(set(kinds)) != 1:
+        raise ConfigError(path, "give exactly one of: choices: [...], low: and high:, or a fixed value")
+    when = _when(spec.get("when"), join(path, "when"))
+    registry = named_fields().get(name)
+
+    def check_value(value: Any, where: str) -> Any:
+        if isinstance(value, list):
+            value = tuple(value)
+        if hint is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not matches_type(value, hint):
+            raise ConfigError(where, f"expected {type_name(hint)}, got {value!r}")
+        if registry is not None:
+            try:
+                registry.validate(value)
+            except ValueError as err:
+                raise ConfigError(where, str(err)) from None
+        return value
+
+    if "value" in spec:
+        return Param(name, hint, value=check_value(spec["value"], join(path, "value")), when=when)
+    if "choices" in spec:
+        choices = spec["choices"]
+        if not isinstance(choices, list) or not choices:
+            raise ConfigError(join(path, "choices"), "expected a non-empty list of values")
+        checked = tuple(check_value(v, f"{path}.choices[{i}]") for i, v in enumerate(choices))
+        if any(isinstance(v, tuple) for v in checked):
+            raise ConfigError(join(path, "choices"), "choices must be single values (numbers, strings, booleans)")
+        if len(set(checked)) != len(checked):
+            raise ConfigError(join(path, "choices"), "lists a value twice")
+        return Param(name, hint, choices=checked, when=when)
+
+    if hint not in (int, float, int | None, float | None):
+        raise ConfigError(path, f"{name} takes {type_name(hint)}: use choices: [...] instead of a range")
+    numeric = int if hint in (int, int | None) else float
+    for key in ("low", "high"):
+        if key not in spec:
+            raise ConfigError(path, "a range needs both low: and high:")
+        value = spec[key]
+        if isinstance(value, str):
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or \
+                (numeric is int and not isinstance(value, int) and value != int(value)):
+            raise ConfigError(join(path, key), f"expected {'an integer' if numeric is int else 'a number'}, got {spec[key]!r}")
+        spec = {**spec, key: numeric(value)}
+    low, high, log, step = spec["low"], spec["high"], spec.get("log", False), spec.get("step")
+    if not isinstance(log, bool):
+        raise ConfigError(join(path, "log"), f"expected true or false, got {log!r}")
+    if low > high:
+        raise ConfigError(path, f"low ({low}) is greater than high ({high})")
+    if log and low <= 0:
+        raise ConfigError(join(path, "low"), f"a log range must stay above 0, got low = {low}")
+    if step is not None and (isinstance(step, bool) or not isinstance(step, (int, float)) or step <= 0):
+        raise ConfigError(join(path, "step"), f"expected a positive number, got {step!r}")
+    if step is not None and log:
+        raise ConfigError(join(path, "step"), "a log range cannot have a step")
+    return Param(name, numeric, low=low, high=high, log=log, step=step, when=when)
+
+
+def _when(raw: Any, path: str) -> tuple[tuple[str, tuple], ...]:
+    if raw is None:
+        return ()
+    if not isinstance(raw, Mapping) or not raw:
+        raise ConfigError(path, "expected a mapping such as {mixer: dynamic} or {mixer: [dynamic, attention]}")
+    return tuple((str(name), tuple(v if isinstance(v, list) else [v])) for name, v in raw.items())
+
+
+def _ordered(params: dict[str, Param]) -> list[Param]:
+    """Parameters sorted so that each comes after those its condition reads (file order otherwise)."""
+    done: dict[str, Param] = {}
+    visiting: list[str] = []
+
+    def visit(name: str) -> None:
+        if name in done:
+            return
+        if name in visiting:
+            cycle = " -> ".join(visiting[visiting.index(name):] + [name])
+            raise ConfigError(f"space.{name}.when", f"conditions form a cycle: {cycle}")
+        visiting.append(name)
+        for ref, _ in params[name].when:
+            visit(ref)
+        visiting.pop()
+        done[name] = params[name]
+
+    for name in params:
+        visit(name)
+    return list(done.values())
+
+
+def _check_grids(spec: SearchSpec) -> None:
+    """Refuse a context pool that is larger than every token grid the space can produce."""
+    by_name = {p.name: p for p in spec.params}
+    pool_param = by_name.get("dynamic.pool")
+    predictor = by_name.get("dynamic.linear_predictor")
+    if pool_param is None or pool_param.possible() is None:
+        return
+    if predictor is not None and all(LINEAR_PREDICTORS.parse(v)[0].global_context for v in predictor.possible()):
+        return  # every predictor ignores the pool
+    patches = by_name["patch_size"].possible() if "patch_size" in by_name else (ArchConfig.patch_size,)
+    height, width = spec.data_info.img_size
+    largest_side = max(min(height // p, width // p) for p in patches)
+    for pool in pool_param.possible():
+        extent = pool_extent(pool)
+        if extent is not None and extent > largest_side:
+            raise ConfigError("space.dynamic.pool", f"{pool!r} needs a token grid of at least {extent}x{extent}, "
+                                                      f"but the largest this space makes is {largest_side} tokens on its "
+                                                      f"short side ({height}x{width} input, patch {min(patches)})")
+
+
+def _check_fixed_budget(spec: SearchSpec) -> None:
+    """A space with nothing architectural to sample is one configuration: it must fit the budget."""
+    if any(not p.fixed or p.when for p in spec.arch_params()):
+        return
+    try:
+        arch, _ = spec.configs({p.name: p.value for p in spec.params if p.fixed})
+    except ConfigError as err:
+        raise ConfigError(f"space.{err.path}", f"the fixed configuration is invalid: {err.reason}") from None
+    cost = complexity(arch)
+    over = over_budget(spec.budget, cost.gmacs, cost.params)
+    if over:
+        raise ConfigError("budget", f"the space's only configuration is over budget: {over}")
+
+
+def over_budget(budget: BudgetSection, gmacs: float, params: int) -> str | None:
+    """Why a configuration breaks the hard budget, or None."""
+    if budget.max_gmacs is not None and gmacs > budget.max_gmacs:
+        return f"{gmacs:.4g} GMACs > max_gmacs {budget.max_gmacs:g}"
+    if budget.max_params is not None and params > budget.max_params:
+        return f"{params:,} parameters > max_params {budget.max_params:,}"
+    return None

@@ -1,0 +1,115 @@
+"""Opening the study storage: SQLite for one machine, PostgreSQL for a cluster.
+
+SQLite is put in WAL mode with a long busy timeout: the driver is the only writer, and readers
+(optuna-dashboard, the report) never block it. Passwords never appear in messages: every URL
+shown to a user goes through ``masked``.
+"""
+from __future__ import annotations
+
+import sqlite3
+import time
+from pathlib import Path
+from typing import Callable, TypeVar
+
+import optuna
+import sqlalchemy
+import sqlalchemy.exc
+from sqlalchemy.engine import make_url
+
+T = TypeVar("T")
+SUPPORTED = ("sqlite", "postgresql")
+
+
+class StorageError(RuntimeError):
+    """A storage URL that cannot be used: unparsable, unsupported, or unreachable."""
+
+
+def masked(url: str) -> str:
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return "<unparsable storage URL>"
+
+
+def _parse(url: str):
+    try:
+        parsed = make_url(url)
+    except Exception:
+        raise StorageError(f"cannot parse storage URL {masked(url)!r}: expected sqlite:///path.db or "
+                           "postgresql://user@host:port/database") from None
+    if parsed.get_backend_name() not in SUPPORTED:
+        raise StorageError(f"storage {masked(url)!r}: unsupported database {parsed.get_backend_name()!r}; "
+                           f"supported: {', '.join(SUPPORTED)}")
+    return parsed
+
+
+def check_storage(url: str) -> None:
+    """Refuse an unparsable or unreachable storage without writing anything to it."""
+    parsed = _parse(url)
+    if parsed.get_backend_name() == "sqlite":
+        return  # the file is made on opening; nothing to reach
+    try:
+        engine = sqlalchemy.create_engine(url, connect_args={"connect_timeout": 10})
+    except ImportError as err:
+        raise StorageError(f"storage {masked(url)} needs a database driver: {err} "
+                           "(pip install 'dynamic-weight-search[postgres]')") from None
+    try:
+        with engine.connect():
+            pass
+    except sqlalchemy.exc.SQLAlchemyError as err:
+        raise StorageError(f"cannot open storage {masked(url)}: {_first_line(err)}") from None
+    finally:
+        engine.dispose()
+
+
+def open_storage(url: str, *, create: bool = True) -> optuna.storages.RDBStorage:
+    """An Optuna RDB storage for ``url``; ``create`` makes a missing SQLite file's folder."""
+    backend = _parse(url).get_backend_name()
+    parsed = make_url(url)
+    engine_kwargs: dict = {"pool_pre_ping": True}
+    if backend == "sqlite":
+        _prepare_sqlite(parsed.database, create)
+        engine_kwargs["connect_args"] = {"timeout": 60}
+    else:
+        engine_kwargs["connect_args"] = {"connect_timeout": 10}
+    try:
+        return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
+    except (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError, ImportError) as err:
+        raise StorageError(f"cannot open storage {masked(url)}: {_first_line(err)}") from None
+
+
+def _prepare_sqlite(database: str | None, create: bool) -> None:
+    if not database or database == ":memory:":
+        raise StorageError("an in-memory SQLite database would lose the study: give a file, sqlite:///results/search.db")
+    path = Path(database)
+    if not path.parent.exists():
+        if not create:
+            raise StorageError(f"no SQLite database at {database!r}")
+        path.parent.mkdir(parents=True, exist_ok=True)
+    if not create and not path.exists():
+        raise StorageError(f"no SQLite database at {database!r}")
+    # WAL lets readers work beside the writer; it is a property of the file, so set it once here.
+    with sqlite3.connect(path, timeout=60) as connection:
+        connection.execute("PRAGMA journal_mode=WAL")
+
+
+def _first_line(err: BaseException) -> str:
+    return str(getattr(err, "orig", None) or err).strip().splitlines()[0]
+
+
+def with_retries(action: Callable[[], T], what: str, *, patience_s: float = 120.0,
+                 on_retry: Callable[[str], None] | None = None) -> T:
+    """Run a storage action, retrying through a database restart for up to ``patience_s``."""
+    deadline, delay = time.monotonic() + patience_s, 0.5
+    while True:
+        try:
+            return action()
+        except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError,
+                optuna.exceptions.StorageInternalError) as err:
+            if time.monotonic() > deadline:
+                raise StorageError(f"the database did not come back within {patience_s:.0f} s while trying to "
+                                   f"{what}: {_first_line(err)}") from None
+            if on_retry:
+                on_retry(f"database unavailable while trying to {what} ({_first_line(err)}); retrying in {delay:.1f} s")
+            time.sleep(delay)
+            delay = min(delay * 2, 10.0)

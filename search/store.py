@@ -1,0 +1,127 @@
+"""What a trial records, and how it is read back: the one schema for driver, report and export.
+
+Everything a trial learns is written to its Optuna user attributes as soon as it is known, so
+that optuna-dashboard shows it and a driver that dies loses nothing: a result written before the
+driver could ``tell`` it is told by the next driver instead of being run again.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+# Values of the "status" attribute.
+RUNNING = "running"
+COMPLETE = "complete"
+PRUNED = "pruned"
+FAILED = "failed"  # the trial's own failure (exception, NaN loss, out of memory): counts as done
+REJECTED = "rejected"  # over the hard budget or an invalid combination: no compute spent
+INTERRUPTED = "interrupted"  # stopped by Ctrl-C: retried by the next run
+STALE = "stale"  # left running by a driver that died: retried
+SURPLUS = "surplus"  # asked by one of several drivers after the budget was full
+
+COUNTED = (COMPLETE, PRUNED, FAILED)  # what the trial budget counts
+RETRIED = (INTERRUPTED, STALE)
+
+
+@dataclass
+class TrialRecord:
+    """One trial as the report, the tables and the exports see it."""
+
+    number: int
+    state: str  # Optuna's state name
+    status: str
+    params: dict[str, Any]
+    values: list[float] | None
+    arch: dict[str, Any] | None = None
+    training: dict[str, Any] = field(default_factory=dict)
+    gmacs: float | None = None
+    mparams: float | None = None
+    latency_ms: float | None = None
+    device: str | None = None
+    curve: list[float] = field(default_factory=list)
+    train_loss: list[float] = field(default_factory=list)
+    wall_time_s: float | None = None
+    reason: str | None = None
+    reference: str | None = None
+    weights: str | None = None
+    seed: int | None = None
+    retry_of: int | None = None
+
+    @property
+    def accuracy(self) -> float | None:
+        """Final validation accuracy of a complete trial, the best accuracy so far otherwise."""
+        if self.status == COMPLETE and self.curve:
+            return self.curve[-1]
+        return max(self.curve) if self.curve else None
+
+    @property
+    def mixer(self) -> str | None:
+        return self.arch.get("mixer") if self.arch else None
+
+    @property
+    def label(self) -> str:
+        """Mixer, plus the predictors for dynamic ones: how plots colour the trials."""
+        if not self.arch:
+            return "?"
+        if self.arch["mixer"] != "dynamic":
+            return self.arch["mixer"]
+        dyn = self.arch["dynamic"]
+        return f"dynamic/{dyn['linear_predictor']}"
+
+    @classmethod
+    def from_frozen(cls, trial: FrozenTrial) -> "TrialRecord":
+        attrs = trial.user_attrs
+        status = attrs.get("status") or _status_of_state(trial.state)
+        return cls(
+            number=trial.number, state=trial.state.name, status=status, params=dict(trial.params),
+            values=list(trial.values) if trial.values else attrs.get("values"),
+            arch=attrs.get("arch"), training=attrs.get("training", {}), gmacs=attrs.get("gmacs"),
+            mparams=attrs.get("mparams"), latency_ms=attrs.get("latency_ms"), device=attrs.get("device"),
+            curve=attrs.get("curve", []), train_loss=attrs.get("train_loss", []),
+            wall_time_s=attrs.get("wall_time_s"), reason=attrs.get("reason"), reference=attrs.get("reference"),
+            weights=attrs.get("weights"), seed=attrs.get("seed"), retry_of=attrs.get("retry_of"),
+        )
+
+
+def _status_of_state(state: TrialState) -> str:
+    return {TrialState.COMPLETE: COMPLETE, TrialState.PRUNED: PRUNED, TrialState.FAIL: FAILED,
+            TrialState.RUNNING: RUNNING, TrialState.WAITING: "waiting"}[state]
+
+
+def records(study: optuna.Study) -> list[TrialRecord]:
+    return [TrialRecord.from_frozen(t) for t in study.get_trials(deepcopy=False)]
+
+
+class TrialWriter:
+    """Writes one running trial's attributes."""
+
+    def __init__(self, trial: optuna.Trial):
+        self.trial = trial
+
+    def set(self, **attrs: Any) -> None:
+        for key, value in attrs.items():
+            self.trial.set_user_attr(key, value)
+
+    def started(self, **attrs: Any) -> None:
+        self.set(status=RUNNING, started_at=time.time(), **attrs)
+
+    def outcome(self, status: str, *, values: list[float] | None = None, reason: str | None = None, **attrs: Any) -> None:
+        """The final word on a trial, written before it is told so that a crash cannot lose it."""
+        extra = {"values": values} if values is not None else {}
+        if reason is not None:
+            extra["reason"] = reason
+        self.set(**attrs, **extra, status=status)
+
+
+def tell(study: optuna.Study, number: int, status: str, values: list[float] | None) -> None:
+    """Finish a trial in Optuna according to the outcome recorded for it."""
+    if status == COMPLETE:
+        study.tell(number, values)
+    elif status == PRUNED:
+        study.tell(number, state=TrialState.PRUNED)
+    else:
+        study.tell(number, state=TrialState.FAIL)

@@ -1,0 +1,166 @@
+"""Training one architecture: AdamW, linear warm-up then cosine decay, label smoothing, AMP on GPU.
+
+All hyperparameters live in ``TrainSpec``. A ``Trainer`` runs any range of epochs and can be
+checkpointed between them, which is how the search trains a trial rung by rung and how full
+training resumes after an interruption.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import timm.optim
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from layers.schema import ConfigError, coerce_fields
+
+from .augment import AugmentSpec, BatchAugment
+from .data import Dataset, Split, StreamingSplit
+
+
+@dataclass(frozen=True)
+class TrainSpec:
+    epochs: int = 10
+    batch_size: int = 128
+    lr: float = 2e-3
+    lr_reference_batch: int | None = None  # if set, lr scales as lr * batch_size / lr_reference_batch
+    weight_decay: float = 0.05  # AdamW; biases, norms and gates are not decayed
+    warmup_epochs: float = 1.0
+    min_lr_ratio: float = 0.0  # the cosine ends at lr * min_lr_ratio
+    label_smoothing: float = 0.1
+    grad_clip: float | None = None  # max global gradient norm
+    amp: bool = True  # mixed precision on GPU (bf16 where supported, else fp16 with loss scaling)
+    eval_batch_size: int = 512
+    augment: AugmentSpec = field(default_factory=AugmentSpec)
+
+    def __post_init__(self) -> None:
+        coerce_fields(self)
+        for name in ("epochs", "batch_size", "eval_batch_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(name, "must be at least 1")
+        for name in ("lr", "weight_decay", "warmup_epochs", "min_lr_ratio", "label_smoothing"):
+            if getattr(self, name) < 0:
+                raise ConfigError(name, "must not be negative")
+        if self.lr <= 0:
+            raise ConfigError("lr", "must be positive")
+        if self.label_smoothing >= 1:
+            raise ConfigError("label_smoothing", "must be below 1")
+
+    @property
+    def peak_lr(self) -> float:
+        return self.lr * self.batch_size / self.lr_reference_batch if self.lr_reference_batch else self.lr
+
+
+class NonFiniteLoss(RuntimeError):
+    """The training loss became NaN or infinite: the trial fails, the study goes on."""
+
+
+class Trainer:
+    def __init__(self, model: nn.Module, data: Dataset, spec: TrainSpec, device: torch.device, seed: int,
+                 img_size: tuple[int, int] | None = None):
+        self.model = model.to(device)
+        self.spec, self.device = spec, device
+        self.train_split = data.train.to(device) if isinstance(data.train, Split) else data.train
+        self.val_split = data.val.to(device) if isinstance(data.val, Split) else data.val
+        size = img_size or data.img_size
+        self.augment = BatchAugment(spec.augment, data.mean, data.std, size, data.num_classes, spec.label_smoothing)
+        self.generator = torch.Generator(device=device).manual_seed(seed)
+        self.optimizer = timm.optim.create_optimizer_v2(model, "adamw", lr=spec.peak_lr, weight_decay=spec.weight_decay)
+        self.steps_per_epoch = max(1, len(self.train_split) // spec.batch_size)
+        total = spec.epochs * self.steps_per_epoch
+        warmup = round(spec.warmup_epochs * self.steps_per_epoch)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda step: _warmup_cosine(step, warmup, total, spec.min_lr_ratio)
+        )
+        self.autocast_dtype = _autocast_dtype(device) if spec.amp else None
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.autocast_dtype == torch.float16)
+        self.epoch = 0
+
+    def train_epoch(self) -> float:
+        """One pass over the training split; returns the mean training loss."""
+        self.model.train()
+        losses = []
+        for images, labels in self.train_split.batches(self.spec.batch_size, self.device, self.generator, drop_last=True):
+            x, targets = self.augment.train_batch(images, labels, self.generator)
+            with torch.autocast(self.device.type, self.autocast_dtype or torch.float32, enabled=self.autocast_dtype is not None):
+                loss = F.cross_entropy(self.model(x), targets)
+            if not torch.isfinite(loss):
+                raise NonFiniteLoss(f"non-finite training loss ({loss.item()}) at epoch {self.epoch + 1}")
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            if self.spec.grad_clip:
+                self.scaler.unscale_(self.optimizer)
+                nn.utils.clip_grad_norm_(self.model.parameters(), self.spec.grad_clip)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.scheduler.step()
+            losses.append(loss.detach())
+        self.epoch += 1
+        return float(torch.stack(losses).mean()) if losses else float("nan")
+
+    @torch.no_grad()
+    def evaluate(self, split: Split | StreamingSplit | None = None, img_size: tuple[int, int] | None = None) -> float:
+        """Top-1 accuracy (0..1) on ``split`` (default: the validation split)."""
+        self.model.eval()
+        split = split.to(self.device) if isinstance(split, Split) else (split or self.val_split)
+        correct = 0
+        for images, labels in split.batches(self.spec.eval_batch_size, self.device):
+            with torch.autocast(self.device.type, self.autocast_dtype or torch.float32, enabled=self.autocast_dtype is not None):
+                logits = self.model(self.augment.eval_batch(images, img_size))
+            correct += int((logits.argmax(dim=1) == labels).sum())
+        return correct / len(split)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "generator": self.generator.get_state(),
+            "epoch": self.epoch,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.generator.set_state(state["generator"])
+        self.epoch = state["epoch"]
+
+
+def _warmup_cosine(step: int, warmup: int, total: int, floor: float) -> float:
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def _autocast_dtype(device: torch.device) -> torch.dtype | None:
+    if device.type != "cuda":
+        return None  # CPU autocast slows these models down; full precision it is
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def measure_latency(model: nn.Module, in_chans: int, img_size: tuple[int, int], device: torch.device,
+                    batch: int = 1, repeats: int = 20) -> float:
+    """Median milliseconds of one inference forward of ``batch`` images on ``device``."""
+    model.eval()
+    x = torch.randn(batch, in_chans, *img_size, device=device)
+    timings = []
+    with torch.no_grad():
+        for i in range(repeats + 3):
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            start = time.perf_counter()
+            model(x)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            if i >= 3:  # warm-up calls pay for allocation and kernel selection
+                timings.append(time.perf_counter() - start)
+    timings.sort()
+    return 1000 * timings[len(timings) // 2]

@@ -1,0 +1,128 @@
+"""Data sets: seeded held-out splits, local loaders, and a task that needs global reach."""
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import layers
+from search.data import (DataError, DataSpec, PAIR_CANVAS, Split, describe, load_dataset, make_pairs,
+                         split_indices)
+import search.data as data_module
+from search.train import Trainer, TrainSpec
+
+
+def test_split_is_seeded_and_disjoint():
+    train, val = split_indices(100, 0.2, seed=3)
+    again_train, again_val = split_indices(100, 0.2, seed=3)
+    assert torch.equal(train, again_train) and torch.equal(val, again_val)
+    assert len(val) == 20 and not set(train.tolist()) & set(val.tolist())
+    assert not torch.equal(split_indices(100, 0.2, seed=4)[1], val)
+
+
+def test_digits_and_pairs_hold_out_whole_glyphs():
+    digits = load_dataset(DataSpec(name="digits"))
+    assert digits.train.images.dtype == torch.uint8 and digits.train.images.shape[1:] == (1, 8, 8)
+    assert len(digits.train) + len(digits.val) == 1797
+    pairs = load_dataset(DataSpec(name="digit-pairs", pairs=600))
+    assert pairs.train.images.shape == (600, 1, *PAIR_CANVAS) and pairs.val.images.shape == (100, 1, *PAIR_CANVAS)
+    assert pairs.img_size == PAIR_CANVAS == describe(DataSpec(name="digit-pairs")).img_size
+    # Validation canvases always carry two digits; some training canvases carry one.
+    def digits_on(split, side):
+        return split.images[:, 0, :, :16] if side == "left" else split.images[:, 0, :, -16:]
+    assert (digits_on(pairs.val, "left").flatten(1).amax(1) > 0).all()
+    assert (digits_on(pairs.val, "right").flatten(1).amax(1) > 0).all()
+    assert (digits_on(pairs.train, "left").flatten(1).amax(1) == 0).any()
+
+
+def test_pair_label_is_the_sum_of_both_digits_mod_10():
+    glyphs = torch.zeros(10, 1, 8, 8, dtype=torch.uint8)
+    for digit in range(10):
+        glyphs[digit, 0, digit % 8, :] = 200 + digit  # a glyph we can recognise
+    split = make_pairs(glyphs, torch.arange(10), 50, seed=0, blank_fraction=0.0)
+    for image, label in zip(split.images, split.labels):
+        left = int(image[0, :, :16].max()) - 200
+        right = int(image[0, :, -16:].max()) - 200
+        assert label == (left + right) % 10
+
+
+def train_on_pairs(mixer: str, depth: int, every: int) -> float:
+    data = load_dataset(DataSpec(name="digit-pairs"))
+    torch.manual_seed(0)
+    cfg = layers.ArchConfig(img_size=PAIR_CANVAS, in_chans=1, num_classes=10, patch_size=4, embed_dim=32,
+                            depth=depth, mixer=mixer, every=every, offset=0, num_heads=2)
+    trainer = Trainer(layers.create_model(cfg), data, TrainSpec(epochs=8, batch_size=32, lr=3e-3), torch.device("cpu"), 0)
+    for _ in range(8):
+        trainer.train_epoch()
+    return trainer.evaluate()
+
+
+def test_digit_pairs_needs_global_reach():
+    """A static model whose receptive field (+-2 tokens) never joins the two ends stays at chance
+    (10 %); an attention model, whose tokens see the whole canvas, learns the sum."""
+    static = train_on_pairs("static", depth=2, every=1)
+    attention = train_on_pairs("attention", depth=4, every=2)
+    assert static < 0.15
+    assert attention > 0.25
+
+
+def write_cifar(root, classes: int) -> None:
+    folder = root / ("cifar-10-batches-py" if classes == 10 else "cifar-100-python")
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    key = "labels" if classes == 10 else "fine_labels"
+    files = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"] if classes == 10 else ["train", "test"]
+    for name in files:
+        batch = {"data": rng.integers(0, 256, (20, 3072), dtype=np.uint8), key: rng.integers(0, classes, 20).tolist()}
+        (folder / name).write_bytes(pickle.dumps(batch))
+    meta = {"label_names": [f"c{i}" for i in range(10)]} if classes == 10 else {"fine_label_names": [f"c{i}" for i in range(100)]}
+    (folder / ("batches.meta" if classes == 10 else "meta")).write_bytes(pickle.dumps(meta))
+
+
+@pytest.mark.parametrize("classes", [10, 100])
+def test_cifar_reads_a_local_torchvision_folder(tmp_path, classes, monkeypatch):
+    import torchvision.datasets.cifar as cifar
+    monkeypatch.setattr(cifar, "check_integrity", lambda *args, **kwargs: True)  # our files have no official md5
+    write_cifar(tmp_path, classes)
+    spec = DataSpec(name=f"cifar{classes}", root=str(tmp_path), val_fraction=0.1)
+    data = load_dataset(spec)
+    train_total = 100 if classes == 10 else 20
+    assert len(data.train) + len(data.val) == train_total and len(data.test) == 20
+    assert data.train.images.shape[1:] == (3, 32, 32) and data.num_classes == classes
+    assert describe(spec).num_classes == classes
+
+
+def write_imagefolder(root, size=(20, 30)) -> None:
+    rng = np.random.default_rng(0)
+    for split, count in (("train", 6), ("val", 2)):
+        for cls in ("cat", "dog", "fox"):
+            folder = root / split / cls
+            folder.mkdir(parents=True)
+            for i in range(count):
+                mode = "L" if i == 0 else "RGB"  # grey images are made RGB
+                shape = size if mode == "L" else (*size, 3)
+                Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8), mode=mode).save(folder / f"{i}.png")
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+def test_imagefolder_in_memory_and_streaming(tmp_path, monkeypatch, streaming):
+    write_imagefolder(tmp_path)
+    if streaming:
+        monkeypatch.setattr(data_module, "IN_MEMORY_LIMIT", 0)
+    spec = DataSpec(name="imagefolder", root=str(tmp_path), img_size=16, val_fraction=0.25, seed=int(streaming))
+    data = load_dataset(spec)
+    assert describe(spec).num_classes == 3 and data.num_classes == 3 and data.img_size == (16, 16)
+    assert len(data.train) + len(data.val) == 18 and len(data.test) == 6
+    images, labels = next(data.train.batches(4, torch.device("cpu"), torch.Generator().manual_seed(0)))
+    assert images.dtype == torch.uint8 and images.shape == (4, 3, 19, 19)  # stored at 16 / 0.875
+    assert isinstance(data.train, Split) != streaming
+
+
+def test_missing_or_empty_roots_are_refused(tmp_path):
+    with pytest.raises(DataError, match="does not exist"):
+        describe(DataSpec(name="cifar10", root=str(tmp_path / "nope")))
+    with pytest.raises(DataError, match="no class folders"):
+        describe(DataSpec(name="imagefolder", root=str(tmp_path)))

@@ -1,0 +1,186 @@
+"""The search end to end: a real local Ray, real SQLite and PostgreSQL, the real command line."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+
+from conftest import write_space
+from search import store
+from search.cli import main
+from search.storage import StorageError, open_storage
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def load(url: str, name: str) -> optuna.Study:
+    return optuna.load_study(study_name=name, storage=open_storage(url, create=False))
+
+
+def statuses(study: optuna.Study) -> list[str]:
+    return [store.TrialRecord.from_frozen(t).status for t in study.trials]
+
+
+def run_cli(space: Path, tmp_path: Path, *extra: str) -> int:
+    return main(["run", "--space", str(space), "--results", str(tmp_path / "results"), "--quiet", *extra])
+
+
+def check_three_trial_study(study: optuna.Study, results: Path) -> None:
+    records = store.records(study)
+    counted = [r for r in records if r.status in store.COUNTED]
+    assert len(counted) == 3
+    # The references come first, in order: the paper's design and its two baselines.
+    assert [r.reference for r in records[:3]] == ["weightformer", "attention", "static"]
+    assert [r.mixer for r in records[:3]] == ["dynamic", "attention", "static"]
+    for record in counted:
+        assert record.status in (store.COMPLETE, store.PRUNED)
+        assert record.arch["img_size"] == [8, 8] and record.arch["num_classes"] == 10
+        assert record.gmacs > 0 and record.mparams > 0
+        assert record.latency_ms > 0 and record.device.startswith("cpu")
+        assert len(record.curve) == 2 and all(0 <= a <= 1 for a in record.curve)
+        assert record.wall_time_s > 0
+    complete = [r for r in counted if r.status == store.COMPLETE]
+    assert complete
+    for record in complete:
+        trial = study.trials[record.number]
+        assert trial.state == optuna.trial.TrialState.COMPLETE
+        assert trial.values == [record.curve[-1], record.gmacs]
+    assert study.metric_names == ["accuracy", "gmacs"]
+    assert "digits" in study.user_attrs["space"]
+    kept = sorted(p.name for p in (results / "tiny" / "weights").iterdir())
+    assert kept  # the front's weights are kept
+
+
+def test_three_trial_search_on_local_ray_with_sqlite(tmp_path):
+    space = write_space(tmp_path)
+    assert run_cli(space, tmp_path) == 0
+    check_three_trial_study(load(f"sqlite:///{tmp_path / 'search.db'}", "tiny"), tmp_path / "results")
+
+
+def test_three_trial_search_on_postgresql(tmp_path, postgres_url, unique_name):
+    space = write_space(tmp_path, study={"name": "tiny", "storage": postgres_url})
+    study_name = f"tiny-{unique_name}"
+    space.write_text(space.read_text().replace("name: tiny", f"name: {study_name}"))
+    assert run_cli(space, tmp_path) == 0
+    study = load(postgres_url, study_name)
+    (tmp_path / "results" / "tiny").symlink_to(tmp_path / "results" / study_name)
+    check_three_trial_study(study, tmp_path / "results")
+
+
+def test_running_again_resumes_and_counts_what_is_done(tmp_path):
+    space = write_space(tmp_path, trials={"count": 2, "parallel": 1})
+    assert run_cli(space, tmp_path) == 0
+    url = f"sqlite:///{tmp_path / 'search.db'}"
+
+    def finished() -> list[dict]:
+        return [t.params for t in load(url, "tiny").trials if t.state.is_finished()]
+
+    first = finished()
+    assert len(first) == 2
+    assert run_cli(space, tmp_path) == 0  # the budget is already spent: nothing new
+    assert finished() == first
+    space.write_text(space.read_text().replace("count: 2", "count: 4"))
+    assert run_cli(space, tmp_path) == 0
+    study = load(url, "tiny")
+    assert [t.params for t in study.trials[:2]] == first
+    assert statuses(study).count(store.COMPLETE) + statuses(study).count(store.PRUNED) == 4
+
+
+def test_a_failing_trial_does_not_stop_the_study(tmp_path):
+    # A learning rate of 1e9 makes the static model's loss NaN in its first steps.
+    space = write_space(tmp_path, trials={"count": 4, "parallel": 2}, space={
+        "patch_size": 2, "num_heads": 2,
+        "mixer": {"choices": ["dynamic", "attention", "static"]},
+        "embed_dim": {"choices": [16, 32]},
+        "training.lr": {"value": 1.0e9, "when": {"mixer": "static"}},
+    })
+    assert run_cli(space, tmp_path) == 0
+    study = load(f"sqlite:///{tmp_path / 'search.db'}", "tiny")
+    records = store.records(study)
+    failed = [r for r in records if r.status == store.FAILED]
+    assert failed and all(r.mixer == "static" and r.reason.startswith("nan: non-finite training loss") for r in failed)
+    assert sum(r.status in store.COUNTED for r in records) == 4
+    assert any(r.status == store.COMPLETE for r in records)
+
+
+def test_configurations_over_budget_are_rejected_before_training(tmp_path):
+    space = write_space(tmp_path, budget={"max_gmacs": 0.00012}, trials={"count": 3, "parallel": 2},
+                        space={"patch_size": 2, "num_heads": 2, "mixer": {"choices": ["static", "attention"]},
+                               "embed_dim": {"choices": [16, 64]}, "depth": {"low": 2, "high": 3}})
+    assert run_cli(space, tmp_path) == 0
+    records = store.records(load(f"sqlite:///{tmp_path / 'search.db'}", "tiny"))
+    rejected = [r for r in records if r.status == store.REJECTED]
+    assert rejected
+    for record in rejected:
+        assert record.reason.startswith("over budget:") and "max_gmacs" in record.reason
+        assert record.gmacs > 0.00012
+        assert record.curve == [] and record.latency_ms is None  # nothing was trained or timed
+    assert sum(r.status in store.COUNTED for r in records) == 3
+    assert all(r.gmacs <= 0.00012 for r in records if r.status in store.COUNTED)
+
+
+def test_seeded_runs_try_the_same_configurations(tmp_path):
+    runs = []
+    for attempt in ("a", "b"):
+        folder = tmp_path / attempt
+        folder.mkdir()
+        space = write_space(folder, trials={"count": 8, "parallel": 2}, early_stopping={"min_epochs": 1},
+                            sampler={"name": "tpe", "options": {"n_startup_trials": 4}})
+        assert run_cli(space, folder) == 0
+        runs.append([(t.params, store.TrialRecord.from_frozen(t).status)
+                     for t in load(f"sqlite:///{folder / 'search.db'}", "tiny").trials])
+    assert runs[0] == runs[1]
+    assert len({str(p) for p, _ in runs[0]}) > 4  # not one configuration over and over
+
+
+def wait_for(predicate, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def start_driver(space: Path, tmp_path: Path) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "search", "run", "--space", str(space), "--results", str(tmp_path / "results"), "--quiet"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+    )
+
+
+def count_status(url: str, wanted: tuple[str, ...]) -> int:
+    try:
+        return sum(s in wanted for s in statuses(load(url, "tiny")))
+    except (KeyError, StorageError):  # no database or no study yet
+        return 0
+
+
+def test_resume_after_the_driver_is_killed(tmp_path):
+    space = write_space(tmp_path, trials={"count": 6, "parallel": 2}, training={"epochs": 3})
+    url = f"sqlite:///{tmp_path / 'search.db'}"
+    driver = start_driver(space, tmp_path)
+    wait_for(lambda: count_status(url, (store.COMPLETE,)) >= 1, 180, "a finished trial")
+    os.kill(driver.pid, signal.SIGKILL)
+    driver.wait()
+    # Values as recorded: a trial may have finished after the driver's last tell.
+    before = {r.number: (r.values, r.status) for r in store.records(load(url, "tiny"))}
+    finished = {n for n, (_, s) in before.items() if s in store.COUNTED}
+    assert run_cli(space, tmp_path) == 0
+    study = load(url, "tiny")
+    records = store.records(study)
+    for number in finished:  # nothing finished before the kill is lost or changed
+        assert records[number].status == before[number][1]
+        if records[number].status == store.COMPLETE:
+            assert study.trials[number].values == before[number][0]
+    stale = [r for r in records if r.status == store.STALE]
+    retried = {r.retry_of for r in records if r.retry_of is not None}
+    assert {r.number for r in stale} <= retried  # every trial the kill interrupted was retried
+    assert sum(r.status in store.COUNTED for r in records) == 6
+    assert all(t.state != optuna.trial.TrialState.RUNNING for t in study.trials)

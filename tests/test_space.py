@@ -1,0 +1,106 @@
+"""The space format: shipped spaces load, sampling follows conditions, references fit."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+
+from layers import complexity
+from search.references import reference_params
+from search.space import load_space
+from test_data import write_cifar, write_imagefolder
+
+SPACES = Path(__file__).resolve().parent.parent / "spaces"
+
+
+def with_root(name: str, root: Path, tmp_path: Path) -> Path:
+    data = yaml.safe_load((SPACES / name).read_text())
+    data["data"]["root"] = str(root)
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_default_space_loads():
+    spec = load_space(SPACES / "dynamic.yaml")
+    assert spec.data.name == "digit-pairs" and spec.trials.count >= 20 and spec.trials.parallel == 2
+    assert spec.rungs == (3, 6)
+    assert set(reference_params(spec)) == {"weightformer", "attention", "static"}
+
+
+def test_cifar_and_imagenet_spaces_load(tmp_path, monkeypatch):
+    import torchvision.datasets.cifar as cifar
+    monkeypatch.setattr(cifar, "check_integrity", lambda *args, **kwargs: True)
+    write_cifar(tmp_path / "cifar", 10)
+    cifar_spec = load_space(with_root("cifar10.yaml", tmp_path / "cifar", tmp_path))
+    assert cifar_spec.resources.gpus == 0.5 and cifar_spec.data_info.num_classes == 10
+    write_imagefolder(tmp_path / "imagenet")
+    imagenet = load_space(with_root("imagenet.yaml", tmp_path / "imagenet", tmp_path))
+    recipe = imagenet.training
+    assert (recipe.epochs, recipe.lr, recipe.lr_reference_batch, recipe.weight_decay, recipe.warmup_epochs,
+            recipe.label_smoothing) == (300, 5e-4, 512, 0.05, 20, 0.1)
+    augment = recipe.augment
+    assert (augment.randaugment_ops, augment.randaugment_magnitude, augment.mixup, augment.cutmix,
+            augment.random_erasing) == (2, 9, 0.8, 1.0, 0.25)
+    assert "weightformer" in reference_params(imagenet)
+
+
+def sample_many(spec, n: int = 60) -> list[dict]:
+    study = optuna.create_study(directions=spec.directions, sampler=optuna.samplers.RandomSampler(seed=0))
+    out = []
+    for _ in range(n):
+        trial = study.ask()
+        out.append(spec.sample(trial))
+        study.tell(trial, state=optuna.trial.TrialState.FAIL)
+    return out
+
+
+def test_conditional_parameters_exist_only_under_their_condition():
+    spec = load_space(SPACES / "dynamic.yaml")
+    for values in sample_many(spec):
+        assert ("dynamic.linear_predictor" in values) == (values["mixer"] == "dynamic")
+        assert ("dynamic.hyper_depth" in values) == (values.get("dynamic.linear_predictor") == "deep")
+        assert ("every" in values) == (values["mixer"] != "static")
+        assert values["patch_size"] == 4  # fixed values are always there
+        assert 2.0e-3 <= values["training.lr"] <= 6.0e-3
+
+
+def test_sampled_values_build_configs_and_recipes():
+    spec = load_space(SPACES / "dynamic.yaml")
+    for values in sample_many(spec, 30):
+        arch, training = spec.configs(values)
+        assert arch.img_size == (8, 40) and arch.in_chans == 1 and arch.num_classes == 10
+        assert training.lr == values["training.lr"] and training.epochs == spec.training.epochs
+        assert arch.mixer == values["mixer"]
+        assert complexity(arch).macs > 0
+
+
+def test_references_are_the_paper_design_with_the_mixer_swapped():
+    spec = load_space(SPACES / "dynamic.yaml")
+    fixed = {p.name: p.value for p in spec.params if p.fixed}
+    refs = reference_params(spec)
+    configs = {name: spec.configs({**fixed, **params})[0] for name, params in refs.items()}
+    wf = configs["weightformer"]
+    assert (wf.mixer, wf.every, wf.offset) == ("dynamic", 3, 1)
+    assert (wf.dynamic.linear_predictor, wf.dynamic.pool, wf.dynamic.conv_predictor, wf.dynamic.norm) == \
+        ("bilateral", "avg2", "adaptive", "unit1")
+    assert configs["attention"].mixer == "attention" and configs["static"].mixer == "static"
+    assert len({(c.embed_dim, c.depth) for c in configs.values()}) == 1  # the same width and depth for all
+
+
+def test_a_reference_the_space_cannot_express_is_left_out(tmp_path):
+    text = (SPACES / "dynamic.yaml").read_text().replace(
+        "dynamic.pool: {choices: [global, avg2, max2, adaptive2, attn4]", "dynamic.pool: {choices: [max2, adaptive2]")
+    path = tmp_path / "space.yaml"
+    path.write_text(text)
+    assert set(reference_params(load_space(path))) == {"attention", "static"}
+
+
+def test_yaml_1_1_exponents_are_read_as_numbers(tmp_path):
+    path = tmp_path / "space.yaml"
+    path.write_text("study: {name: s}\ntraining: {lr: 1e-3}\n"
+                    "space: {patch_size: 4, training.weight_decay: {low: 1e-4, high: 1e-1, log: true}}\n")
+    spec = load_space(path)
+    assert spec.training.lr == 1e-3 and spec.params[1].low == 1e-4

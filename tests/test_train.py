@@ -1,0 +1,94 @@
+"""Training: the schedule, NaN detection, checkpoint-exact resume, and batched augmentation."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import layers
+from search.augment import AugmentSpec, BatchAugment
+from search.data import DataSpec, load_dataset
+from search.train import NonFiniteLoss, Trainer, TrainSpec, _warmup_cosine
+
+DIGITS = DataSpec(name="digits")
+ARCH = layers.ArchConfig(img_size=8, in_chans=1, num_classes=10, patch_size=2, embed_dim=16, depth=2, every=1, offset=0)
+
+
+def trainer(spec: TrainSpec, seed: int = 0) -> Trainer:
+    torch.manual_seed(seed)
+    return Trainer(layers.create_model(ARCH), load_dataset(DIGITS), spec, torch.device("cpu"), seed)
+
+
+def test_warmup_then_cosine():
+    assert _warmup_cosine(0, 10, 100, 0.0) == pytest.approx(0.1)
+    assert _warmup_cosine(9, 10, 100, 0.0) == pytest.approx(1.0)
+    assert _warmup_cosine(55, 10, 100, 0.0) == pytest.approx(0.5)
+    assert _warmup_cosine(100, 10, 100, 0.1) == pytest.approx(0.1)
+
+
+def test_peak_lr_scales_with_batch_when_asked():
+    assert TrainSpec(lr=5e-4, batch_size=1024, lr_reference_batch=512).peak_lr == pytest.approx(1e-3)
+
+
+def test_training_learns_digits():
+    torch.manual_seed(0)
+    static = layers.create_model(ARCH.replace(mixer="static", embed_dim=32))
+    t = Trainer(static, load_dataset(DIGITS), TrainSpec(epochs=5, batch_size=32, lr=5e-3), torch.device("cpu"), 0)
+    for _ in range(5):
+        t.train_epoch()
+    assert t.evaluate() > 0.8
+
+
+def test_nan_loss_raises():
+    t = trainer(TrainSpec(epochs=2, batch_size=32, lr=1e9))
+    with pytest.raises(NonFiniteLoss, match="non-finite training loss"):
+        for _ in range(2):
+            t.train_epoch()
+
+
+def test_resume_from_a_checkpoint_is_exact():
+    spec = TrainSpec(epochs=3, batch_size=64, lr=3e-3, augment=AugmentSpec(crop_padding=1))
+    straight = trainer(spec)
+    for _ in range(3):
+        straight.train_epoch()
+    first = trainer(spec)
+    first.train_epoch()
+    state = first.state_dict()
+    resumed = trainer(spec, seed=0)
+    resumed.load_state_dict(state)
+    for _ in range(2):
+        resumed.train_epoch()
+    for a, b in zip(straight.model.state_dict().values(), resumed.model.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_evaluation_at_another_size_resizes_the_images():
+    t = trainer(TrainSpec(epochs=1))
+    assert 0 <= t.evaluate(img_size=(12, 12)) <= 1
+
+
+FULL = AugmentSpec(crop_padding=2, flip=True, random_resized_crop=True, randaugment_ops=2, randaugment_magnitude=9,
+                   random_erasing=0.5, mixup=0.8, cutmix=1.0)
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_batched_augmentation_keeps_shapes_and_is_seeded(channels):
+    images = torch.randint(0, 256, (16, channels, 20, 20), dtype=torch.uint8)
+    labels = torch.randint(0, 5, (16,))
+    augment = BatchAugment(FULL, (0.5,) * channels, (0.25,) * channels, (16, 16), 5, label_smoothing=0.1)
+    x1, t1 = augment.train_batch(images, labels, torch.Generator().manual_seed(0))
+    x2, t2 = augment.train_batch(images, labels, torch.Generator().manual_seed(0))
+    assert x1.shape == (16, channels, 16, 16) and x1.dtype == torch.float32
+    assert torch.equal(x1, x2) and torch.equal(t1, t2)
+    torch.testing.assert_close(t1.sum(dim=1), torch.ones(16))
+    assert augment.eval_batch(images).shape == (16, channels, 16, 16)
+
+
+def test_shift_and_flip_differ_per_sample():
+    images = torch.arange(64, dtype=torch.uint8).view(1, 1, 8, 8).repeat(32, 1, 1, 1)
+    augment = BatchAugment(AugmentSpec(crop_padding=2, flip=True), (0.0,), (1 / 255,), (8, 8), 2, 0.0)
+    x, _ = augment.train_batch(images, torch.zeros(32, dtype=torch.long), torch.Generator().manual_seed(1))
+    distinct = {tuple(v.flatten().tolist()) for v in x}
+    assert len(distinct) > 10  # offsets and flips are drawn per sample, not per batch
+    assert not math.isnan(float(x.sum()))
