@@ -19,8 +19,10 @@ from .presets import PRESETS
 _CONFIG_KWARGS = ("num_classes", "img_size", "in_chans", "drop_path_rate")
 
 
-def _build(cfg: ArchConfig) -> DynamicBackbone:
-    return DynamicBackbone(cfg)
+def _build(cfg: ArchConfig, num_classes: int, in_chans: int) -> DynamicBackbone:
+    # timm's builder passes the classes and channels back from the pretrained config, where
+    # _create put the config's own; pretrained loading reads them from the same place.
+    return DynamicBackbone(cfg.replace(num_classes=num_classes, in_chans=in_chans))
 
 
 def _create(variant: str, arch: ArchConfig, pretrained: bool, **kwargs: Any) -> DynamicBackbone:
@@ -39,11 +41,7 @@ def _create(variant: str, arch: ArchConfig, pretrained: bool, **kwargs: Any) -> 
         "first_conv": "patch_embed",
         "classifier": "head",
     }
-    # The builder re-injects num_classes/in_chans from pretrained_cfg; the config already has them.
-    return build_model_with_cfg(
-        _build, variant, pretrained, pretrained_cfg=pretrained_cfg, model_cfg=cfg,
-        kwargs_filter=("num_classes", "in_chans"), **kwargs,
-    )
+    return build_model_with_cfg(_build, variant, pretrained, pretrained_cfg=pretrained_cfg, model_cfg=cfg, **kwargs)
 
 
 @register_model

@@ -1,16 +1,27 @@
 """Command line: ``python -m search <command>``.
 
     run        run (or resume) the search a space file describes
+    report     write the study's HTML report (plots, importance, scaling, front table)
+    dashboard  serve the study with optuna-dashboard
+    results    write the trial table as csv, parquet or json
+    export     write the best architectures as folders (config, weights, model card)
+    train      train one architecture fully, with checkpoints and resume
+    erf        draw a model's effective receptive field
+
 Exit codes: 0 done, 1 unexpected error, 2 bad input (space, storage, cluster, data), 130 interrupted.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 from typing import Callable
 
 from .storage import StorageError
+from .tables import FORMATS
+
+DEFAULT_STORAGE = "sqlite:///results/search.db"
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}
@@ -32,7 +43,179 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--address", help="join this Ray cluster (host:port, ray://host:port or auto) instead of a local Ray")
     run.add_argument("--results", default="results", help="folder for weights and reports (default: %(default)s)")
     run.add_argument("--quiet", action="store_true", help="log lines instead of the live display")
+
+    def study_command(name: str, help: str) -> argparse.ArgumentParser:
+        command = sub.add_parser(name, help=help)
+        command.add_argument("--study", required=True, help="the study name")
+        command.add_argument("--storage", default=DEFAULT_STORAGE, help="storage URL (default: %(default)s)")
+        command.add_argument("--results", default="results", help="results folder (default: %(default)s)")
+        return command
+
+    study_command("report", "write results/<study>/report.html")
+    dashboard = study_command("dashboard", "serve the study with optuna-dashboard")
+    dashboard.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
+    dashboard.add_argument("--port", type=int, default=8080)
+    results = study_command("results", "write the trial table")
+    results.add_argument("--format", choices=FORMATS, default="csv")
+    results.add_argument("--out", help="file to write (default: results/<study>/trials.<format>)")
+    export = study_command("export", "export architectures with their weights and model cards")
+    which = export.add_mutually_exclusive_group(required=True)
+    which.add_argument("--pareto", action="store_true", help="every trial of the Pareto front")
+    which.add_argument("--top", type=int, metavar="K", help="the K most accurate trials")
+    which.add_argument("--trial", type=int, metavar="N", help="trial number N")
+    export.add_argument("--out", required=True, help="folder to write into")
+
+    train = sub.add_parser("train", help="train one architecture fully (checkpoints, resume)")
+    train.add_argument("--arch", required=True, help="an exported folder or an architecture YAML")
+    train.add_argument("--dataset", required=True, help="digits, digit-pairs, cifar10, cifar100 or imagefolder")
+    train.add_argument("--data-root", help="local folder of cifar10/cifar100/imagefolder")
+    train.add_argument("--img-size", type=int, help="imagefolder: training image size")
+    train.add_argument("--epochs", type=int, required=True)
+    train.add_argument("--batch-size", type=int)
+    train.add_argument("--lr", type=float)
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--init-weights", action="store_true", help="start from the folder's weights.safetensors")
+    train.add_argument("--eval-size", type=_size, metavar="S or HxW", help="also evaluate at this input size")
+    train.add_argument("--device", default="cuda" if _cuda() else "cpu")
+    train.add_argument("--out", help="folder for checkpoints, weights and metrics (default: results/train/<arch>)")
+
+    erf = sub.add_parser("erf", help="draw the effective receptive field of a model")
+    erf.add_argument("--arch", required=True, help="an exported folder or an architecture YAML")
+    erf.add_argument("--weights", help="weights (safetensors); default: the folder's, else the initialisation")
+    erf.add_argument("--images", type=int, default=16, help="random images to average over (default: %(default)s)")
+    erf.add_argument("--size", type=_size, metavar="S or HxW", help="input size (default: the architecture's)")
+    erf.add_argument("--out", required=True, help="PNG file to write")
     return parser
+
+
+def _size(text: str) -> tuple[int, int]:
+    height, _, width = text.lower().partition("x")
+    return int(height), int(width or height)
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def _load_study(args: argparse.Namespace):
+    import optuna
+
+    from .storage import masked, open_storage
+
+    storage = open_storage(args.storage, create=False)
+    try:
+        return optuna.load_study(study_name=args.study, storage=storage)
+    except KeyError:
+        names = [s.study_name for s in optuna.get_all_study_summaries(storage)]
+        raise StorageError(f"no study {args.study!r} in {masked(args.storage)}; studies there: "
+                           f"{', '.join(names) or 'none'}") from None
+
+
+@command("report")
+def report(args: argparse.Namespace) -> int:
+    from .report import build_report
+    from .storage import masked
+
+    study = _load_study(args)
+    path = build_report(study, Path(args.results) / args.study / "report.html", storage_label=masked(args.storage))
+    print(path)
+    return EXIT_OK
+
+
+@command("dashboard")
+def dashboard(args: argparse.Namespace) -> int:
+    import optuna_dashboard
+
+    from .storage import open_storage
+
+    study = _load_study(args)
+    print(f"optuna-dashboard for study {study.study_name!r}: http://{args.host}:{args.port}/ (Ctrl-C to stop)", flush=True)
+    optuna_dashboard.run_server(open_storage(args.storage, create=False), host=args.host, port=args.port)
+    return EXIT_OK
+
+
+@command("results")
+def results(args: argparse.Namespace) -> int:
+    from . import store
+    from .tables import trials_frame, write_table
+
+    study = _load_study(args)
+    frame = trials_frame(store.records(study), list(study.metric_names or []))
+    out = Path(args.out) if args.out else Path(args.results) / args.study / f"trials.{args.format}"
+    print(write_table(frame, out, args.format))
+    return EXIT_OK
+
+
+@command("export")
+def export(args: argparse.Namespace) -> int:
+    from . import store
+    from .driver import results_dir
+    from .export import ExportError, export as write_exports, select
+    from .storage import masked
+
+    study = _load_study(args)
+    directions = [d.name.lower() for d in study.directions]
+    try:
+        chosen = select(store.records(study), directions, pareto=args.pareto, top=args.top, trial=args.trial)
+    except ExportError as err:
+        return _usage_error(err)
+    for folder in write_exports(study, chosen, Path(args.out), weights_dir=results_dir(Path(args.results), args.study) / "weights",
+                                storage_label=masked(args.storage)):
+        print(folder)
+    return EXIT_OK
+
+
+@command("train")
+def train(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    import torch
+
+    from .data import DataError, DataSpec
+    from .full_training import read_arch, train_architecture
+    from .train import TrainSpec
+
+    try:
+        source = read_arch(args.arch)
+        data = DataSpec(name=args.dataset, root=args.data_root, img_size=args.img_size)
+        recipe = source.recipe or TrainSpec()
+        changes = {k: v for k, v in (("epochs", args.epochs), ("batch_size", args.batch_size), ("lr", args.lr)) if v is not None}
+        out = Path(args.out) if args.out else Path("results") / "train" / Path(args.arch).stem
+        metrics = train_architecture(source, data, dataclasses.replace(recipe, **changes), out,
+                                     device=torch.device(args.device), seed=args.seed, eval_size=args.eval_size,
+                                     init_weights=args.init_weights)
+    except (FileNotFoundError, DataError, ValueError) as err:
+        return _usage_error(err)
+    print(json.dumps(metrics))
+    return EXIT_OK
+
+
+@command("erf")
+def erf(args: argparse.Namespace) -> int:
+    import torch
+    from safetensors.torch import load_file
+
+    import layers
+
+    from .erf import effective_receptive_field, save_map
+    from .full_training import read_arch
+
+    try:
+        source = read_arch(args.arch)
+    except (FileNotFoundError, ValueError) as err:
+        return _usage_error(err)
+    arch = source.arch if args.size is None else source.arch.replace(img_size=args.size)
+    model = layers.create_model(arch)
+    weights = Path(args.weights) if args.weights else source.weights
+    if weights is not None:
+        model.load_state_dict(load_file(str(weights)))
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randn(args.images, arch.in_chans, *arch.img_size, generator=generator)
+    save_map(effective_receptive_field(model, images), Path(args.out))
+    print(args.out)
+    return EXIT_OK
 
 
 @command("run")

@@ -220,6 +220,7 @@ class Driver:
         over = over_budget(spec.budget, cost.gmacs, cost.params)
         record = {"arch": active.arch.to_dict(), "training": _training_overrides(spec.training, active.training),
                   "gmacs": cost.gmacs, "mparams": cost.params / 1e6}
+        record["summary"] = store.summary(record["arch"])
         if over:
             self._db(lambda: writer.set(**record), "record a trial")
             return self._reject(active, f"over budget: {over}")

@@ -64,13 +64,8 @@ class TrialRecord:
 
     @property
     def label(self) -> str:
-        """Mixer, plus the predictors for dynamic ones: how plots colour the trials."""
-        if not self.arch:
-            return "?"
-        if self.arch["mixer"] != "dynamic":
-            return self.arch["mixer"]
-        dyn = self.arch["dynamic"]
-        return f"dynamic/{dyn['linear_predictor']}"
+        """Mixer, plus the predictor for dynamic ones: how plots colour the trials."""
+        return label(self.arch) if self.arch else "?"
 
     @classmethod
     def from_frozen(cls, trial: FrozenTrial) -> "TrialRecord":
@@ -85,6 +80,16 @@ class TrialRecord:
             wall_time_s=attrs.get("wall_time_s"), reason=attrs.get("reason"), reference=attrs.get("reference"),
             weights=attrs.get("weights"), seed=attrs.get("seed"), retry_of=attrs.get("retry_of"),
         )
+
+
+def label(arch: dict[str, Any]) -> str:
+    return f"dynamic/{arch['dynamic']['linear_predictor']}" if arch["mixer"] == "dynamic" else arch["mixer"]
+
+
+def summary(arch: dict[str, Any]) -> str:
+    """One line for tables and the dashboard: label, width, depth and placement."""
+    placement = "" if arch["mixer"] == "static" else f", every {arch['every']} from {arch['offset'] % arch['every']}"
+    return f"{label(arch)}, width {arch['embed_dim']}, depth {arch['depth']}{placement}"
 
 
 def _status_of_state(state: TrialState) -> str:

@@ -1,0 +1,121 @@
+"""Export the best architectures: one folder each, ready for timm and for full training.
+
+    <out>/trial_00012/arch.yaml            the ArchConfig (timm: dynamic_backbone, arch=...)
+                      training.yaml        the recipe the trial was trained with
+                      weights.safetensors  the trained weights, when the run kept them
+                      README.md            a model card: figures, learning curve, provenance
+"""
+from __future__ import annotations
+
+import dataclasses
+import shutil
+from pathlib import Path
+from typing import Sequence
+
+import optuna
+import yaml
+
+from layers import ArchConfig
+from layers.schema import build
+
+from . import store
+from .pareto import front
+from .report import describe
+from .store import TrialRecord
+from .train import TrainSpec
+
+
+class ExportError(ValueError):
+    """The selection names no exportable trial."""
+
+
+def select(records: Sequence[TrialRecord], directions: Sequence[str], *, pareto: bool = False,
+           top: int | None = None, trial: int | None = None) -> list[TrialRecord]:
+    complete = [r for r in records if r.status == store.COMPLETE and r.values]
+    if trial is not None:
+        chosen = [r for r in records if r.number == trial]
+        if not chosen:
+            raise ExportError(f"no trial {trial} in this study")
+        if not chosen[0].arch:
+            raise ExportError(f"trial {trial} has no architecture ({chosen[0].status})")
+        return chosen
+    if not complete:
+        raise ExportError("the study has no complete trial yet")
+    if pareto:
+        return [complete[i] for i in front([r.values for r in complete], directions)]
+    sign = -1 if directions[0] == "maximize" else 1
+    return sorted(complete, key=lambda r: sign * r.values[0])[:top]
+
+
+def recipe(study: optuna.Study, record: TrialRecord) -> TrainSpec:
+    """The trial's training recipe: the space's, with what the trial sampled."""
+    space = yaml.safe_load(study.user_attrs.get("space", "")) or {}
+    base = build(TrainSpec, space.get("training") or {}, "training")
+    return dataclasses.replace(base, **record.training)
+
+
+def export(study: optuna.Study, chosen: Sequence[TrialRecord], out: Path, *, weights_dir: Path,
+           storage_label: str) -> list[Path]:
+    folders = []
+    for record in chosen:
+        folder = out / f"trial_{record.number:05d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        ArchConfig.from_dict(record.arch).save(folder / "arch.yaml")
+        training = recipe(study, record)
+        (folder / "training.yaml").write_text(yaml.safe_dump(dataclasses.asdict(training), sort_keys=False))
+        weights = weights_dir / f"trial_{record.number:05d}.safetensors"
+        if weights.exists():
+            shutil.copyfile(weights, folder / "weights.safetensors")
+        (folder / "README.md").write_text(model_card(study, record, training, weights.exists(), storage_label))
+        folders.append(folder)
+    return folders
+
+
+def model_card(study: optuna.Study, record: TrialRecord, training: TrainSpec, has_weights: bool, storage_label: str) -> str:
+    objectives = list(study.metric_names or [])
+    figures = "\n".join(f"| {name} | {value:.4g} |" for name, value in zip(objectives, record.values or []))
+    curve = "\n".join(f"| {epoch} | {accuracy:.4f} |" for epoch, accuracy in enumerate(record.curve, 1))
+    summary = describe(record).replace("<br>", "\n- ").replace("<b>", "**").replace("</b>", "**")
+    space_file = study.user_attrs.get("space_file", "?")
+    load = ('model = timm.create_model("dynamic_backbone", arch="arch.yaml", pretrained=True,\n'
+            '                          pretrained_cfg_overlay={"file": "weights.safetensors"})'
+            if has_weights else 'model = timm.create_model("dynamic_backbone", arch="arch.yaml")  # weights were not kept')
+    return f"""# Trial {record.number} of study `{study.study_name}`
+
+- {summary}
+
+## Figures
+
+| measure | value |
+|---|---|
+{figures}
+| parameters | {record.mparams:.4g} M |
+| GMACs per image | {record.gmacs:.4g} |
+| latency | {record.latency_ms or 0:.3f} ms on {record.device} |
+| training wall time | {record.wall_time_s or 0:.1f} s |
+
+## Learning curve (validation accuracy)
+
+| epoch | accuracy |
+|---|---|
+{curve}
+
+## Use it
+
+```python
+import layers, timm  # importing layers registers the models with timm
+{load}
+```
+
+Train it at full scale (checkpoints every epoch, resumes when run again):
+
+```bash
+python -m search train --arch trial_{record.number:05d} --dataset cifar10 --data-root ~/data/cifar10 --epochs 300
+```
+
+## Where it comes from
+
+Trial {record.number} of study `{study.study_name}` ({storage_label}), searched with `{space_file}`;
+trained for {training.epochs} epochs, batch {training.batch_size}, peak learning rate {training.peak_lr:.3g},
+weight decay {training.weight_decay}, label smoothing {training.label_smoothing} (`training.yaml`).
+"""

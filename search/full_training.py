@@ -1,0 +1,89 @@
+"""Full training of one architecture, with a checkpoint every epoch and resume after interruption.
+
+    python -m search train --arch results/export/trial_00012 --dataset cifar10 --data-root ~/data/cifar10 --epochs 300
+
+``--arch`` is an exported folder (arch.yaml, and training.yaml and weights.safetensors when
+present) or an architecture YAML. The model is adapted to the data set's image size, channels
+and classes. ``--eval-size`` also evaluates at another resolution: the dynamic weights have a
+fixed size whatever the number of tokens, so the same model runs at any input size.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import yaml
+from safetensors.torch import load_file, save_file
+
+import layers
+from layers.schema import build
+
+from .data import DataSpec, describe, load_dataset
+from .train import Trainer, TrainSpec
+
+
+@dataclass(frozen=True)
+class ArchSource:
+    arch: layers.ArchConfig
+    recipe: TrainSpec | None  # training.yaml of an exported folder
+    weights: Path | None  # weights.safetensors of an exported folder
+
+
+def read_arch(path: str | Path) -> ArchSource:
+    path = Path(path)
+    if path.is_dir():
+        if not (path / "arch.yaml").exists():
+            raise FileNotFoundError(f"{path} holds no arch.yaml (expected an exported folder)")
+        recipe_file, weights = path / "training.yaml", path / "weights.safetensors"
+        recipe = build(TrainSpec, yaml.safe_load(recipe_file.read_text()), "training") if recipe_file.exists() else None
+        return ArchSource(layers.ArchConfig.load(path / "arch.yaml"), recipe, weights if weights.exists() else None)
+    return ArchSource(layers.ArchConfig.load(path), None, None)
+
+
+def train_architecture(source: ArchSource, data_spec: DataSpec, training: TrainSpec, out: Path, *,
+                       device: torch.device, seed: int = 0, eval_size: tuple[int, int] | None = None,
+                       init_weights: bool = False, log: Callable[[str], None] = print) -> dict[str, Any]:
+    info = describe(data_spec)
+    arch = source.arch.replace(img_size=info.img_size, in_chans=info.in_chans, num_classes=info.num_classes)
+    out.mkdir(parents=True, exist_ok=True)
+    arch.save(out / "arch.yaml")
+    (out / "training.yaml").write_text(yaml.safe_dump(dataclasses.asdict(training), sort_keys=False))
+    torch.manual_seed(seed)
+    model = layers.create_model(arch)
+    if init_weights and source.weights is not None:
+        model.load_state_dict(load_file(str(source.weights)))
+    data = load_dataset(data_spec)
+    trainer = Trainer(model, data, training, device, seed=seed)
+    checkpoint, metrics_file = out / "checkpoint.pt", out / "metrics.json"
+    curve: list[float] = []
+    if checkpoint.exists():
+        state = torch.load(checkpoint, map_location=device, weights_only=True)  # never an arbitrary pickle
+        trainer.load_state_dict(state["trainer"])
+        curve = state["curve"]
+        log(f"resuming from {checkpoint} after epoch {trainer.epoch}")
+    while trainer.epoch < training.epochs:
+        loss = trainer.train_epoch()
+        curve.append(trainer.evaluate())
+        _atomic_save({"trainer": trainer.state_dict(), "curve": curve}, checkpoint)
+        log(f"epoch {trainer.epoch}/{training.epochs}: loss {loss:.4f}, validation accuracy {curve[-1]:.4f}")
+    metrics: dict[str, Any] = {"curve": curve, "val_accuracy": curve[-1] if curve else None, "img_size": list(arch.img_size)}
+    if data.test is not None:
+        metrics["test_accuracy"] = trainer.evaluate(data.test)
+    if eval_size is not None:
+        metrics["eval_size"] = list(eval_size)
+        metrics["val_accuracy_at_eval_size"] = trainer.evaluate(img_size=eval_size)
+    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(out / "weights.safetensors"))
+    metrics_file.write_text(json.dumps(metrics, indent=2))
+    return metrics
+
+
+def _atomic_save(state: dict[str, Any], path: Path) -> None:
+    """Write then rename, so an interruption never leaves half a checkpoint."""
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)

@@ -1,0 +1,241 @@
+"""After a search: the HTML report in a real browser, optuna-dashboard's API, tables, exports,
+full training with resume, evaluation at another size, and the effective receptive field."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import optuna
+import pandas as pd
+import pytest
+import timm
+import torch
+from safetensors.torch import load_file
+
+import layers
+from conftest import write_space
+from search import store
+from search.cli import main
+from search.erf import effective_receptive_field
+from search.storage import open_storage
+
+ROOT = Path(__file__).resolve().parent.parent
+ARTIFACTS = ROOT / "test-artifacts"
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+
+
+@pytest.fixture(scope="module")
+def searched(tmp_path_factory) -> Path:
+    """A finished 6-trial study whose weights were all kept."""
+    folder = tmp_path_factory.mktemp("searched")
+    space = write_space(folder, trials={"count": 6, "parallel": 2}, keep_weights="all")
+    assert main(["run", "--space", str(space), "--results", str(folder / "results"), "--quiet"]) == 0
+    return folder
+
+
+def study_args(folder: Path) -> list[str]:
+    return ["--study", "tiny", "--storage", f"sqlite:///{folder / 'search.db'}", "--results", str(folder / "results")]
+
+
+def load(folder: Path) -> optuna.Study:
+    return optuna.load_study(study_name="tiny", storage=open_storage(f"sqlite:///{folder / 'search.db'}", create=False))
+
+
+def test_report_renders_in_a_real_browser(searched):
+    from playwright.sync_api import sync_playwright
+
+    assert main(["report", *study_args(searched)]) == 0
+    report = searched / "results" / "tiny" / "report.html"
+    assert external_resources(report.read_text()) == []  # self-contained: opens offline
+    errors: list[str] = []
+    requests: list[str] = []
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+            "--disable-sync", "--no-first-run"])
+        page = browser.new_page(viewport={"width": 1200, "height": 900})
+        page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        page.on("request", lambda request: requests.append(request.url))
+        page.goto(report.as_uri())
+        page.wait_for_selector(".js-plotly-plot .scatterlayer .point", timeout=30_000)
+        plots = page.locator(".js-plotly-plot")
+        assert plots.count() == 6
+        for i in range(plots.count()):  # every plot drew something
+            assert plots.nth(i).locator(".point, .bars path, .scatterlayer path.js-line").count() > 0
+        assert page.locator("table tbody tr").count() >= 1  # the front's table
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "report.png"), full_page=True)
+        browser.close()
+    assert errors == []
+    assert all(url.startswith(("file:", "data:", "blob:")) for url in requests), requests  # nothing fetched
+
+
+def external_resources(document: str) -> list[str]:
+    """src/href of script, link and img tags (script bodies are not parsed as markup)."""
+    from html.parser import HTMLParser
+
+    found: list[str] = []
+
+    class Collector(HTMLParser):
+        def handle_starttag(self, tag, attrs):
+            found.extend(v for k, v in attrs if tag in ("script", "link", "img", "iframe") and k in ("src", "href") and v)
+
+    Collector().feed(document)
+    return found
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def get_json(url: str):
+    with urllib.request.urlopen(url, timeout=5) as response:
+        return json.loads(response.read())
+
+
+def test_dashboard_serves_the_study_and_its_trials(searched):
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "search", "dashboard", *study_args(searched), "--port", str(port)],
+                              cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                studies = get_json(f"http://127.0.0.1:{port}/api/studies")["study_summaries"]
+                break
+            except OSError:
+                assert server.poll() is None, server.stdout.read()
+                assert time.monotonic() < deadline, "the dashboard did not come up"
+                time.sleep(0.5)
+        summary = next(s for s in studies if s["study_name"] == "tiny")
+        detail = get_json(f"http://127.0.0.1:{port}/api/studies/{summary['study_id']}")
+        trials = detail["trials"]
+        assert len(trials) >= 6
+        attrs = {a["key"]: a["value"] for a in trials[0]["user_attrs"]}
+        assert {"arch", "summary", "gmacs", "mparams", "latency_ms", "curve", "status"} <= set(attrs)
+        arch = json.loads(attrs["arch"])  # readable: the whole architecture, not cut short
+        assert arch["mixer"] in attrs["summary"] and "dynamic" in arch
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=10)
+
+
+@pytest.mark.parametrize("fmt", ["csv", "parquet", "json"])
+def test_results_table_has_one_row_per_trial(searched, tmp_path, fmt):
+    out = tmp_path / f"trials.{fmt}"
+    assert main(["results", *study_args(searched), "--format", fmt, "--out", str(out)]) == 0
+    frame = {"csv": pd.read_csv, "parquet": pd.read_parquet, "json": pd.read_json}[fmt](out)
+    study = load(searched)
+    assert len(frame) == len(study.trials)
+    for column in ("number", "status", "accuracy", "gmacs", "mparams", "latency_ms", "curve", "arch.embed_dim",
+                   "arch.dynamic.linear_predictor", "arch.mixer", "arch.img_size"):
+        assert column in frame.columns, column
+    complete = frame[frame.status == "complete"]
+    assert (complete.accuracy > 0).all() and (complete.gmacs > 0).all()
+
+
+def test_export_builds_back_with_timm_and_gives_the_same_outputs(searched, tmp_path):
+    out = tmp_path / "export"
+    assert main(["export", *study_args(searched), "--pareto", "--out", str(out)]) == 0
+    folders = sorted(out.iterdir())
+    assert folders
+    torch.manual_seed(0)
+    images = None
+    for folder in folders:
+        number = int(folder.name.removeprefix("trial_"))
+        assert {p.name for p in folder.iterdir()} == {"arch.yaml", "training.yaml", "weights.safetensors", "README.md"}
+        arch = layers.ArchConfig.load(folder / "arch.yaml")
+        images = torch.randn(3, arch.in_chans, *arch.img_size)
+        # The model as the search left it: its config and the weights the run kept.
+        original = layers.create_model(arch).eval()
+        original.load_state_dict(load_file(str(searched / "results" / "tiny" / "weights" / f"trial_{number:05d}.safetensors")))
+        rebuilt = timm.create_model("dynamic_backbone", arch=str(folder / "arch.yaml"), pretrained=True,
+                                    pretrained_cfg_overlay={"file": str(folder / "weights.safetensors")}).eval()
+        with torch.no_grad():
+            assert torch.equal(rebuilt(images), original(images))
+        card = (folder / "README.md").read_text()
+        assert f"Trial {number} of study `tiny`" in card and "| accuracy |" in card and "| epoch | accuracy |" in card
+    assert main(["export", *study_args(searched), "--top", "2", "--out", str(tmp_path / "top")]) == 0
+    assert len(list((tmp_path / "top").iterdir())) == 2
+    assert main(["export", *study_args(searched), "--trial", "0", "--out", str(tmp_path / "one")]) == 0
+    assert [p.name for p in (tmp_path / "one").iterdir()] == ["trial_00000"]
+    assert main(["export", *study_args(searched), "--trial", "99", "--out", str(tmp_path / "none")]) == 2
+
+
+def train_cmd(arch: Path, out: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "search", "train", "--arch", str(arch), "--dataset", "digit-pairs", "--epochs", "4",
+            "--batch-size", "32", "--out", str(out), *extra]
+
+
+def test_full_training_resumes_after_interruption(tmp_path):
+    arch = tmp_path / "arch.yaml"
+    layers.ArchConfig(patch_size=4, embed_dim=32, depth=3, every=1, offset=0, num_heads=2).save(arch)
+    straight = subprocess.run(train_cmd(arch, tmp_path / "straight"), cwd=ROOT, capture_output=True, text=True)
+    assert straight.returncode == 0, straight.stderr
+    interrupted = subprocess.Popen(train_cmd(arch, tmp_path / "resumed"), cwd=ROOT, stdout=subprocess.PIPE,
+                                   stderr=subprocess.STDOUT, text=True)
+    checkpoint = tmp_path / "resumed" / "checkpoint.pt"
+    deadline = time.monotonic() + 120
+    while not checkpoint.exists():
+        assert interrupted.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    interrupted.send_signal(signal.SIGKILL)
+    interrupted.wait()
+    assert not (tmp_path / "resumed" / "metrics.json").exists()  # it really was cut short
+    resumed = subprocess.run(train_cmd(arch, tmp_path / "resumed"), cwd=ROOT, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming from" in resumed.stdout
+    a = load_file(str(tmp_path / "straight" / "weights.safetensors"))
+    b = load_file(str(tmp_path / "resumed" / "weights.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)  # the interruption changed nothing
+    metrics = json.loads((tmp_path / "resumed" / "metrics.json").read_text())
+    assert len(metrics["curve"]) == 4
+
+
+def test_training_evaluates_at_another_size(tmp_path):
+    arch = tmp_path / "arch.yaml"
+    layers.ArchConfig(patch_size=2, embed_dim=32, depth=3, every=1, offset=0).save(arch)
+    code = main(["train", "--arch", str(arch), "--dataset", "digits", "--epochs", "8", "--batch-size", "32",
+                 "--lr", "5e-3", "--eval-size", "10", "--out", str(tmp_path / "run")])
+    assert code == 0
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["img_size"] == [8, 8] and metrics["eval_size"] == [10, 10]
+    # The same dynamic weights run on 25 tokens instead of 16 and still read the digits (chance
+    # is 10 %), though not as well as at the size they were trained at, with no scale augmentation.
+    assert metrics["val_accuracy"] > 0.8
+    assert metrics["val_accuracy_at_eval_size"] > 0.4
+
+
+def erf_model(mixer: str) -> layers.DynamicBackbone:
+    torch.manual_seed(0)
+    return layers.create_model(layers.ArchConfig(img_size=64, patch_size=4, embed_dim=32, depth=2, mixer=mixer,
+                                                 every=1, offset=0, num_heads=2))
+
+
+def test_erf_of_a_static_model_is_bounded_and_of_attention_is_not(tmp_path):
+    images = torch.randn(4, 3, 64, 64)
+    static = effective_receptive_field(erf_model("static"), images)
+    # 16x16 tokens, centre token (8, 8); two 3x3 depthwise convs reach +-2 tokens: pixels 24..43.
+    inside = torch.zeros(64, 64, dtype=torch.bool)
+    inside[24:44, 24:44] = True
+    assert static[inside].sum() > 0 and static[~inside].abs().max() == 0
+    attention = effective_receptive_field(erf_model("attention"), images)
+    assert (attention > 0).all()  # every pixel moves the centre token
+    dynamic = effective_receptive_field(erf_model("dynamic"), images)
+    assert (dynamic[~inside] > 0).mean(dtype=torch.float32) > 0.9  # dynamic weights reach beyond the conv window
+    arch = tmp_path / "arch.yaml"
+    layers.ArchConfig(img_size=64, patch_size=4, embed_dim=32, depth=2, mixer="static").save(arch)
+    assert main(["erf", "--arch", str(arch), "--out", str(tmp_path / "erf.png"), "--images", "2"]) == 0
+    from PIL import Image
+    assert Image.open(tmp_path / "erf.png").size == (512, 512)
