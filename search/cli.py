@@ -177,6 +177,8 @@ def train(args: argparse.Namespace) -> int:
     from .full_training import read_arch, train_architecture
     from .train import TrainSpec
 
+    import pickle
+
     try:
         source = read_arch(args.arch)
         data = DataSpec(name=args.dataset, root=args.data_root, img_size=args.img_size)
@@ -188,6 +190,9 @@ def train(args: argparse.Namespace) -> int:
                                      init_weights=args.init_weights)
     except (FileNotFoundError, DataError, ValueError) as err:
         return _usage_error(err)
+    except pickle.UnpicklingError as err:
+        return _usage_error(f"refusing to load the checkpoint: it holds more than tensors and numbers "
+                            f"({str(err).splitlines()[0]})")
     print(json.dumps(metrics))
     return EXIT_OK
 

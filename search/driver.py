@@ -39,11 +39,12 @@ from .pareto import dominates, front
 from .references import reference_params
 from .samplers import create_sampler
 from .space import SearchSpec, over_budget
-from .storage import check_storage, masked, open_storage, with_retries
+from .storage import check_storage, masked, open_storage, redact, with_retries
 from .train import TrainSpec
 from .trial import SegmentJob, SegmentResult, run_segment
 
 HEARTBEAT_S = 10.0
+RECONCILE_S = 30.0
 DEAD_AFTER_S = 60.0  # a driver silent this long on another host is presumed dead
 MAX_REJECTED_IN_A_ROW = 200
 
@@ -104,17 +105,24 @@ class Driver:
         self.finished_this_run = 0
         self.rejected_in_a_row = 0
         self.stop_asking = False
-        self._last_beat = 0.0
+        self._last_beat = self._last_reconcile = 0.0
         self._remote = ray.remote(segment)
 
     # ------------------------------------------------------------------ setup
-    def open(self) -> optuna.Study:
+    def open(self) -> tuple[optuna.Study, bool]:
+        """The study, and whether this driver created it (several drivers may start at once)."""
         spec = self.spec
         storage = open_storage(spec.study.storage)
         sampler = create_sampler(spec.sampler.name, spec.study.seed, spec.sampler.options)
-        study = self._db(lambda: optuna.create_study(
-            study_name=spec.study.name, storage=storage, sampler=sampler,
-            directions=spec.directions, load_if_exists=True), "open the study")
+        try:
+            study = self._db(lambda: optuna.create_study(
+                study_name=spec.study.name, storage=storage, sampler=sampler, directions=spec.directions),
+                "create the study")
+            created = True
+        except optuna.exceptions.DuplicatedStudyError:  # the database's unique name decides who was first
+            study = self._db(lambda: optuna.load_study(study_name=spec.study.name, storage=storage, sampler=sampler),
+                             "open the study")
+            created = False
         stored = [d.name.lower() for d in study.directions]
         names = study.metric_names
         wanted = [o.name for o in spec.objectives]
@@ -125,9 +133,9 @@ class Driver:
                 "Use another study name.")
         if not names:
             self._db(lambda: study.set_metric_names(wanted), "name the objectives")
-        self._db(lambda: study.set_user_attr("space", spec.text), "store the space")
+        self._db(lambda: study.set_user_attr("space", redact(spec.text, spec.study.storage)), "store the space")
         self._db(lambda: study.set_user_attr("space_file", spec.source), "store the space")
-        return study
+        return study, created
 
     def run(self) -> optuna.Study:
         spec = self.spec
@@ -135,12 +143,12 @@ class Driver:
         # leaves neither a database nor a results folder behind.
         check_storage(spec.study.storage)
         connect(self.address, cpus=spec.resources.cpus, gpus=spec.resources.gpus)
-        study = self.open()
+        study, created = self.open()
         results_dir(self.results, spec.study.name).mkdir(parents=True, exist_ok=True)
         self.study = study
         self._beat(force=True)
         self._reconcile()
-        if not study.get_trials(deepcopy=False):
+        if created:
             for name, params in reference_params(spec).items():
                 self._db(lambda: study.enqueue_trial(params, user_attrs={"reference": name}), "enqueue a reference")
                 self.display.log(f"reference trial {name!r} enqueued")
@@ -149,6 +157,7 @@ class Driver:
         try:
             while True:
                 self._beat()
+                self._reconcile_now_and_then()
                 self._collect(timeout=0.25)
                 self._decide_paused()
                 self._ask_more()
@@ -179,11 +188,22 @@ class Driver:
 
     def _counted_or_running(self) -> int:
         """Trials that count towards the budget, plus those on their way to counting, in storage."""
+        return self._ahead_of(None)
+
+    def _ahead_of(self, number: int | None) -> int:
+        """Trials numbered below ``number`` (all if None) that count or may still count.
+
+        A trial another driver has just asked counts before it says what it is: taking it for a
+        future count can stop this driver early, but never lets two drivers overrun the budget.
+        """
         trials = self._db(lambda: self.study.get_trials(deepcopy=False), "read the trials")
+        settled_aside = (store.REJECTED, store.SURPLUS, store.STALE, store.INTERRUPTED)
         total = 0
         for t in trials:
+            if number is not None and t.number >= number:
+                continue
             status = t.user_attrs.get("status")
-            if status in store.COUNTED or (t.state == optuna.trial.TrialState.RUNNING and status == store.RUNNING):
+            if status in store.COUNTED or (t.state == optuna.trial.TrialState.RUNNING and status not in settled_aside):
                 total += 1
         return total
 
@@ -226,6 +246,12 @@ class Driver:
             return self._reject(active, f"over budget: {over}")
         self.rejected_in_a_row = 0
         self._db(lambda: writer.started(**record), "record a trial")
+        if spec.trials.count is not None and self._ahead_of(active.number) >= spec.trials.count:
+            # Another driver on this study filled the budget between our check and our ask.
+            active.status, active.reason = store.SURPLUS, "the trial budget was already full"
+            self._db(lambda: writer.outcome(store.SURPLUS, reason=active.reason), "record a surplus trial")
+            self.stop_asking = True
+            return
         self._submit(active)
 
     def _reject(self, active: Active, reason: str) -> None:
@@ -271,7 +297,10 @@ class Driver:
             active.pending = None
             try:
                 result: SegmentResult = ray.get(ref)
-            except (ray.exceptions.RayError) as err:  # the worker died more often than retries allow
+            except ray.exceptions.RayTaskError as err:  # the trial body raised past its own handling
+                self._finish(active, store.FAILED, reason=f"exception: {err.cause!r}")
+                continue
+            except ray.exceptions.RayError as err:  # the worker died more often than retries allow
                 self._finish(active, store.FAILED, reason=f"worker lost after {self.spec.trials.retries} retries: "
                                                           f"{type(err).__name__}")
                 continue
@@ -367,8 +396,14 @@ class Driver:
             return _pid_alive(beat["pid"])
         return True
 
+    def _reconcile_now_and_then(self) -> None:
+        """Other drivers may die mid-run: settle their trials once their heartbeat stops."""
+        if time.time() - self._last_reconcile > RECONCILE_S:
+            self._reconcile()
+
     def _reconcile(self) -> None:
         """Settle trials left RUNNING by drivers that are gone: tell recorded outcomes, retry the rest."""
+        self._last_reconcile = time.time()
         running = self._db(lambda: self.study.get_trials(deepcopy=False, states=[optuna.trial.TrialState.RUNNING]),
                            "read the trials")
         for frozen in running:
@@ -376,7 +411,7 @@ class Driver:
             if self._driver_alive(attrs.get("driver")):
                 continue
             status = attrs.get("status")
-            if status in (store.COMPLETE, store.PRUNED, store.FAILED, store.REJECTED, store.INTERRUPTED):
+            if status in (store.COMPLETE, store.PRUNED, store.FAILED, store.REJECTED, store.INTERRUPTED, store.SURPLUS):
                 self._db(lambda: store.tell(self.study, frozen.number, status, attrs.get("values")), "tell a trial")
                 continue
             # A handle on a trial this driver did not ask: Optuna exposes no public lookup by number.

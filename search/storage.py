@@ -62,6 +62,15 @@ def check_storage(url: str) -> None:
         engine.dispose()
 
 
+def redact(text: str, url: str) -> str:
+    """``text`` with the URL's password, if it has one, replaced by ***."""
+    try:
+        password = make_url(url).password
+    except Exception:
+        return text
+    return text.replace(str(password), "***") if password else text
+
+
 def open_storage(url: str, *, create: bool = True) -> optuna.storages.RDBStorage:
     """An Optuna RDB storage for ``url``; ``create`` makes a missing SQLite file's folder."""
     backend = _parse(url).get_backend_name()
@@ -72,10 +81,16 @@ def open_storage(url: str, *, create: bool = True) -> optuna.storages.RDBStorage
         engine_kwargs["connect_args"] = {"timeout": 60}
     else:
         engine_kwargs["connect_args"] = {"connect_timeout": 10}
-    try:
-        return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
-    except (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError, ImportError) as err:
-        raise StorageError(f"cannot open storage {masked(url)}: {_first_line(err)}") from None
+    for attempt in range(3):
+        try:
+            return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
+        except sqlalchemy.exc.IntegrityError:
+            # Another process (a second driver, the dashboard) created the schema at the same
+            # moment; opening again finds it complete.
+            time.sleep(0.5 * (attempt + 1))
+        except (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError, ImportError) as err:
+            raise StorageError(f"cannot open storage {masked(url)}: {_first_line(err)}") from None
+    raise StorageError(f"cannot open storage {masked(url)}: its schema is being created by another process")
 
 
 def _prepare_sqlite(database: str | None, create: bool) -> None:

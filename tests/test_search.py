@@ -1,11 +1,6 @@
 """The search end to end: a real local Ray, real SQLite and PostgreSQL, the real command line."""
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import optuna
@@ -14,10 +9,7 @@ import pytest
 from conftest import write_space
 from search import store
 from search.cli import main
-from search.storage import StorageError, open_storage
-
-ROOT = Path(__file__).resolve().parent.parent
-
+from search.storage import open_storage
 
 def load(url: str, name: str) -> optuna.Study:
     return optuna.load_study(study_name=name, storage=open_storage(url, create=False))
@@ -137,50 +129,3 @@ def test_seeded_runs_try_the_same_configurations(tmp_path):
                      for t in load(f"sqlite:///{folder / 'search.db'}", "tiny").trials])
     assert runs[0] == runs[1]
     assert len({str(p) for p, _ in runs[0]}) > 4  # not one configuration over and over
-
-
-def wait_for(predicate, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def start_driver(space: Path, tmp_path: Path) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "search", "run", "--space", str(space), "--results", str(tmp_path / "results"), "--quiet"],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
-    )
-
-
-def count_status(url: str, wanted: tuple[str, ...]) -> int:
-    try:
-        return sum(s in wanted for s in statuses(load(url, "tiny")))
-    except (KeyError, StorageError):  # no database or no study yet
-        return 0
-
-
-def test_resume_after_the_driver_is_killed(tmp_path):
-    space = write_space(tmp_path, trials={"count": 6, "parallel": 2}, training={"epochs": 3})
-    url = f"sqlite:///{tmp_path / 'search.db'}"
-    driver = start_driver(space, tmp_path)
-    wait_for(lambda: count_status(url, (store.COMPLETE,)) >= 1, 180, "a finished trial")
-    os.kill(driver.pid, signal.SIGKILL)
-    driver.wait()
-    # Values as recorded: a trial may have finished after the driver's last tell.
-    before = {r.number: (r.values, r.status) for r in store.records(load(url, "tiny"))}
-    finished = {n for n, (_, s) in before.items() if s in store.COUNTED}
-    assert run_cli(space, tmp_path) == 0
-    study = load(url, "tiny")
-    records = store.records(study)
-    for number in finished:  # nothing finished before the kill is lost or changed
-        assert records[number].status == before[number][1]
-        if records[number].status == store.COMPLETE:
-            assert study.trials[number].values == before[number][0]
-    stale = [r for r in records if r.status == store.STALE]
-    retried = {r.retry_of for r in records if r.retry_of is not None}
-    assert {r.number for r in stale} <= retried  # every trial the kill interrupted was retried
-    assert sum(r.status in store.COUNTED for r in records) == 6
-    assert all(t.state != optuna.trial.TrialState.RUNNING for t in study.trials)

@@ -1,0 +1,359 @@
+"""Faults, with nothing lost and nothing counted twice: failing trials, killed workers, killed
+drivers, Ctrl-C, database connections dropped mid-run, two drivers on one study, concurrent
+readers of SQLite, and the safety rules (safe YAML, no pickled code, loopback, masked passwords)."""
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import optuna
+import pytest
+import torch
+from sqlalchemy.engine import make_url
+
+from conftest import write_space
+from search import store
+from search.cli import main
+from search.data import DataSpec
+from search.report import build_report
+from search.storage import open_storage
+from search.train import Trainer, TrainSpec
+from search.trial import SegmentJob, run_segment
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+# ---------------------------------------------------------------------- helpers
+def load(url: str, name: str = "tiny") -> optuna.Study:
+    return optuna.load_study(study_name=name, storage=open_storage(url, create=False))
+
+
+def records(url: str, name: str = "tiny") -> list[store.TrialRecord]:
+    try:
+        return store.records(load(url, name))
+    except Exception:  # no database or no study yet
+        return []
+
+
+def counted(recs: list[store.TrialRecord]) -> list[store.TrialRecord]:
+    return [r for r in recs if r.status in store.COUNTED]
+
+
+def start_driver(space: Path, results: Path, **popen) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "search", "run", "--space", str(space), "--results", str(results), "--quiet"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True, **popen)
+
+
+def wait_for(predicate, timeout: float, what: str, process: subprocess.Popen | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if process is not None and process.poll() is not None:
+            raise AssertionError(f"the driver exited while waiting for {what}:\n{process.stdout.read()}")
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.2)
+
+
+def check_accounting(recs: list[store.TrialRecord], budget: int) -> None:
+    """Exactly the budget counted, no trial left running, each interrupted trial retried once."""
+    assert len(counted(recs)) == budget
+    assert all(r.state != "RUNNING" for r in recs)
+    retried = [r.retry_of for r in recs if r.retry_of is not None]
+    assert len(retried) == len(set(retried))  # no trial retried twice
+    by_number = {r.number: r for r in recs}
+    for original in retried:  # an original that was retried never counts itself
+        assert by_number[original].status in store.RETRIED
+    for r in recs:
+        if r.status in store.RETRIED:
+            assert r.number in retried or r.state == "WAITING", f"trial {r.number} was never retried"
+
+
+def segment_job(**changes) -> SegmentJob:
+    arch = {"img_size": [8, 8], "in_chans": 1, "num_classes": 10, "patch_size": 2, "embed_dim": 16, "depth": 2}
+    job = dict(number=0, arch=arch, training=TrainSpec(epochs=1, batch_size=64), data=DataSpec(name="digits"), seed=0,
+               start_epoch=0, stop_epoch=1, use_gpu=False, threads=1, measure_latency=False, return_weights=False)
+    return SegmentJob(**{**job, **changes})
+
+
+# ---------------------------------------------------------------------- a trial's own failures
+def test_a_trial_that_raises_reports_why():
+    bad = segment_job(arch={**segment_job().arch, "embed_dim": 10, "mixer": "attention", "num_heads": 3})
+    result, checkpoint = run_segment(bad, None)
+    assert result.failure_kind == "exception" and "not divisible by num_heads" in result.failure
+    assert checkpoint is None
+
+
+def test_out_of_memory_is_reported_as_such(monkeypatch):
+    def exhausted(self):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+    monkeypatch.setattr(Trainer, "train_epoch", exhausted)
+    result, _ = run_segment(segment_job(), None)
+    assert result.failure_kind == "oom" and result.failure.startswith("out of memory: CUDA out of memory")
+
+
+def test_a_nan_loss_is_reported_as_such():
+    result, _ = run_segment(segment_job(training=TrainSpec(epochs=1, batch_size=64, lr=1e9)), None)
+    assert result.failure_kind == "nan" and "non-finite training loss" in result.failure
+
+
+# ---------------------------------------------------------------------- killed workers
+def kill_a_worker_once(stop: threading.Event, killed: list[int]) -> None:
+    """SIGKILL the first Ray worker seen training a trial, once it has run for a moment."""
+    while not stop.is_set() and not killed:
+        found = subprocess.run(["pgrep", "-f", "^ray::run_segment"], capture_output=True, text=True).stdout.split()
+        if found:
+            time.sleep(1.0)
+            os.kill(int(found[0]), signal.SIGKILL)
+            killed.append(int(found[0]))
+        time.sleep(0.1)
+
+
+@pytest.mark.parametrize("retries", [2, 0])
+def test_a_worker_killed_mid_trial_is_retried(tmp_path, retries):
+    space = write_space(tmp_path, data={"name": "digit-pairs", "pairs": 2000}, training={"epochs": 2},
+                        trials={"count": 3, "parallel": 2, "retries": retries},
+                        space={"patch_size": 4, "num_heads": 2, "mixer": {"choices": ["static", "attention"]},
+                               "embed_dim": {"choices": [16, 32]}})
+    stop, killed = threading.Event(), []
+    killer = threading.Thread(target=kill_a_worker_once, args=(stop, killed))
+    killer.start()
+    try:
+        assert main(["run", "--space", str(space), "--results", str(tmp_path / "results"), "--quiet"]) == 0
+    finally:
+        stop.set()
+        killer.join()
+    assert killed, "no worker was killed"
+    recs = records(f"sqlite:///{tmp_path / 'search.db'}")
+    check_accounting(recs, 3)
+    failed = [r for r in recs if r.status == store.FAILED]
+    if retries:
+        assert failed == []  # Ray re-ran the killed segment and the trial finished
+    else:
+        assert len(failed) == 1 and failed[0].reason.startswith("worker lost after 0 retries")
+
+
+# ---------------------------------------------------------------------- killed drivers
+def test_the_driver_killed_at_several_points_loses_nothing(tmp_path):
+    budget = 6
+    space = write_space(tmp_path, data={"name": "digit-pairs", "pairs": 2000}, training={"epochs": 2},
+                        trials={"count": budget, "parallel": 2},
+                        space={"patch_size": 4, "num_heads": 2, "mixer": {"choices": ["static", "attention", "dynamic"]},
+                               "embed_dim": {"choices": [16, 32]}})
+    url = f"sqlite:///{tmp_path / 'search.db'}"
+    kill_points = [
+        ("a trial running", lambda: any(r.status == store.RUNNING for r in records(url))),
+        ("2 trials done", lambda: len(counted(records(url))) >= 2),
+        ("4 trials done", lambda: len(counted(records(url))) >= 4),
+    ]
+    for what, ready in kill_points:
+        driver = start_driver(space, tmp_path / "results")
+        wait_for(ready, 240, what, driver)
+        before = {r.number: (r.status, r.values) for r in counted(records(url))}
+        os.kill(driver.pid, signal.SIGKILL)
+        driver.wait()
+        after = {r.number: (r.status, r.values) for r in records(url)}
+        for number, outcome in before.items():  # everything finished before the kill is still there, unchanged
+            assert after[number] == outcome
+    assert main(["run", "--space", str(space), "--results", str(tmp_path / "results"), "--quiet"]) == 0
+    recs = records(url)
+    check_accounting(recs, budget)
+    assert any(r.status == store.STALE for r in recs)  # the kills did catch trials mid-run
+
+
+def test_ctrl_c_stops_cleanly_and_a_rerun_resumes(tmp_path):
+    space = write_space(tmp_path, data={"name": "digit-pairs", "pairs": 2000}, training={"epochs": 3}, trials={"count": 3, "parallel": 2},
+                        space={"patch_size": 4, "num_heads": 2, "mixer": {"choices": ["static", "attention"]},
+                               "embed_dim": {"choices": [16, 32]}})
+    url = f"sqlite:///{tmp_path / 'search.db'}"
+    driver = start_driver(space, tmp_path / "results")
+    wait_for(lambda: sum(r.status == store.RUNNING for r in records(url)) >= 2, 120, "two running trials", driver)
+    time.sleep(1.0)
+    started = time.monotonic()
+    os.killpg(driver.pid, signal.SIGINT)  # what a terminal's Ctrl-C does: the whole process group
+    out, _ = driver.communicate(timeout=120)
+    assert time.monotonic() - started < 30  # stopping does not wait for the trials to finish
+    assert driver.returncode == 130, out
+    assert "Traceback" not in out and "run the same command again to resume" in out
+    recs = records(url)
+    interrupted = [r for r in recs if r.status == store.INTERRUPTED]
+    assert interrupted and all(r.reason == "interrupted" and r.state == "FAIL" for r in interrupted)
+    assert not any(r.state == "RUNNING" for r in recs)
+    assert subprocess.run(["pgrep", "-f", "^ray::run_segment"], capture_output=True).returncode != 0  # trials stopped
+    assert main(["run", "--space", str(space), "--results", str(tmp_path / "results"), "--quiet"]) == 0
+    check_accounting(records(url), 3)
+
+
+# ---------------------------------------------------------------------- databases
+def drop_connections(url: str, database: str) -> int:
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(url)
+    try:
+        with engine.connect() as connection:
+            rows = connection.execute(sqlalchemy.text(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = :db AND pid <> pg_backend_pid()"), {"db": database}).fetchall()
+            return len(rows)
+    finally:
+        engine.dispose()
+
+
+def outage(url: str, database: str, seconds: float) -> None:
+    """Refuse every connection to ``database`` for a while (the server stays up for the others)."""
+    import sqlalchemy
+
+    admin = sqlalchemy.create_engine(make_url(url).set(database="postgres"), isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as connection:
+            connection.execute(sqlalchemy.text(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS false'))
+            try:
+                connection.execute(sqlalchemy.text(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :db"), {"db": database})
+                time.sleep(seconds)
+            finally:
+                connection.execute(sqlalchemy.text(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS true'))
+    finally:
+        admin.dispose()
+
+
+def named_space(tmp_path: Path, name: str, url: str, **sections) -> Path:
+    return write_space(tmp_path, name=name, study={"name": name, "storage": url}, **sections)
+
+
+def test_dropped_connections_and_an_outage_are_survived(tmp_path, postgres_url, unique_name):
+    space = named_space(tmp_path, unique_name, postgres_url, data={"name": "digit-pairs", "pairs": 2000}, training={"epochs": 2},
+                        trials={"count": 4, "parallel": 2},
+                        space={"patch_size": 4, "num_heads": 2, "mixer": {"choices": ["static", "attention"]},
+                               "embed_dim": {"choices": [16, 32]}})
+    driver = start_driver(space, tmp_path / "results")
+    database = make_url(postgres_url).database
+    wait_for(lambda: len(counted(records(postgres_url, unique_name))) >= 1, 240, "a finished trial", driver)
+    assert drop_connections(postgres_url, database) > 0  # the driver's connections go away under it
+    wait_for(lambda: len(counted(records(postgres_url, unique_name))) >= 2, 240, "two finished trials", driver)
+    outage(postgres_url, database, seconds=6)  # then the database refuses everyone for a while
+    out, _ = driver.communicate(timeout=300)
+    assert driver.returncode == 0, out
+    assert "database unavailable" in out  # it waited and retried rather than failing
+    check_accounting(records(postgres_url, unique_name), 4)
+
+
+def test_two_drivers_share_one_postgres_study(tmp_path, postgres_url, unique_name):
+    space = named_space(tmp_path, unique_name, postgres_url, training={"epochs": 2}, trials={"count": 8, "parallel": 1})
+    drivers = [start_driver(space, tmp_path / "results") for _ in range(2)]
+    outputs = [d.communicate(timeout=400)[0] for d in drivers]
+    assert [d.returncode for d in drivers] == [0, 0], outputs
+    recs = records(postgres_url, unique_name)
+    numbers = [r.number for r in recs]
+    assert len(numbers) == len(set(numbers))
+    check_accounting(recs, 8)  # the total budget, not 8 each
+    drivers_seen = {t.user_attrs.get("driver") for t in load(postgres_url, unique_name).trials if t.state.is_finished()}
+    assert len(drivers_seen) == 2  # both did work
+    references = [r.reference for r in recs if r.reference and r.retry_of is None]
+    assert sorted(references) == sorted(set(references))  # the references were enqueued once
+
+
+def test_four_parallel_trials_and_a_reader_never_lock_sqlite(tmp_path):
+    space = write_space(tmp_path, trials={"count": 8, "parallel": 4}, resources={"cpus": 0.5},
+                        training={"epochs": 3})
+    url = f"sqlite:///{tmp_path / 'search.db'}"
+    driver = start_driver(space, tmp_path / "results")
+    errors, reads = [], 0
+    while driver.poll() is None:  # a second process reads (and builds the report) all along
+        try:
+            if records(url):
+                build_report(load(url), tmp_path / "report.html", storage_label="sqlite")
+                reads += 1
+        except Exception as err:
+            errors.append(repr(err))
+        time.sleep(0.2)
+    out = driver.stdout.read()
+    assert driver.returncode == 0, out
+    assert "database is locked" not in out and not any("locked" in e for e in errors), errors
+    assert reads > 3
+    check_accounting(records(url), 8)
+
+
+# ---------------------------------------------------------------------- safety
+def test_a_checkpoint_holding_code_is_refused(tmp_path, capsys):
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "checkpoint.pt").write_bytes(pickle.dumps({"trainer": Payload(), "curve": []}))
+    arch = tmp_path / "arch.yaml"
+    arch.write_text("patch_size: 2\nembed_dim: 16\ndepth: 2\n")
+    code = main(["train", "--arch", str(arch), "--dataset", "digits", "--epochs", "1", "--out", str(run)])
+    assert code == 2 and "refusing to load the checkpoint" in capsys.readouterr().err
+    assert not marker.exists()
+
+
+def outbound_address() -> str | None:
+    """This machine's non-loopback IPv4 address, if it has one (no packet is sent)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect(("10.255.255.255", 1))
+            address = s.getsockname()[0]
+        except OSError:
+            return None
+    return None if address.startswith("127.") else address
+
+
+def test_the_dashboard_listens_on_loopback_only(tmp_path):
+    space = write_space(tmp_path, trials={"count": 1, "parallel": 1}, training={"epochs": 1})
+    assert main(["run", "--space", str(space), "--results", str(tmp_path / "results"), "--quiet"]) == 0
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "-m", "search", "dashboard", "--study", "tiny", "--storage",
+                               f"sqlite:///{tmp_path / 'search.db'}", "--port", str(port)],
+                              cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        wait_for(lambda: _answers(f"http://127.0.0.1:{port}/api/meta"), 60, "the dashboard", server)
+        address = outbound_address()
+        if address is not None:
+            assert not _answers(f"http://{address}:{port}/api/meta")
+        else:  # no other interface: the bind address itself must be loopback
+            assert f"http://127.0.0.1:{port}/" in server.stdout.readline()
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=10)
+
+
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2):
+            return True
+    except OSError:
+        return False
+
+
+def test_passwords_never_appear(tmp_path, postgres_url, unique_name, capsys):
+    parsed = make_url(postgres_url)
+    with_password = parsed.set(password="hunter2-secret").render_as_string(hide_password=False)
+    space = named_space(tmp_path, unique_name, with_password, trials={"count": 2, "parallel": 2}, training={"epochs": 1})
+    assert main(["run", "--space", str(space), "--results", str(tmp_path / "results"), "--quiet"]) == 0
+    args = ["--study", unique_name, "--storage", with_password, "--results", str(tmp_path / "results")]
+    assert main(["report", *args]) == 0
+    assert main(["export", *args, "--pareto", "--out", str(tmp_path / "export")]) == 0
+    assert main(["run", "--space", str(space), "--storage", with_password.replace("5432", "1"), "--quiet"]) == 2
+    printed = capsys.readouterr()
+    texts = [printed.out, printed.err, json.dumps(load(postgres_url, unique_name).user_attrs)]
+    texts += [p.read_text() for p in (tmp_path / "results").rglob("*.html")]
+    texts += [p.read_text() for p in (tmp_path / "export").rglob("README.md")]
+    assert "***" in printed.err  # the unreachable URL was shown, masked
+    for text in texts:
+        assert "hunter2-secret" not in text
