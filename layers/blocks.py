@@ -10,8 +10,6 @@ Unused norms are identities, so each mixer is exactly its published form.
 """
 from __future__ import annotations
 
-from typing import Callable
-
 from timm.layers import DropPath
 from torch import Tensor, nn
 
@@ -60,9 +58,6 @@ class Block(nn.Module):
         x = self.stream_norm(x)
         x = x + self.drop_path(self.mixer(self.mixer_norm(x)))
         return x + self.drop_path(self.mlp(self.mlp_norm(x)))
-
-
-BlockFactory = Callable[[ArchConfig, float], Block]
 
 
 def static_mlp(cfg: ArchConfig) -> Mlp:

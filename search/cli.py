@@ -23,7 +23,7 @@ from .tables import FORMATS
 
 DEFAULT_STORAGE = "sqlite:///results/search.db"
 
-EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_OK, EXIT_USAGE, EXIT_INTERRUPTED = 0, 2, 130  # an unexpected error exits with Python's 1
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}
 
 

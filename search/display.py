@@ -123,7 +123,7 @@ class Display:
             table.add_column(name, justify="right")
         for record in snapshot.front[:12]:
             tag = f" [{record.reference}]" if record.reference else ""
-            table.add_row(str(record.number), record.label + tag, *(f"{v:.4g}" for v in record.values))
+            table.add_row(str(record.number), Text(record.label + tag), *(f"{v:.4g}" for v in record.values))
         return Group(header, table)
 
 

@@ -101,7 +101,6 @@ class Driver:
         self.window = 2 * spec.trials.parallel
         self.active: list[Active] = []  # asked and not yet told, in ask order
         self.started = time.time()
-        self.asked_this_run = 0
         self.finished_this_run = 0
         self.rejected_in_a_row = 0
         self.stop_asking = False
@@ -197,7 +196,7 @@ class Driver:
         future count can stop this driver early, but never lets two drivers overrun the budget.
         """
         trials = self._db(lambda: self.study.get_trials(deepcopy=False), "read the trials")
-        settled_aside = (store.REJECTED, store.SURPLUS, store.STALE, store.INTERRUPTED)
+        settled_aside = (store.REJECTED, store.SURPLUS, *store.RETRIED)
         total = 0
         for t in trials:
             if number is not None and t.number >= number:
@@ -227,7 +226,6 @@ class Driver:
         seed = attrs.get("seed", (spec.study.seed or 0) * 100_003 + trial.number)
         active = Active(trial, trial.number, {}, seed)
         self.active.append(active)
-        self.asked_this_run += 1
         writer = store.TrialWriter(trial)
         self._db(lambda: writer.set(driver=self.id, seed=seed), "record a trial")
         try:

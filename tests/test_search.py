@@ -129,3 +129,12 @@ def test_seeded_runs_try_the_same_configurations(tmp_path):
                      for t in load(f"sqlite:///{folder / 'search.db'}", "tiny").trials])
     assert runs[0] == runs[1]
     assert len({str(p) for p, _ in runs[0]}) > 4  # not one configuration over and over
+
+
+def test_a_study_with_other_objectives_is_not_mixed_up(tmp_path, capsys):
+    space = write_space(tmp_path, trials={"count": 1, "parallel": 1}, training={"epochs": 1})
+    assert run_cli(space, tmp_path) == 0
+    other = write_space(tmp_path, trials={"count": 1, "parallel": 1}, training={"epochs": 1},
+                        objectives={"accuracy": "maximize", "params": "minimize"})
+    assert run_cli(other, tmp_path) == 2
+    assert "was created with objectives ['accuracy', 'gmacs']" in capsys.readouterr().err

@@ -104,3 +104,20 @@ def test_yaml_1_1_exponents_are_read_as_numbers(tmp_path):
                     "space: {patch_size: 4, training.weight_decay: {low: 1e-4, high: 1e-1, log: true}}\n")
     spec = load_space(path)
     assert spec.training.lr == 1e-3 and spec.params[1].low == 1e-4
+
+
+@pytest.mark.parametrize("sampler", ["tpe", "nsga2", "random", "gp"])
+def test_every_sampler_works_with_the_conditional_space(sampler):
+    from search.samplers import create_sampler
+
+    spec = load_space(SPACES / "dynamic.yaml")
+    study = optuna.create_study(directions=spec.directions,
+                                sampler=create_sampler(sampler, 0, {"n_startup_trials": 3} if sampler in ("tpe", "gp") else {}))
+    seen = set()
+    for i in range(8):
+        trial = study.ask()
+        values = spec.sample(trial)
+        arch, _ = spec.configs(values)
+        seen.add(values["mixer"])
+        study.tell(trial, [0.1 * (i % 5), complexity(arch).gmacs])
+    assert len(study.trials) == 8 and len(seen) >= 2
