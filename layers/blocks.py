@@ -79,16 +79,18 @@ def dynamic_block(cfg: ArchConfig, drop_path: float) -> Block:
     return Block(dim, conv, Mlp(fc1, fc2), stream_norm=True, drop_path=drop_path)
 
 
-@MIXERS.register("attention")
-def attention_block(cfg: ArchConfig, drop_path: float) -> Block:
-    mixer = Attention(cfg.embed_dim, cfg.num_heads)
-    return Block(cfg.embed_dim, mixer, static_mlp(cfg), mixer_norm=True, drop_path=drop_path)
+def attention_block(attention: type[nn.Module]):
+    """DeiT's block: pre-norm attention, then the MLP."""
+
+    def build(cfg: ArchConfig, drop_path: float) -> Block:
+        mixer = attention(cfg.embed_dim, cfg.num_heads)
+        return Block(cfg.embed_dim, mixer, static_mlp(cfg), mixer_norm=True, drop_path=drop_path)
+
+    return build
 
 
-@MIXERS.register("linear_attention")
-def linear_attention_block(cfg: ArchConfig, drop_path: float) -> Block:
-    mixer = LinearAttention(cfg.embed_dim, cfg.num_heads)
-    return Block(cfg.embed_dim, mixer, static_mlp(cfg), mixer_norm=True, drop_path=drop_path)
+MIXERS.register("attention")(attention_block(Attention))
+MIXERS.register("linear_attention")(attention_block(LinearAttention))
 
 
 def create_block(cfg: ArchConfig, index: int, drop_path: float = 0.0) -> Block:

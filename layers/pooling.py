@@ -121,6 +121,7 @@ def create_pool(name: str, dim: int) -> ContextPool:
 
 
 def pool_extent(name: str) -> int | None:
-    """The token-grid side a pool needs (its window or output grid), None if any grid will do."""
+    """The token-grid side a pool's window needs, None if any grid will do (adaptive pools
+    average overlapping windows, so they work on grids smaller than their output)."""
     factory, size = POOLS.parse(name)
-    return size if factory in (AvgPool, MaxPool, AdaptivePool) else None
+    return size if factory in (AvgPool, MaxPool) else None

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import difflib
 import re
-from typing import Callable, Generic, Iterator, TypeVar
+from typing import Callable, Generic, TypeVar
 
 F = TypeVar("F", bound=Callable)
 
@@ -39,9 +39,6 @@ class Registry(Generic[F]):
         """Every accepted spelling, parametric ones shown with a size placeholder."""
         return sorted(self._plain) + sorted(f"{p}<int>" for p in self._parametric)
 
-    def __iter__(self) -> Iterator[str]:
-        return iter(self.names())
-
     def parse(self, name: str) -> tuple[F, int | None]:
         """Return the factory for ``name`` and its integer size (None for plain names)."""
         if not isinstance(name, str):
@@ -58,13 +55,6 @@ class Registry(Generic[F]):
 
     def validate(self, name: str) -> None:
         self.parse(name)
-
-    def __contains__(self, name: object) -> bool:
-        try:
-            self.parse(name)  # type: ignore[arg-type]
-        except ValueError:
-            return False
-        return True
 
 
 def unknown_name_message(kind: str, name: object, allowed: list[str]) -> str:

@@ -133,7 +133,7 @@ def _signed(level: float, top: float, signs: Tensor) -> list[float]:
 
 
 def _per_sample(op, images: Tensor, values: list[float]) -> Tensor:
-    # The geometric ops take one scalar per call; a sign draws two groups, so at most two calls.
+    # torchvision's ops take one scalar per call; the signs split the batch in two groups at most.
     out = images.clone()
     for value in set(values):
         mask = torch.tensor([v == value for v in values], device=images.device)
@@ -149,10 +149,10 @@ _RAND_AUGMENT_OPS = {
     "rotate": lambda x, level, signs: _per_sample(lambda im, v: TF.rotate(im, v), x, _signed(level, 30.0, signs)),
     "posterize": lambda x, level, signs: TF.posterize(x, int(8 - round(level * 4))),
     "solarize": lambda x, level, signs: TF.solarize(x, 255 - level * 255),
-    "color": lambda x, level, signs: TF.adjust_saturation(x, 1 + level * 0.9 * float(signs[0])),
-    "contrast": lambda x, level, signs: TF.adjust_contrast(x, 1 + level * 0.9 * float(signs[0])),
-    "brightness": lambda x, level, signs: TF.adjust_brightness(x, 1 + level * 0.9 * float(signs[0])),
-    "sharpness": lambda x, level, signs: TF.adjust_sharpness(x, 1 + level * 0.9 * float(signs[0])),
+    "color": lambda x, level, signs: _per_sample(lambda im, v: TF.adjust_saturation(im, 1 + v), x, _signed(level, 0.9, signs)),
+    "contrast": lambda x, level, signs: _per_sample(lambda im, v: TF.adjust_contrast(im, 1 + v), x, _signed(level, 0.9, signs)),
+    "brightness": lambda x, level, signs: _per_sample(lambda im, v: TF.adjust_brightness(im, 1 + v), x, _signed(level, 0.9, signs)),
+    "sharpness": lambda x, level, signs: _per_sample(lambda im, v: TF.adjust_sharpness(im, 1 + v), x, _signed(level, 0.9, signs)),
     "shear_x": lambda x, level, signs: _per_sample(
         lambda im, v: TF.affine(im, angle=0.0, translate=[0, 0], scale=1.0, shear=[v, 0.0]), x, _signed(level, 17.0, signs)),
     "shear_y": lambda x, level, signs: _per_sample(

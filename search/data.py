@@ -107,8 +107,11 @@ class StreamingSplit:
 
     def batches(self, batch_size: int, device: torch.device, generator: torch.Generator | None = None,
                 drop_last: bool = False) -> Iterator[tuple[Tensor, Tensor]]:
+        # The DataLoader shuffles with a CPU generator; derive one from the (device) generator given.
+        order = None if generator is None else torch.Generator().manual_seed(
+            int(torch.randint(1 << 62, (1,), generator=generator, device=generator.device)))
         loader = torch.utils.data.DataLoader(
-            self.folder, batch_size=batch_size, shuffle=generator is not None, generator=generator,
+            self.folder, batch_size=batch_size, shuffle=order is not None, generator=order,
             num_workers=self.workers, drop_last=drop_last, pin_memory=device.type == "cuda",
         )
         for images, labels in loader:
@@ -237,17 +240,15 @@ def load_imagefolder(spec: DataSpec) -> Dataset:
     from torchvision.datasets import ImageFolder
     from torchvision.transforms import v2
 
-    root = Path(spec.root).expanduser()
-    size = spec.img_size or 224
+    train_root, val_root, size = _imagefolder_layout(spec)
     # Stored slightly larger than the training size so random crops have room (the 0.875 crop ratio).
     stored = math.ceil(size / 0.875)
     transform = v2.Compose([v2.PILToTensor(), v2.Lambda(_rgb), v2.Resize(stored, antialias=True), v2.CenterCrop(stored)])
-    train_root = root / "train" if (root / "train").is_dir() else root
     try:
         full = ImageFolder(str(train_root), transform=transform)
-        test = ImageFolder(str(root / "val"), transform=transform) if (root / "val").is_dir() else None
+        test = ImageFolder(str(val_root), transform=transform) if val_root else None
     except (FileNotFoundError, RuntimeError) as err:
-        raise DataError(f"no images under {str(root)!r}: {err}") from None
+        raise DataError(f"no images under {spec.root!r}: {err}") from None
     labels = torch.tensor(full.targets)
     train_idx, val_idx = split_indices(len(full), spec.val_fraction, spec.seed)
     shape = (size, size)  # the model's input: train crops and eval centre crops of the stored images
@@ -274,13 +275,18 @@ def _rgb(image: Tensor) -> Tensor:
     return image.expand(3, -1, -1) if image.shape[0] == 1 else image[:3]
 
 
-def _imagefolder_info(spec: DataSpec) -> DataInfo:
+def _imagefolder_layout(spec: DataSpec) -> tuple[Path, Path | None, int]:
+    """Training folder (root/train, or root itself), test folder (root/val) if any, image size."""
     root = Path(spec.root).expanduser()
     train_root = root / "train" if (root / "train").is_dir() else root
+    return train_root, root / "val" if (root / "val").is_dir() else None, spec.img_size or 224
+
+
+def _imagefolder_info(spec: DataSpec) -> DataInfo:
+    train_root, _, size = _imagefolder_layout(spec)
     classes = sorted(p.name for p in train_root.iterdir() if p.is_dir())
     if not classes:
         raise DataError(f"no class folders under {str(train_root)!r} (expected <root>/train/<class>/<images>)")
-    size = spec.img_size or 224
     return DataInfo((size, size), 3, len(classes))
 
 

@@ -12,7 +12,6 @@ from rich.table import Table
 from rich.text import Text
 
 from . import store
-from .pareto import front
 
 if TYPE_CHECKING:
     from .space import SearchSpec
@@ -37,9 +36,7 @@ class Snapshot:
             if record.status in counts:
                 counts[record.status] += 1
         counts[store.RUNNING] = running
-        complete = [r for r in records if r.status == store.COMPLETE and r.values]
-        on_front = [complete[i] for i in front([r.values for r in complete], spec.directions)]
-        on_front.sort(key=lambda r: -r.values[0] if spec.directions[0] == "maximize" else r.values[0])
+        on_front = store.pareto_front(records, spec.directions)
         timeout = spec.trials.timeout_minutes * 60 if spec.trials.timeout_minutes else None
         return cls(spec.study.name, elapsed_s, counts, spec.trials.count, timeout,
                    [o.name for o in spec.objectives], on_front, finished_this_run)
@@ -72,18 +69,23 @@ class Display:
     def __init__(self, quiet: bool = False, console: Console | None = None):
         self.quiet = quiet
         self.console = console or Console(file=sys.stderr if quiet else sys.stdout)
-        self.live: Live | None = None
+        self.live_view: Live | None = None
+
+    @property
+    def live(self) -> bool:
+        """Whether a live view is on screen (and so wants snapshots)."""
+        return self.live_view is not None
 
     def start(self, spec: "SearchSpec") -> None:
         self.log(f"study {spec.study.name!r}: {len(spec.params)} parameters, objectives "
                  f"{', '.join(f'{o.name} ({o.direction})' for o in spec.objectives)}, {spec.trials.parallel} in parallel")
         if not self.quiet:
-            self.live = Live(Text("starting..."), console=self.console, auto_refresh=False, transient=False)
-            self.live.start()
+            self.live_view = Live(Text("starting..."), console=self.console, auto_refresh=False, transient=False)
+            self.live_view.start()
 
     def log(self, message: str) -> None:
         line = f"[{time.strftime('%H:%M:%S')}] {message}"
-        console = self.live.console if self.live is not None else self.console
+        console = self.live_view.console if self.live_view is not None else self.console
         console.print(line, markup=False, highlight=False, soft_wrap=True)
 
     def trial_ended(self, number: int, status: str, curve: list[float], gmacs: float, reason: str | None) -> None:
@@ -92,14 +94,14 @@ class Display:
         self.log(f"trial {number} {status}{accuracy}, {gmacs:.4g} GMACs{why}")
 
     def update(self, snapshot: Snapshot) -> None:
-        if self.live is not None:
-            self.live.update(self.render(snapshot), refresh=True)
+        if self.live_view is not None:
+            self.live_view.update(self.render(snapshot), refresh=True)
 
     def stop(self, snapshot: Snapshot) -> None:
-        if self.live is not None:
-            self.live.update(self.render(snapshot), refresh=True)
-            self.live.stop()
-            self.live = None
+        if self.live_view is not None:
+            self.live_view.update(self.render(snapshot), refresh=True)
+            self.live_view.stop()
+            self.live_view = None
         else:
             c = snapshot.counts
             self.log(f"finished: {c[store.COMPLETE]} complete, {c[store.PRUNED]} pruned, {c[store.FAILED]} failed, "

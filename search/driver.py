@@ -35,7 +35,7 @@ from layers.schema import ConfigError
 from . import store
 from .cluster import connect
 from .display import Display, Snapshot
-from .pareto import dominates, front
+from .pareto import dominates
 from .references import reference_params
 from .samplers import create_sampler
 from .space import SearchSpec, over_budget
@@ -64,7 +64,7 @@ class Active:
     arch: ArchConfig | None = None
     training: TrainSpec | None = None
     gmacs: float = 0.0
-    params_count: int = 0
+    mparams: float = 0.0
     curve: list[float] = field(default_factory=list)
     train_loss: list[float] = field(default_factory=list)
     latency_ms: float | None = None
@@ -163,7 +163,7 @@ class Driver:
                 self._tell_ready()
                 if self.stop_asking and not self.active:
                     break
-                if time.time() - shown > 1.0:
+                if self.display.live and time.time() - shown > 1.0:
                     self.display.update(self._snapshot())
                     shown = time.time()
         except KeyboardInterrupt:
@@ -221,7 +221,7 @@ class Driver:
 
     def _ask_one(self) -> None:
         spec = self.spec
-        trial = self._db(self.study.ask, "ask for a trial")
+        trial = self._ask_trial()
         attrs = trial.user_attrs
         seed = attrs.get("seed", (spec.study.seed or 0) * 100_003 + trial.number)
         active = Active(trial, trial.number, {}, seed)
@@ -234,10 +234,10 @@ class Driver:
         except ConfigError as err:
             return self._reject(active, f"invalid combination: {err}")
         cost = complexity(active.arch)
-        active.gmacs, active.params_count = cost.gmacs, cost.params
+        active.gmacs, active.mparams = cost.gmacs, cost.mparams
         over = over_budget(spec.budget, cost.gmacs, cost.params)
         record = {"arch": active.arch.to_dict(), "training": _training_overrides(spec.training, active.training),
-                  "gmacs": cost.gmacs, "mparams": cost.params / 1e6}
+                  "gmacs": cost.gmacs, "mparams": cost.mparams}
         record["summary"] = store.summary(record["arch"])
         if over:
             self._db(lambda: writer.set(**record), "record a trial")
@@ -251,6 +251,12 @@ class Driver:
             self.stop_asking = True
             return
         self._submit(active)
+
+    def _ask_trial(self) -> optuna.Trial:
+        # Two steps, each retried alone: retrying a whole Study.ask after the database failed
+        # between its write and its reads would claim a second trial and orphan the first.
+        trial_id = self._db(lambda: store.claim_trial(self.study), "ask for a trial")
+        return self._db(lambda: store.trial_handle(self.study, trial_id), "ask for a trial")
 
     def _reject(self, active: Active, reason: str) -> None:
         active.status, active.reason = store.REJECTED, reason
@@ -325,7 +331,7 @@ class Driver:
         self._decide(active)
 
     def _objective_values(self, active: Active) -> list[float]:
-        measures = {"accuracy": active.curve[-1], "gmacs": active.gmacs, "params": active.params_count / 1e6,
+        measures = {"accuracy": active.curve[-1], "gmacs": active.gmacs, "params": active.mparams,
                     "latency": active.latency_ms or 0.0}
         return [measures[o.name] for o in self.spec.objectives]
 
@@ -384,10 +390,14 @@ class Driver:
             self._db(lambda: self.study.set_user_attr(f"driver:{self.id}", beat), "write the heartbeat")
             self._last_beat = now
 
-    def _driver_alive(self, driver: str | None) -> bool:
+    def _owner_alive(self, trial: optuna.trial.FrozenTrial, beats: dict[str, Any]) -> bool:
+        """Whether the driver that asked ``trial`` may still be working on it."""
+        driver = trial.user_attrs.get("driver")
         if driver == self.id:
             return True
-        beat = self.study.user_attrs.get(f"driver:{driver}") if driver else None
+        if driver is None:  # asked a moment ago, its driver has not written its name yet
+            return time.time() - trial.datetime_start.timestamp() < DEAD_AFTER_S
+        beat = beats.get(f"driver:{driver}")
         if not beat or time.time() - beat["beat"] > DEAD_AFTER_S:
             return False
         if beat["host"] == socket.gethostname():
@@ -404,16 +414,17 @@ class Driver:
         self._last_reconcile = time.time()
         running = self._db(lambda: self.study.get_trials(deepcopy=False, states=[optuna.trial.TrialState.RUNNING]),
                            "read the trials")
+        beats = self._db(lambda: self.study.user_attrs, "read the heartbeats") if running else {}
         for frozen in running:
             attrs = frozen.user_attrs
-            if self._driver_alive(attrs.get("driver")):
+            if self._owner_alive(frozen, beats):
                 continue
             status = attrs.get("status")
-            if status in (store.COMPLETE, store.PRUNED, store.FAILED, store.REJECTED, store.INTERRUPTED, store.SURPLUS):
+            # STALE and INTERRUPTED: the dead driver had queued the retry but not told the trial.
+            if status in (store.COMPLETE, store.PRUNED, store.FAILED, store.REJECTED, store.SURPLUS, *store.RETRIED):
                 self._db(lambda: store.tell(self.study, frozen.number, status, attrs.get("values")), "tell a trial")
                 continue
-            # A handle on a trial this driver did not ask: Optuna exposes no public lookup by number.
-            trial = optuna.trial.Trial(self.study, frozen._trial_id)
+            trial = self._db(lambda: store.trial_handle(self.study, frozen._trial_id), "read a trial")
             self._retry_later(trial, store.STALE, "the driver stopped while it ran")
             self.display.log(f"trial {frozen.number} was left running by a driver that stopped; retrying its parameters")
 
@@ -424,7 +435,7 @@ class Driver:
         carry = {k: attrs[k] for k in ("reference", "seed") if k in attrs}
         self._db(lambda: self.study.enqueue_trial(trial.params, user_attrs={**carry, "retry_of": trial.number}),
                  "enqueue a retry")
-        self._db(lambda: self.study.tell(trial.number, state=optuna.trial.TrialState.FAIL), "tell a trial")
+        self._db(lambda: store.tell(self.study, trial.number, status, None), "tell a trial")
 
     def _interrupt(self) -> None:
         """Ctrl-C: stop running trials, record them as interrupted (retried by the next run), tell all."""
@@ -450,8 +461,8 @@ class Driver:
         folder = results_dir(self.results, self.spec.study.name) / "weights"
         if not folder.exists():
             return
-        complete = [r for r in store.records(self.study) if r.status == store.COMPLETE and r.values]
-        on_front = {complete[i].number for i in front([r.values for r in complete], self.spec.directions)}
+        all_records = self._db(lambda: store.records(self.study), "read the trials")
+        on_front = {r.number for r in store.pareto_front(all_records, self.spec.directions)}
         for path in folder.glob("trial_*.safetensors"):
             if int(path.stem.removeprefix("trial_")) not in on_front:
                 path.unlink()
@@ -461,7 +472,8 @@ class Driver:
         return with_retries(action, what, on_retry=self.display.log)
 
     def _snapshot(self) -> Snapshot:
-        return Snapshot.of(store.records(self.study), self.spec, time.time() - self.started,
+        all_records = self._db(lambda: store.records(self.study), "read the trials")
+        return Snapshot.of(all_records, self.spec, time.time() - self.started,
                            running=sum(1 for a in self.active if a.status is None),
                            finished_this_run=self.finished_this_run)
 

@@ -19,7 +19,6 @@ from layers import ArchConfig
 from layers.schema import build
 
 from . import store
-from .pareto import front
 from .report import describe
 from .store import TrialRecord
 from .train import TrainSpec
@@ -31,7 +30,6 @@ class ExportError(ValueError):
 
 def select(records: Sequence[TrialRecord], directions: Sequence[str], *, pareto: bool = False,
            top: int | None = None, trial: int | None = None) -> list[TrialRecord]:
-    complete = [r for r in records if r.status == store.COMPLETE and r.values]
     if trial is not None:
         chosen = [r for r in records if r.number == trial]
         if not chosen:
@@ -39,12 +37,12 @@ def select(records: Sequence[TrialRecord], directions: Sequence[str], *, pareto:
         if not chosen[0].arch:
             raise ExportError(f"trial {trial} has no architecture ({chosen[0].status})")
         return chosen
+    complete = [r for r in records if r.status == store.COMPLETE and r.values]
     if not complete:
         raise ExportError("the study has no complete trial yet")
     if pareto:
-        return [complete[i] for i in front([r.values for r in complete], directions)]
-    sign = -1 if directions[0] == "maximize" else 1
-    return sorted(complete, key=lambda r: sign * r.values[0])[:top]
+        return store.pareto_front(records, directions)
+    return sorted(complete, key=lambda r: -r.accuracy)[:top]  # the most accurate, whatever the objectives
 
 
 def recipe(study: optuna.Study, record: TrialRecord) -> TrainSpec:

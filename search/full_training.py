@@ -56,13 +56,16 @@ def train_architecture(source: ArchSource, data_spec: DataSpec, training: TrainS
     torch.manual_seed(seed)
     model = layers.create_model(arch)
     if init_weights and source.weights is not None:
-        model.load_state_dict(load_file(str(source.weights)))
+        kept = transferable(model, load_file(str(source.weights)))
+        model.load_state_dict(kept, strict=False)
+        fresh = sorted(set(model.state_dict()) - set(kept))
+        log(f"started from {source.weights}" + (f"; new for this data set: {', '.join(fresh)}" if fresh else ""))
     data = load_dataset(data_spec)
     trainer = Trainer(model, data, training, device, seed=seed)
     checkpoint, metrics_file = out / "checkpoint.pt", out / "metrics.json"
     curve: list[float] = []
     if checkpoint.exists():
-        state = torch.load(checkpoint, map_location=device, weights_only=True)  # never an arbitrary pickle
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True)  # never an arbitrary pickle
         trainer.load_state_dict(state["trainer"])
         curve = state["curve"]
         log(f"resuming from {checkpoint} after epoch {trainer.epoch}")
@@ -80,6 +83,15 @@ def train_architecture(source: ArchSource, data_spec: DataSpec, training: TrainS
     save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(out / "weights.safetensors"))
     metrics_file.write_text(json.dumps(metrics, indent=2))
     return metrics
+
+
+def transferable(model: torch.nn.Module, weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The weights whose shapes fit: another data set changes the stem's channels and the head's classes."""
+    own = model.state_dict()
+    unknown = sorted(set(weights) - set(own))
+    if unknown:
+        raise ValueError(f"the weights do not belong to this architecture (unexpected: {', '.join(unknown[:3])})")
+    return {k: v for k, v in weights.items() if v.shape == own[k].shape}
 
 
 def _atomic_save(state: dict[str, Any], path: Path) -> None:

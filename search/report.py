@@ -189,9 +189,7 @@ def build_report(study: optuna.Study, path: Path, *, storage_label: str) -> Path
     records = store.records(study)
     objectives = list(study.metric_names or [f"objective {i}" for i in range(len(study.directions))])
     directions = [d.name.lower() for d in study.directions]
-    complete = [r for r in records if r.status == store.COMPLETE and r.values]
-    on_front = sorted((complete[i] for i in front([r.values for r in complete], directions)),
-                      key=lambda r: -r.values[0] if directions[0] == "maximize" else r.values[0])
+    on_front = store.pareto_front(records, directions)
     counts = {s: sum(r.status == s for r in records) for s in (store.COMPLETE, store.PRUNED, store.FAILED, store.REJECTED)}
     sections: list[tuple[str, str, go.Figure | None]] = [
         ("Accuracy against GMACs", "Each point is a trial: complete trials solid, pruned ones faded at their accuracy "

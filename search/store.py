@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Sequence
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
+
+from .pareto import front
 
 # Values of the "status" attribute.
 RUNNING = "running"
@@ -47,7 +49,6 @@ class TrialRecord:
     wall_time_s: float | None = None
     reason: str | None = None
     reference: str | None = None
-    weights: str | None = None
     seed: int | None = None
     retry_of: int | None = None
 
@@ -78,7 +79,7 @@ class TrialRecord:
             mparams=attrs.get("mparams"), latency_ms=attrs.get("latency_ms"), device=attrs.get("device"),
             curve=attrs.get("curve", []), train_loss=attrs.get("train_loss", []),
             wall_time_s=attrs.get("wall_time_s"), reason=attrs.get("reason"), reference=attrs.get("reference"),
-            weights=attrs.get("weights"), seed=attrs.get("seed"), retry_of=attrs.get("retry_of"),
+            seed=attrs.get("seed"), retry_of=attrs.get("retry_of"),
         )
 
 
@@ -99,6 +100,29 @@ def _status_of_state(state: TrialState) -> str:
 
 def records(study: optuna.Study) -> list[TrialRecord]:
     return [TrialRecord.from_frozen(t) for t in study.get_trials(deepcopy=False)]
+
+
+def claim_trial(study: optuna.Study) -> int:
+    """The id of a trial this process now holds RUNNING: the oldest queued one, else a new one.
+
+    This is the writing half of ``Study.ask``, split from its reading half (``trial_handle``) so
+    that each can be retried alone through a database outage. Optuna has no public API for it.
+    """
+    trial_id = study._pop_waiting_trial_id()
+    return study._storage.create_new_trial(study._study_id) if trial_id is None else trial_id
+
+
+def trial_handle(study: optuna.Study, trial_id: int) -> optuna.Trial:
+    """A handle on a RUNNING trial, as ``Study.ask`` returns it; only reads the database."""
+    study._thread_local.cached_all_trials = None  # so that the sampler sees the trial just claimed
+    return optuna.Trial(study, trial_id)
+
+
+def pareto_front(all_records: Sequence[TrialRecord], directions: Sequence[str]) -> list[TrialRecord]:
+    """The complete trials no other complete trial dominates, best first objective first."""
+    complete = [r for r in all_records if r.status == COMPLETE and r.values]
+    chosen = [complete[i] for i in front([r.values for r in complete], directions)]
+    return sorted(chosen, key=lambda r: -r.values[0] if directions[0] == "maximize" else r.values[0])
 
 
 class TrialWriter:
@@ -123,10 +147,11 @@ class TrialWriter:
 
 
 def tell(study: optuna.Study, number: int, status: str, values: list[float] | None) -> None:
-    """Finish a trial in Optuna according to the outcome recorded for it."""
+    """Finish a trial in Optuna according to the outcome recorded for it.
+
+    Idempotent, so that it can be retried: the database may have failed after the write.
+    """
     if status == COMPLETE:
-        study.tell(number, values)
-    elif status == PRUNED:
-        study.tell(number, state=TrialState.PRUNED)
+        study.tell(number, values, skip_if_finished=True)
     else:
-        study.tell(number, state=TrialState.FAIL)
+        study.tell(number, state=TrialState.PRUNED if status == PRUNED else TrialState.FAIL, skip_if_finished=True)

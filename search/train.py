@@ -64,8 +64,7 @@ class Trainer:
                  img_size: tuple[int, int] | None = None):
         self.model = model.to(device)
         self.spec, self.device = spec, device
-        self.train_split = data.train.to(device) if isinstance(data.train, Split) else data.train
-        self.val_split = data.val.to(device) if isinstance(data.val, Split) else data.val
+        self.train_split, self.val_split = data.train.to(device), data.val.to(device)
         size = img_size or data.img_size
         self.augment = BatchAugment(spec.augment, data.mean, data.std, size, data.num_classes, spec.label_smoothing)
         self.generator = torch.Generator(device=device).manual_seed(seed)
@@ -88,8 +87,6 @@ class Trainer:
             x, targets = self.augment.train_batch(images, labels, self.generator)
             with torch.autocast(self.device.type, self.autocast_dtype or torch.float32, enabled=self.autocast_dtype is not None):
                 loss = F.cross_entropy(self.model(x), targets)
-            if not torch.isfinite(loss):
-                raise NonFiniteLoss(f"non-finite training loss ({loss.item()}) at epoch {self.epoch + 1}")
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
             if self.spec.grad_clip:
@@ -100,13 +97,18 @@ class Trainer:
             self.scheduler.step()
             losses.append(loss.detach())
         self.epoch += 1
-        return float(torch.stack(losses).mean()) if losses else float("nan")
+        # Checked once per epoch, not per step: a per-step check would stall the GPU on every
+        # batch, and a NaN, once in the weights, keeps every later loss NaN until the epoch ends.
+        mean = float(torch.stack(losses).mean()) if losses else float("nan")
+        if losses and not math.isfinite(mean):
+            raise NonFiniteLoss(f"non-finite training loss ({mean}) in epoch {self.epoch}")
+        return mean
 
     @torch.no_grad()
     def evaluate(self, split: Split | StreamingSplit | None = None, img_size: tuple[int, int] | None = None) -> float:
         """Top-1 accuracy (0..1) on ``split`` (default: the validation split)."""
         self.model.eval()
-        split = split.to(self.device) if isinstance(split, Split) else (split or self.val_split)
+        split = self.val_split if split is None else split.to(self.device)
         correct = 0
         for images, labels in split.batches(self.spec.eval_batch_size, self.device):
             with torch.autocast(self.device.type, self.autocast_dtype or torch.float32, enabled=self.autocast_dtype is not None):
@@ -129,7 +131,7 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
-        self.generator.set_state(state["generator"])
+        self.generator.set_state(state["generator"].cpu())  # set_state takes a CPU tensor, even for CUDA
         self.epoch = state["epoch"]
 
 

@@ -96,7 +96,19 @@ def test_attention_macs_equal_the_hand_count():
     assert macs == n * dim * 3 * dim + 2 * n * n * dim + n * dim * dim
 
 
-def test_complexity_does_no_arithmetic_and_is_fast():
-    """The tiny preset at 224 px is costed on meta tensors: no parameter memory is allocated."""
+def test_complexity_builds_the_model_on_meta_tensors(monkeypatch):
+    """The base preset (448 px) is costed without allocating a parameter or computing a value."""
+    import importlib
+
+    module = importlib.import_module("layers.complexity")  # the module, not the function of that name
+    devices = []
+
+    class Recording(module.DynamicBackbone):
+        def forward(self, x):
+            devices.append((next(self.parameters()).device.type, x.device.type))
+            return super().forward(x)
+
+    monkeypatch.setattr(module, "DynamicBackbone", Recording)
     result = layers.complexity(PRESETS["weightformer_base"])
+    assert devices == [("meta", "meta")]
     assert result.params == 27_492_136 and result.gmacs > 10

@@ -1,10 +1,14 @@
 """The live view: counts, the current front, elapsed time and the estimate of what is left."""
 from io import StringIO
+from pathlib import Path
 
 from rich.console import Console
 
 from search import store
 from search.display import Display, Snapshot
+from search.space import load_space
+
+SPACE = load_space(Path(__file__).resolve().parent.parent / "spaces" / "dynamic.yaml")  # count 24, 9 minutes
 
 
 def record(number, status, values=None, curve=(), reference=None, mixer="dynamic"):
@@ -14,30 +18,38 @@ def record(number, status, values=None, curve=(), reference=None, mixer="dynamic
                              arch=arch, curve=list(curve), reference=reference, gmacs=0.001, mparams=0.1)
 
 
+RECORDS = [record(0, store.COMPLETE, [0.8, 0.002], [0.8], "weightformer"),
+           record(1, store.COMPLETE, [0.5, 0.001], [0.5], mixer="attention"),
+           record(2, store.COMPLETE, [0.4, 0.003], [0.4], mixer="static"),  # dominated by trial 0
+           record(3, store.PRUNED, None, [0.1]), record(4, store.REJECTED), record(5, store.FAILED)]
+
+
 def snapshot() -> Snapshot:
-    records = [record(0, store.COMPLETE, [0.8, 0.002], [0.8], "weightformer"),
-               record(1, store.COMPLETE, [0.5, 0.001], [0.5], mixer="attention"),
-               record(2, store.COMPLETE, [0.4, 0.003], [0.4], mixer="static"),  # dominated by trial 0
-               record(3, store.PRUNED, None, [0.1]), record(4, store.REJECTED), record(5, store.FAILED)]
-    counts = {s: sum(r.status == s for r in records) for s in (store.COMPLETE, store.PRUNED, store.FAILED, store.REJECTED)}
-    counts[store.RUNNING] = 2
-    front = [records[0], records[1]]
-    return Snapshot("demo", 120.0, counts, 10, None, ["accuracy", "gmacs"], front, finished_this_run=5)
+    return Snapshot.of(RECORDS, SPACE, elapsed_s=120.0, running=2, finished_this_run=5)
+
+
+def test_snapshot_counts_and_keeps_the_front_best_first():
+    s = snapshot()
+    assert s.counts == {store.COMPLETE: 3, store.PRUNED: 1, store.FAILED: 1, store.REJECTED: 1, store.RUNNING: 2}
+    assert [r.number for r in s.front] == [0, 1]  # trial 2 is dominated by trial 0
+    # 19 of 24 to go at this run's pace would take 7:36, but the 9-minute timeout leaves 7:00.
+    assert s.done == 5 and s.eta_s() == min(120.0 * 19 / 5, 9 * 60 - 120.0) == 420.0
 
 
 def test_live_view_shows_counts_front_and_time_left():
     text = StringIO()
     Console(file=text, width=120).print(Display(quiet=False).render(snapshot()))
     rendered = text.getvalue()
-    assert "done 5 of 10" in rendered and "running 2" in rendered and "pruned 1" in rendered
+    assert "done 5 of 24" in rendered and "running 2" in rendered and "pruned 1" in rendered
     assert "rejected 1" in rendered and "failed 1" in rendered
     assert "dynamic/bilateral [weightformer]" in rendered and "attention" in rendered
-    assert "2:00 elapsed, about 2:00 left" in rendered  # 5 done in 2 minutes, 5 to go
+    assert "2:00 elapsed, about 7:00 left" in rendered
 
 
 def test_quiet_mode_logs_lines():
     out = StringIO()
     display = Display(quiet=True, console=Console(file=out, width=200))
+    assert not display.live
     display.trial_ended(7, store.PRUNED, [0.1, 0.2], 0.0012, "dominated at epoch 2 by trial 3")
     display.stop(snapshot())
     lines = out.getvalue().splitlines()

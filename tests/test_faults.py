@@ -357,3 +357,88 @@ def test_passwords_never_appear(tmp_path, postgres_url, unique_name, capsys):
     assert "***" in printed.err  # the unreachable URL was shown, masked
     for text in texts:
         assert "hunter2-secret" not in text
+
+
+# ---------------------------------------------------------------------- reconciliation, unit by unit
+def idle_driver(tmp_path: Path):
+    """A driver attached to a fresh study, without running it (no Ray needed)."""
+    from search.driver import Driver
+    from search.space import load_space
+
+    spec = load_space(write_space(tmp_path))
+    driver = Driver(spec, results=tmp_path / "results")
+    driver.study = optuna.create_study(study_name="tiny", storage=open_storage(spec.study.storage),
+                                       directions=spec.directions)
+    return driver
+
+
+def waiting(study: optuna.Study) -> int:
+    return sum(t.state == optuna.trial.TrialState.WAITING for t in study.get_trials())
+
+
+def test_a_trial_another_driver_has_just_asked_is_left_alone(tmp_path):
+    driver = idle_driver(tmp_path)
+    driver.study.ask()  # RUNNING, and its driver has not written its name yet
+    driver._reconcile()
+    assert driver.study.trials[0].state == optuna.trial.TrialState.RUNNING and waiting(driver.study) == 0
+
+
+def test_a_trial_of_a_dead_driver_is_failed_and_retried_once(tmp_path):
+    driver = idle_driver(tmp_path)
+    trial = driver.study.ask({"mixer": optuna.distributions.CategoricalDistribution(["static"])})
+    trial.set_user_attr("driver", "gone")
+    trial.set_user_attr("status", store.RUNNING)
+    driver._reconcile()
+    assert driver.study.trials[0].user_attrs["status"] == store.STALE and waiting(driver.study) == 1
+    retry = driver.study.trials[1]
+    assert retry.user_attrs["retry_of"] == 0 and retry.system_attrs["fixed_params"] == {"mixer": "static"}
+
+
+def test_a_retry_queued_just_before_a_crash_is_not_queued_twice(tmp_path):
+    driver = idle_driver(tmp_path)
+    trial = driver.study.ask()
+    trial.set_user_attr("driver", "gone")
+    trial.set_user_attr("status", store.STALE)  # the dead driver had queued the retry...
+    driver.study.enqueue_trial({}, user_attrs={"retry_of": 0})  # ...but not told the trial
+    driver._reconcile()
+    assert driver.study.trials[0].state == optuna.trial.TrialState.FAIL and waiting(driver.study) == 1
+
+
+def fail_once_after_the_claim(monkeypatch, study: optuna.Study) -> None:
+    """The database drops the first read that follows the claim of a trial."""
+    import sqlalchemy.exc
+
+    calls, before_trial = [], study.sampler.before_trial
+
+    def flaky(*args):
+        calls.append(1)
+        if len(calls) == 1:
+            raise sqlalchemy.exc.OperationalError("SELECT", {}, Exception("server closed the connection"))
+        return before_trial(*args)
+
+    monkeypatch.setattr(study.sampler, "before_trial", flaky)
+
+
+def test_an_outage_during_an_ask_claims_one_trial_not_two(tmp_path, monkeypatch):
+    driver = idle_driver(tmp_path)
+    fail_once_after_the_claim(monkeypatch, driver.study)
+    trial = driver._ask_trial()
+    assert [t.number for t in driver.study.trials] == [trial.number] == [0]  # no orphan left RUNNING
+
+
+def test_an_outage_during_an_ask_never_loses_a_queued_trial(tmp_path, monkeypatch):
+    driver = idle_driver(tmp_path)
+    driver.study.enqueue_trial({"mixer": "static"}, user_attrs={"reference": "static"})
+    fail_once_after_the_claim(monkeypatch, driver.study)
+    trial = driver._ask_trial()
+    assert trial.user_attrs["reference"] == "static" and len(driver.study.trials) == 1
+    assert driver.study.trials[0].state == optuna.trial.TrialState.RUNNING
+
+
+def test_telling_a_trial_again_after_a_lost_reply_is_harmless(tmp_path):
+    driver = idle_driver(tmp_path)
+    driver.study.ask()
+    values = [0.5] * len(driver.study.directions)
+    store.tell(driver.study, 0, store.COMPLETE, values)
+    store.tell(driver.study, 0, store.COMPLETE, values)  # the retry of a write that had landed
+    assert driver.study.trials[0].state == optuna.trial.TrialState.COMPLETE and driver.study.trials[0].values == values

@@ -51,8 +51,6 @@ def test_gradients_reach_every_parameter(name):
 @pytest.mark.parametrize("name", NAMES)
 def test_shapes_on_square_non_square_and_odd_grids(name, img_size):
     cfg = VARIANTS[name]
-    if cfg.dynamic.pool == "max3" and min(img_size) < 12:
-        pytest.skip("max3 needs a grid of at least 3 tokens")
     model = build(cfg.replace(img_size=img_size)).eval()
     features = model.forward_features(torch.randn(2, 3, *img_size))
     assert features.shape == (2, img_size[0] // 4, img_size[1] // 4, cfg.embed_dim)
@@ -106,6 +104,11 @@ def test_pools_handle_grids_the_pool_size_does_not_divide():
     assert layers.create_pool("max2", 1)(tokens).flatten()[-1] == 24.0
     adaptive = layers.create_pool("adaptive3", 1)(torch.randn(2, 7, 5, 1))
     assert adaptive.shape == (2, 9, 1)
+
+
+def test_adaptive_pools_fit_grids_smaller_than_their_output():
+    cfg = BASE.replace(img_size=(8, 40), patch_size=4, dynamic={"pool": "adaptive4"})  # a 2 x 10 grid
+    assert build(cfg)(torch.randn(1, 3, 8, 40)).shape == (1, 5)
 
 
 def test_adaptive_pool_matches_torch():

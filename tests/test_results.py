@@ -173,6 +173,33 @@ def test_export_builds_back_with_timm_and_gives_the_same_outputs(searched, tmp_p
     assert main(["export", *study_args(searched), "--trial", "99", "--out", str(tmp_path / "none")]) == 2
 
 
+def test_top_k_is_the_most_accurate_whatever_the_objectives():
+    from search.export import select
+
+    def complete(number, accuracy, gmacs):
+        return store.TrialRecord(number=number, state="COMPLETE", status=store.COMPLETE, params={},
+                                 values=[gmacs, accuracy], curve=[accuracy])
+
+    records = [complete(0, 0.2, 0.001), complete(1, 0.9, 0.009), complete(2, 0.5, 0.002), complete(3, 0.7, 0.05)]
+    assert [r.number for r in select(records, ["minimize", "maximize"], top=2)] == [1, 3]
+    assert {r.number for r in select(records, ["minimize", "maximize"], pareto=True)} == {0, 1, 2}
+
+
+def test_full_training_can_start_from_exported_weights_on_another_data_set(searched, tmp_path, capsys):
+    from test_data import write_imagefolder
+
+    assert main(["export", *study_args(searched), "--trial", "0", "--out", str(tmp_path / "export")]) == 0
+    write_imagefolder(tmp_path / "images")  # 3 classes of RGB images, where the search saw 1-channel digits
+    code = main(["train", "--arch", str(tmp_path / "export" / "trial_00000"), "--dataset", "imagefolder",
+                 "--data-root", str(tmp_path / "images"), "--img-size", "8", "--epochs", "1", "--init-weights",
+                 "--out", str(tmp_path / "run")])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "new for this data set: head.bias, head.weight, patch_embed.weight" in out
+    trained = load_file(str(tmp_path / "run" / "weights.safetensors"))
+    assert trained["head.weight"].shape[0] == 3 and trained["patch_embed.weight"].shape[1] == 3
+
+
 def train_cmd(arch: Path, out: Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "search", "train", "--arch", str(arch), "--dataset", "digit-pairs", "--epochs", "4",
             "--batch-size", "32", "--out", str(out), *extra]

@@ -65,7 +65,10 @@ def test_resume_from_a_checkpoint_is_exact():
 
 def test_evaluation_at_another_size_resizes_the_images():
     t = trainer(TrainSpec(epochs=1))
-    assert 0 <= t.evaluate(img_size=(12, 12)) <= 1
+    images = load_dataset(DIGITS).val.images[:5]
+    assert t.augment.eval_batch(images).shape == (5, 1, 8, 8)
+    assert t.augment.eval_batch(images, (12, 20)).shape == (5, 1, 12, 20)
+    assert 0 <= t.evaluate(img_size=(12, 12)) <= 1  # the model runs on the 36 tokens of the larger input
 
 
 FULL = AugmentSpec(crop_padding=2, flip=True, random_resized_crop=True, randaugment_ops=2, randaugment_magnitude=9,
@@ -83,6 +86,14 @@ def test_batched_augmentation_keeps_shapes_and_is_seeded(channels):
     assert torch.equal(x1, x2) and torch.equal(t1, t2)
     torch.testing.assert_close(t1.sum(dim=1), torch.ones(16))
     assert augment.eval_batch(images).shape == (16, channels, 16, 16)
+
+
+def test_rand_augment_colour_ops_draw_their_sign_per_sample():
+    from search.augment import _RAND_AUGMENT_OPS
+
+    images = torch.full((2, 3, 4, 4), 128, dtype=torch.uint8)
+    out = _RAND_AUGMENT_OPS["brightness"](images, 0.5, torch.tensor([-1.0, 1.0]))
+    assert out[0].float().mean() < 128 < out[1].float().mean()
 
 
 def test_shift_and_flip_differ_per_sample():
