@@ -271,7 +271,7 @@ class Driver:
     # ------------------------------------------------------------------ running
     def _next_stop(self, active: Active) -> int:
         epochs = active.training.epochs
-        return next((r for r in self.spec.rungs if r > active.epochs_done), epochs)
+        return next((r for r in self.spec.rungs(epochs) if r > active.epochs_done), epochs)
 
     def _submit(self, active: Active) -> None:
         spec = self.spec

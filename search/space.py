@@ -237,9 +237,9 @@ class SearchSpec:
     def directions(self) -> list[str]:
         return [o.direction for o in self.objectives]
 
-    @property
-    def rungs(self) -> tuple[int, ...]:
-        return self.early_stopping.rungs(self.training.epochs) if self.early_stopping else ()
+    def rungs(self, epochs: int) -> tuple[int, ...]:
+        """The early-stopping rungs of a trial that trains ``epochs`` epochs (sampled or not)."""
+        return self.early_stopping.rungs(epochs) if self.early_stopping else ()
 
     def sample(self, trial: optuna.Trial) -> dict[str, Any]:
         """The active parameters' values for one trial (fixed ones included)."""

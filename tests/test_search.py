@@ -138,3 +138,26 @@ def test_a_study_with_other_objectives_is_not_mixed_up(tmp_path, capsys):
                         objectives={"accuracy": "maximize", "params": "minimize"})
     assert run_cli(other, tmp_path) == 2
     assert "was created with objectives ['accuracy', 'gmacs']" in capsys.readouterr().err
+
+
+def test_rungs_follow_each_trials_own_epochs(tmp_path):
+    """With the epochs sampled, each trial stops at the rungs of its own count, not the base's."""
+    from dataclasses import replace
+
+    from search.driver import Active, Driver
+    from search.space import load_space
+
+    spec = load_space(write_space(tmp_path, training={"epochs": 10}, early_stopping={"min_epochs": 1, "reduction": 2}))
+    driver = Driver(spec, results=tmp_path / "results")
+
+    def stops(epochs: int) -> list[int]:
+        active = Active(trial=None, number=0, params={}, seed=0, training=replace(spec.training, epochs=epochs))
+        out: list[int] = []
+        while active.epochs_done < epochs:
+            out.append(driver._next_stop(active))
+            active.curve = [0.0] * out[-1]
+        return out
+
+    assert stops(10) == [1, 2, 4, 8, 10]
+    assert stops(5) == [1, 2, 4, 5]
+    assert stops(12) == [1, 2, 4, 8, 12]
