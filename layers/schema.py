@@ -46,10 +46,15 @@ def coerce_fields(obj: Any) -> None:
     """Normalise and type-check every field of a (frozen) dataclass instance in place."""
     hints = get_type_hints(type(obj))
     for f in dataclasses.fields(obj):
-        value = _coerce(getattr(obj, f.name), hints[f.name], f.name)
-        if not matches_type(value, hints[f.name]):
-            raise ConfigError(f.name, f"expected {type_name(hints[f.name])}, got {_describe(value)}")
-        object.__setattr__(obj, f.name, value)
+        object.__setattr__(obj, f.name, coerce_value(getattr(obj, f.name), hints[f.name], f.name))
+
+
+def coerce_value(value: Any, hint: Any, path: str) -> Any:
+    """``value`` normalised to the type ``hint`` (as a dataclass field would be), or a ConfigError."""
+    value = _coerce(value, hint, path)
+    if not matches_type(value, hint):
+        raise ConfigError(path, f"expected {type_name(hint)}, got {_describe(value)}")
+    return value
 
 
 def _coerce(value: Any, hint: Any, path: str) -> Any:

@@ -37,7 +37,7 @@ from layers.config import DynamicConfig, named_fields
 from layers.dynamic_linear import LINEAR_PREDICTORS
 from layers.pooling import pool_extent
 from layers.registry import unknown_name_message
-from layers.schema import ConfigError, build, coerce_fields, join, matches_type, type_name
+from layers.schema import ConfigError, build, coerce_fields, coerce_value, join, type_name
 
 from .data import DataError, DataInfo, DataSpec, describe
 from .samplers import SAMPLERS
@@ -396,12 +396,7 @@ def _param(name: str, spec: Any, hint: Any, path: str) -> Param:
     registry = named_fields().get(name)
 
     def check_value(value: Any, where: str) -> Any:
-        if isinstance(value, list):
-            value = tuple(value)
-        if hint is float and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        if not matches_type(value, hint):
-            raise ConfigError(where, f"expected {type_name(hint)}, got {value!r}")
+        value = coerce_value(value, hint, where)
         if registry is not None:
             try:
                 registry.validate(value)

@@ -106,6 +106,20 @@ def test_yaml_1_1_exponents_are_read_as_numbers(tmp_path):
     assert spec.training.lr == 1e-3 and spec.params[1].low == 1e-4
 
 
+def test_searched_values_are_read_as_the_training_section_reads_them(tmp_path):
+    """A value in space: is coerced exactly as the same value in training: would be."""
+    path = tmp_path / "space.yaml"
+    path.write_text("study: {name: s}\ntraining: {grad_clip: 1}\n"
+                    "space: {patch_size: 4, training.lr: {choices: [1e-3, 3e-3]}, "
+                    "training.grad_clip: {choices: [1, 2.0]}, training.weight_decay: 1e-2}\n")
+    spec = load_space(path)
+    by_name = {p.name: p for p in spec.params}
+    assert spec.training.grad_clip == 1.0
+    assert by_name["training.lr"].choices == (1e-3, 3e-3)
+    assert by_name["training.grad_clip"].choices == (1.0, 2.0)
+    assert by_name["training.weight_decay"].value == 1e-2
+
+
 @pytest.mark.parametrize("sampler", ["tpe", "nsga2", "random", "gp"])
 def test_every_sampler_works_with_the_conditional_space(sampler):
     from search.samplers import create_sampler
