@@ -34,7 +34,7 @@ from search.trial import SegmentJob, SegmentResult  # noqa: E402
 
 def trivial_segment(job: SegmentJob, checkpoint) -> tuple[SegmentResult, None]:
     """A trial body that does no work: what remains is the orchestration."""
-    return SegmentResult(job.number, curve=[0.5] * (job.stop_epoch - job.start_epoch), latency_ms=0.0,
+    return SegmentResult(curve=[0.5] * (job.stop_epoch - job.start_epoch), latency_ms=0.0,
                          device="none"), None
 
 

@@ -5,7 +5,6 @@ tokens, so the same weights run at any input resolution.
 """
 from __future__ import annotations
 
-import torch
 from torch import Tensor, nn
 
 from .blocks import create_block, layer_norm

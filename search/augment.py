@@ -45,10 +45,12 @@ class BatchAugment:
     """uint8 batches -> normalised float batches (and soft targets), on whatever device they are."""
 
     def __init__(self, spec: AugmentSpec, mean: tuple[float, ...], std: tuple[float, ...],
-                 size: tuple[int, int], num_classes: int, label_smoothing: float):
+                 size: tuple[int, int], num_classes: int, label_smoothing: float,
+                 device: torch.device | str = "cpu"):
         self.spec, self.size, self.num_classes, self.smoothing = spec, size, num_classes, label_smoothing
-        self.mean = torch.tensor(mean).view(1, -1, 1, 1) * 255
-        self.std = torch.tensor(std).view(1, -1, 1, 1) * 255
+        # Made once on the batches' device: a copy per step would be two host-to-device transfers.
+        self.mean = torch.tensor(mean, device=device).view(1, -1, 1, 1) * 255
+        self.std = torch.tensor(std, device=device).view(1, -1, 1, 1) * 255
 
     def eval_batch(self, images: Tensor, size: tuple[int, int] | None = None) -> Tensor:
         """The centre crop at the training size, or the whole image resized to ``size``."""
@@ -79,8 +81,7 @@ class BatchAugment:
         return x, targets
 
     def _normalise(self, images: Tensor) -> Tensor:
-        mean, std = self.mean.to(images.device), self.std.to(images.device)
-        return (images.float() - mean) / std
+        return (images.float() - self.mean) / self.std
 
 
 def _uniform(n: int, generator: torch.Generator) -> Tensor:

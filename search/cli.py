@@ -18,10 +18,8 @@ import sys
 from pathlib import Path
 from typing import Callable
 
-from .storage import StorageError
+from .storage import DEFAULT_STORAGE, StorageError
 from .tables import FORMATS
-
-DEFAULT_STORAGE = "sqlite:///results/search.db"
 
 EXIT_OK, EXIT_USAGE, EXIT_INTERRUPTED = 0, 2, 130  # an unexpected error exits with Python's 1
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}
@@ -76,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--init-weights", action="store_true", help="start from the folder's weights.safetensors")
     train.add_argument("--eval-size", type=_size, metavar="S or HxW", help="also evaluate at this input size")
-    train.add_argument("--device", default="cuda" if _cuda() else "cpu")
+    train.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
     train.add_argument("--out", help="folder for checkpoints, weights and metrics (default: results/train/<arch>)")
 
     erf = sub.add_parser("erf", help="draw the effective receptive field of a model")
@@ -91,12 +89,6 @@ def build_parser() -> argparse.ArgumentParser:
 def _size(text: str) -> tuple[int, int]:
     height, _, width = text.lower().partition("x")
     return int(height), int(width or height)
-
-
-def _cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
 
 
 def _load_study(args: argparse.Namespace):
@@ -115,11 +107,13 @@ def _load_study(args: argparse.Namespace):
 
 @command("report")
 def report(args: argparse.Namespace) -> int:
+    from . import store
     from .report import build_report
     from .storage import masked
 
     study = _load_study(args)
-    path = build_report(study, Path(args.results) / args.study / "report.html", storage_label=masked(args.storage))
+    path = build_report(study, store.results_dir(Path(args.results), args.study) / "report.html",
+                        storage_label=masked(args.storage))
     print(path)
     return EXIT_OK
 
@@ -143,7 +137,7 @@ def results(args: argparse.Namespace) -> int:
 
     study = _load_study(args)
     frame = trials_frame(store.records(study), list(study.metric_names or []))
-    out = Path(args.out) if args.out else Path(args.results) / args.study / f"trials.{args.format}"
+    out = Path(args.out) if args.out else store.results_dir(Path(args.results), args.study) / f"trials.{args.format}"
     print(write_table(frame, out, args.format))
     return EXIT_OK
 
@@ -151,18 +145,15 @@ def results(args: argparse.Namespace) -> int:
 @command("export")
 def export(args: argparse.Namespace) -> int:
     from . import store
-    from .driver import results_dir
     from .export import ExportError, export as write_exports, select
     from .storage import masked
 
     study = _load_study(args)
-    directions = [d.name.lower() for d in study.directions]
     try:
-        chosen = select(store.records(study), directions, pareto=args.pareto, top=args.top, trial=args.trial)
+        chosen = select(store.records(study), store.directions(study), pareto=args.pareto, top=args.top, trial=args.trial)
     except ExportError as err:
         return _usage_error(err)
-    for folder in write_exports(study, chosen, Path(args.out), weights_dir=results_dir(Path(args.results), args.study) / "weights",
-                                storage_label=masked(args.storage)):
+    for folder in write_exports(study, chosen, Path(args.out), results=Path(args.results), storage_label=masked(args.storage)):
         print(folder)
     return EXIT_OK
 
@@ -186,7 +177,8 @@ def train(args: argparse.Namespace) -> int:
         changes = {k: v for k, v in (("epochs", args.epochs), ("batch_size", args.batch_size), ("lr", args.lr)) if v is not None}
         out = Path(args.out) if args.out else Path("results") / "train" / Path(args.arch).stem
         metrics = train_architecture(source, data, dataclasses.replace(recipe, **changes), out,
-                                     device=torch.device(args.device), seed=args.seed, eval_size=args.eval_size,
+                                     device=torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu")),
+                                     seed=args.seed, eval_size=args.eval_size,
                                      init_weights=args.init_weights)
     except (FileNotFoundError, DataError, ValueError) as err:
         return _usage_error(err)
@@ -250,13 +242,13 @@ def _usage_error(err: BaseException) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)  # first, so that --help and usage errors import nothing heavy
     import warnings
 
     import optuna
 
     from .space import SpaceError
 
-    args = build_parser().parse_args(argv)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     try:

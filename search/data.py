@@ -128,10 +128,6 @@ class Dataset:
     std: tuple[float, ...]
     test: Split | StreamingSplit | None = None  # the official test split, when the data set has one
 
-    @property
-    def in_chans(self) -> int:
-        return len(self.mean)
-
 
 @functools.lru_cache(maxsize=4)
 def load_dataset(spec: DataSpec) -> Dataset:

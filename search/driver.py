@@ -83,14 +83,6 @@ class Active:
         return len(self.curve)
 
 
-def results_dir(root: Path, study_name: str) -> Path:
-    return root / study_name
-
-
-def weights_path(root: Path, study_name: str, number: int) -> Path:
-    return results_dir(root, study_name) / "weights" / f"trial_{number:05d}.safetensors"
-
-
 class Driver:
     def __init__(self, spec: SearchSpec, *, results: Path, address: str | None = None,
                  display: Display | None = None, segment: Callable = run_segment):
@@ -122,7 +114,7 @@ class Driver:
             study = self._db(lambda: optuna.load_study(study_name=spec.study.name, storage=storage, sampler=sampler),
                              "open the study")
             created = False
-        stored = [d.name.lower() for d in study.directions]
+        stored = store.directions(study)
         names = study.metric_names
         wanted = [o.name for o in spec.objectives]
         if stored != spec.directions or (names and list(names) != wanted):
@@ -143,7 +135,7 @@ class Driver:
         check_storage(spec.study.storage)
         connect(self.address, cpus=spec.resources.cpus, gpus=spec.resources.gpus)
         study, created = self.open()
-        results_dir(self.results, spec.study.name).mkdir(parents=True, exist_ok=True)
+        store.results_dir(self.results, spec.study.name).mkdir(parents=True, exist_ok=True)
         self.study = study
         self._beat(force=True)
         self._reconcile()
@@ -277,7 +269,7 @@ class Driver:
         spec = self.spec
         stop = self._next_stop(active)
         job = SegmentJob(
-            number=active.number, arch=active.arch.to_dict(), training=active.training, data=spec.data,
+            arch=active.arch.to_dict(), training=active.training, data=spec.data,
             seed=active.seed, start_epoch=active.epochs_done, stop_epoch=stop, use_gpu=spec.resources.gpus > 0,
             threads=max(1, int(spec.resources.cpus)), measure_latency=active.epochs_done == 0,
             return_weights=spec.keep_weights != "none",
@@ -323,7 +315,7 @@ class Driver:
             return self._finish(active, store.FAILED, reason=f"{result.failure_kind}: {result.failure}")
         if active.epochs_done >= active.training.epochs:
             if result.weights is not None:
-                path = weights_path(self.results, self.spec.study.name, active.number)
+                path = store.weights_path(self.results, self.spec.study.name, active.number)
                 path.parent.mkdir(parents=True, exist_ok=True)
                 save_file(result.weights, str(path))
             return self._finish(active, store.COMPLETE, values=self._objective_values(active))
@@ -420,8 +412,8 @@ class Driver:
             if self._owner_alive(frozen, beats):
                 continue
             status = attrs.get("status")
-            # STALE and INTERRUPTED: the dead driver had queued the retry but not told the trial.
-            if status in (store.COMPLETE, store.PRUNED, store.FAILED, store.REJECTED, store.SURPLUS, *store.RETRIED):
+            # An outcome was recorded but not told (for STALE and INTERRUPTED, the retry was queued).
+            if status not in (None, store.RUNNING):
                 self._db(lambda: store.tell(self.study, frozen.number, status, attrs.get("values")), "tell a trial")
                 continue
             trial = self._db(lambda: store.trial_handle(self.study, frozen._trial_id), "read a trial")
@@ -456,9 +448,9 @@ class Driver:
 
     def _finish_weights(self) -> None:
         """keep_weights: front removes the weights of trials the front no longer holds."""
-        if self.spec.keep_weights != "front" or not hasattr(self, "study"):
+        if self.spec.keep_weights != "front":
             return
-        folder = results_dir(self.results, self.spec.study.name) / "weights"
+        folder = store.weights_dir(self.results, self.spec.study.name)
         if not folder.exists():
             return
         all_records = self._db(lambda: store.records(self.study), "read the trials")

@@ -19,7 +19,7 @@ from layers import ArchConfig
 from layers.schema import build
 
 from . import store
-from .report import describe
+from .report import MARKDOWN, describe
 from .store import TrialRecord
 from .train import TrainSpec
 
@@ -45,40 +45,50 @@ def select(records: Sequence[TrialRecord], directions: Sequence[str], *, pareto:
     return sorted(complete, key=lambda r: -r.accuracy)[:top]  # the most accurate, whatever the objectives
 
 
-def recipe(study: optuna.Study, record: TrialRecord) -> TrainSpec:
-    """The trial's training recipe: the space's, with what the trial sampled."""
-    space = yaml.safe_load(study.user_attrs.get("space", "")) or {}
-    base = build(TrainSpec, space.get("training") or {}, "training")
-    return dataclasses.replace(base, **record.training)
+@dataclasses.dataclass(frozen=True)
+class Provenance:
+    """What every exported trial of one study shares: read from the study once."""
+
+    study_name: str
+    storage_label: str
+    space_file: str
+    objectives: list[str]
+    base_training: TrainSpec  # the space's recipe, before what each trial sampled
+
+    @classmethod
+    def of(cls, study: optuna.Study, storage_label: str) -> "Provenance":
+        attrs = study.user_attrs
+        space = yaml.safe_load(attrs.get("space", "")) or {}
+        return cls(study.study_name, storage_label, attrs.get("space_file", "?"), list(study.metric_names or []),
+                   build(TrainSpec, space.get("training") or {}, "training"))
 
 
-def export(study: optuna.Study, chosen: Sequence[TrialRecord], out: Path, *, weights_dir: Path,
+def export(study: optuna.Study, chosen: Sequence[TrialRecord], out: Path, *, results: Path,
            storage_label: str) -> list[Path]:
+    provenance = Provenance.of(study, storage_label)
     folders = []
     for record in chosen:
         folder = out / f"trial_{record.number:05d}"
         folder.mkdir(parents=True, exist_ok=True)
         ArchConfig.from_dict(record.arch).save(folder / "arch.yaml")
-        training = recipe(study, record)
+        training = dataclasses.replace(provenance.base_training, **record.training)
         (folder / "training.yaml").write_text(yaml.safe_dump(dataclasses.asdict(training), sort_keys=False))
-        weights = weights_dir / f"trial_{record.number:05d}.safetensors"
+        weights = store.weights_path(results, study.study_name, record.number)
         if weights.exists():
             shutil.copyfile(weights, folder / "weights.safetensors")
-        (folder / "README.md").write_text(model_card(study, record, training, weights.exists(), storage_label))
+        (folder / "README.md").write_text(model_card(provenance, record, training, weights.exists()))
         folders.append(folder)
     return folders
 
 
-def model_card(study: optuna.Study, record: TrialRecord, training: TrainSpec, has_weights: bool, storage_label: str) -> str:
-    objectives = list(study.metric_names or [])
-    figures = "\n".join(f"| {name} | {value:.4g} |" for name, value in zip(objectives, record.values or []))
+def model_card(provenance: Provenance, record: TrialRecord, training: TrainSpec, has_weights: bool) -> str:
+    figures = "\n".join(f"| {name} | {value:.4g} |" for name, value in zip(provenance.objectives, record.values or []))
     curve = "\n".join(f"| {epoch} | {accuracy:.4f} |" for epoch, accuracy in enumerate(record.curve, 1))
-    summary = describe(record).replace("<br>", "\n- ").replace("<b>", "**").replace("</b>", "**")
-    space_file = study.user_attrs.get("space_file", "?")
+    summary = describe(record, MARKDOWN)
     load = ('model = timm.create_model("dynamic_backbone", arch="arch.yaml", pretrained=True,\n'
             '                          pretrained_cfg_overlay={"file": "weights.safetensors"})'
             if has_weights else 'model = timm.create_model("dynamic_backbone", arch="arch.yaml")  # weights were not kept')
-    return f"""# Trial {record.number} of study `{study.study_name}`
+    return f"""# Trial {record.number} of study `{provenance.study_name}`
 
 - {summary}
 
@@ -113,7 +123,7 @@ python -m search train --arch trial_{record.number:05d} --dataset cifar10 --data
 
 ## Where it comes from
 
-Trial {record.number} of study `{study.study_name}` ({storage_label}), searched with `{space_file}`;
+Trial {record.number} of study `{provenance.study_name}` ({provenance.storage_label}), searched with `{provenance.space_file}`;
 trained for {training.epochs} epochs, batch {training.batch_size}, peak learning rate {training.peak_lr:.3g},
 weight decay {training.weight_decay}, label smoothing {training.label_smoothing} (`training.yaml`).
 """

@@ -41,12 +41,8 @@ def reference_params(spec: SearchSpec) -> dict[str, dict[str, Any]]:
     for name, defining in REFERENCES.items():
         values = _fit(spec, defining)
         if values is not None:
-            out[name] = {k: v for k, v in values.items() if not _param(spec, k).fixed}
+            out[name] = {p.name: values[p.name] for p in spec.params if p.name in values and not p.fixed}
     return out
-
-
-def _param(spec: SearchSpec, name: str) -> Param:
-    return next(p for p in spec.params if p.name == name)
 
 
 def _fit(spec: SearchSpec, defining: dict[str, Any]) -> dict[str, Any] | None:

@@ -29,10 +29,16 @@ REFERENCE_SYMBOL = {"weightformer": "star", "attention": "diamond", "static": "s
 SCALES = (1, 2, 3, 4)  # input sizes, as multiples of the searched one, for the scaling plot
 
 
-def describe(record: TrialRecord) -> str:
-    """Hover text: the architecture and its figures."""
+# (bold, line break) in the two places a trial is described: plot hover text and model cards.
+HTML = ("<b>{}</b>", "<br>")
+MARKDOWN = ("**{}**", "\n- ")
+
+
+def describe(record: TrialRecord, markup: tuple[str, str] = HTML) -> str:
+    """The architecture and its figures, a line each."""
+    bold, newline = markup
     arch = record.arch or {}
-    lines = [f"<b>trial {record.number}</b> ({record.status})" + (f", reference: {record.reference}" if record.reference else "")]
+    lines = [bold.format(f"trial {record.number}") + f" ({record.status})" + (f", reference: {record.reference}" if record.reference else "")]
     lines.append(f"{arch.get('mixer')}: width {arch.get('embed_dim')}, depth {arch.get('depth')}, "
                  f"patch {arch.get('patch_size')}, kernel {arch.get('kernel_size')}")
     if arch.get("mixer") != "static":
@@ -47,7 +53,7 @@ def describe(record: TrialRecord) -> str:
     accuracy = f"{record.accuracy:.3f}" if record.accuracy is not None else "-"
     lines.append(f"accuracy {accuracy} after {len(record.curve)} epochs, {record.gmacs:.4g} GMACs, "
                  f"{record.mparams:.3g} M params" + (f", {record.latency_ms:.2f} ms" if record.latency_ms else ""))
-    return "<br>".join(lines)
+    return newline.join(lines)
 
 
 def _colors(records: Sequence[TrialRecord]) -> dict[str, str]:
@@ -55,7 +61,7 @@ def _colors(records: Sequence[TrialRecord]) -> dict[str, str]:
     return {label: PALETTE[i % len(PALETTE)] for i, label in enumerate(labels)}
 
 
-def tradeoff_figure(records: Sequence[TrialRecord], x: str, x_title: str, log_x: bool = True) -> go.Figure:
+def tradeoff_figure(records: Sequence[TrialRecord], x: str, x_title: str) -> go.Figure:
     """Accuracy against one cost, complete trials solid, pruned ones faded, the front as a line."""
     usable = [r for r in records if r.accuracy is not None and getattr(r, x) is not None]
     colors = _colors(usable)
@@ -85,17 +91,16 @@ def tradeoff_figure(records: Sequence[TrialRecord], x: str, x_title: str, log_x:
         ))
     for r in usable:
         if r.reference:
-            fig.add_annotation(x=math.log10(getattr(r, x)) if log_x else getattr(r, x), y=r.accuracy,
+            fig.add_annotation(x=math.log10(getattr(r, x)), y=r.accuracy,  # a log axis takes log10 positions
                                text=r.reference, showarrow=True, arrowhead=2, ax=25, ay=-25)
     fig.update_layout(xaxis_title=x_title, yaxis_title="validation accuracy", height=520, template="plotly_white",
                       legend_title_text="mixer / predictor")
-    if log_x:
-        fig.update_xaxes(type="log")
+    fig.update_xaxes(type="log")
     return fig
 
 
 def hypervolume_figure(study: optuna.Study) -> go.Figure | None:
-    directions = [d.name.lower() for d in study.directions]
+    directions = store.directions(study)
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     if not complete:
         return None
@@ -188,7 +193,7 @@ def front_table(on_front: Sequence[TrialRecord], objectives: Sequence[str], expo
 def build_report(study: optuna.Study, path: Path, *, storage_label: str) -> Path:
     records = store.records(study)
     objectives = list(study.metric_names or [f"objective {i}" for i in range(len(study.directions))])
-    directions = [d.name.lower() for d in study.directions]
+    directions = store.directions(study)
     on_front = store.pareto_front(records, directions)
     counts = {s: sum(r.status == s for r in records) for s in (store.COMPLETE, store.PRUNED, store.FAILED, store.REJECTED)}
     sections: list[tuple[str, str, go.Figure | None]] = [

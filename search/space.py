@@ -41,6 +41,7 @@ from layers.schema import ConfigError, build, coerce_fields, coerce_value, join,
 
 from .data import DataError, DataInfo, DataSpec, describe
 from .samplers import SAMPLERS
+from .storage import DEFAULT_STORAGE
 from .train import TrainSpec
 
 OBJECTIVES = ("accuracy", "gmacs", "params", "latency")
@@ -63,7 +64,7 @@ class SpaceError(ValueError):
 @dataclass(frozen=True)
 class StudySection:
     name: str
-    storage: str = "sqlite:///results/search.db"
+    storage: str = DEFAULT_STORAGE
     seed: int | None = 0  # null: each run samples differently
 
     def __post_init__(self) -> None:

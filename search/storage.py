@@ -18,6 +18,7 @@ from sqlalchemy.engine import make_url
 
 T = TypeVar("T")
 SUPPORTED = ("sqlite", "postgresql")
+DEFAULT_STORAGE = "sqlite:///results/search.db"
 
 
 class StorageError(RuntimeError):
@@ -73,8 +74,8 @@ def redact(text: str, url: str) -> str:
 
 def open_storage(url: str, *, create: bool = True) -> optuna.storages.RDBStorage:
     """An Optuna RDB storage for ``url``; ``create`` makes a missing SQLite file's folder."""
-    backend = _parse(url).get_backend_name()
-    parsed = make_url(url)
+    parsed = _parse(url)
+    backend = parsed.get_backend_name()
     engine_kwargs: dict = {"pool_pre_ping": True}
     if backend == "sqlite":
         _prepare_sqlite(parsed.database, create)
@@ -95,7 +96,7 @@ def open_storage(url: str, *, create: bool = True) -> optuna.storages.RDBStorage
 
 def _prepare_sqlite(database: str | None, create: bool) -> None:
     if not database or database == ":memory:":
-        raise StorageError("an in-memory SQLite database would lose the study: give a file, sqlite:///results/search.db")
+        raise StorageError(f"an in-memory SQLite database would lose the study: give a file, {DEFAULT_STORAGE}")
     path = Path(database)
     if not path.parent.exists():
         if not create:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Sequence
 
 import optuna
@@ -96,6 +97,24 @@ def summary(arch: dict[str, Any]) -> str:
 def _status_of_state(state: TrialState) -> str:
     return {TrialState.COMPLETE: COMPLETE, TrialState.PRUNED: PRUNED, TrialState.FAIL: FAILED,
             TrialState.RUNNING: RUNNING, TrialState.WAITING: "waiting"}[state]
+
+
+def directions(study: optuna.Study) -> list[str]:
+    """The study's directions as the space writes them: "maximize" / "minimize"."""
+    return [d.name.lower() for d in study.directions]
+
+
+def results_dir(root: Path, study_name: str) -> Path:
+    return root / study_name
+
+
+def weights_dir(root: Path, study_name: str) -> Path:
+    """Where a run keeps its trials' trained weights (``keep_weights``)."""
+    return results_dir(root, study_name) / "weights"
+
+
+def weights_path(root: Path, study_name: str, number: int) -> Path:
+    return weights_dir(root, study_name) / f"trial_{number:05d}.safetensors"
 
 
 def records(study: optuna.Study) -> list[TrialRecord]:

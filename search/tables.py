@@ -37,9 +37,7 @@ def trials_frame(records: Sequence[TrialRecord], objectives: Sequence[str]) -> p
         row.update(flatten("arch", r.arch or {}))
         row.update(flatten("training", r.training))
         rows.append(row)
-    frame = pd.DataFrame(rows)
-    # Objective columns may repeat a measure (gmacs): keep the first of each name.
-    return frame.loc[:, ~frame.columns.duplicated()]
+    return pd.DataFrame(rows)
 
 
 def write_table(frame: pd.DataFrame, path: Path, fmt: str) -> Path:

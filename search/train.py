@@ -14,7 +14,7 @@ from typing import Any
 import timm.optim
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import nn
 
 from layers.schema import ConfigError, coerce_fields
 
@@ -60,13 +60,12 @@ class NonFiniteLoss(RuntimeError):
 
 
 class Trainer:
-    def __init__(self, model: nn.Module, data: Dataset, spec: TrainSpec, device: torch.device, seed: int,
-                 img_size: tuple[int, int] | None = None):
+    def __init__(self, model: nn.Module, data: Dataset, spec: TrainSpec, device: torch.device, seed: int):
         self.model = model.to(device)
         self.spec, self.device = spec, device
         self.train_split, self.val_split = data.train.to(device), data.val.to(device)
-        size = img_size or data.img_size
-        self.augment = BatchAugment(spec.augment, data.mean, data.std, size, data.num_classes, spec.label_smoothing)
+        self.augment = BatchAugment(spec.augment, data.mean, data.std, data.img_size, data.num_classes,
+                                    spec.label_smoothing, device)
         self.generator = torch.Generator(device=device).manual_seed(seed)
         self.optimizer = timm.optim.create_optimizer_v2(model, "adamw", lr=spec.peak_lr, weight_decay=spec.weight_decay)
         self.steps_per_epoch = max(1, len(self.train_split) // spec.batch_size)

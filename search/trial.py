@@ -25,7 +25,6 @@ from .train import NonFiniteLoss, Trainer, TrainSpec, measure_latency
 
 @dataclass(frozen=True)
 class SegmentJob:
-    number: int
     arch: dict[str, Any]
     training: TrainSpec
     data: DataSpec
@@ -40,7 +39,6 @@ class SegmentJob:
 
 @dataclass
 class SegmentResult:
-    number: int
     curve: list[float] = field(default_factory=list)  # validation accuracy after each epoch run
     train_loss: list[float] = field(default_factory=list)
     seconds: float = 0.0
@@ -57,7 +55,7 @@ def run_segment(job: SegmentJob, checkpoint: dict[str, Any] | None) -> tuple[Seg
     started = time.perf_counter()
     torch.set_num_threads(max(1, job.threads))
     device = torch.device("cuda" if job.use_gpu and torch.cuda.is_available() else "cpu")
-    result = SegmentResult(job.number, device=_device_name(device), host=socket.gethostname())
+    result = SegmentResult(device=_device_name(device), host=socket.gethostname())
     try:
         data = load_dataset(job.data)
         torch.manual_seed(job.seed)

@@ -1,14 +1,32 @@
-"""Shared fixtures: small search spaces, the PostgreSQL server CI provides."""
+"""Shared fixtures: small search spaces, the PostgreSQL server CI provides, reading a study back."""
 from __future__ import annotations
 
 import os
 import uuid
 from pathlib import Path
 
+import optuna
 import pytest
 import yaml
 
+from search import store
+from search.storage import open_storage
+
 POSTGRES_ENV = "DWS_TEST_POSTGRES_URL"
+
+
+def sqlite_url(folder: Path) -> str:
+    """The storage ``write_space`` gives the study of a space written into ``folder``."""
+    return f"sqlite:///{folder / 'search.db'}"
+
+
+def load_study(url: str, name: str = "tiny") -> optuna.Study:
+    return optuna.load_study(study_name=name, storage=open_storage(url, create=False))
+
+
+def counted(records: list[store.TrialRecord]) -> list[store.TrialRecord]:
+    """The trials the budget counts."""
+    return [r for r in records if r.status in store.COUNTED]
 
 
 def write_space(folder: Path, name: str = "tiny", **sections) -> Path:
@@ -16,7 +34,7 @@ def write_space(folder: Path, name: str = "tiny", **sections) -> Path:
 
     Keyword sections update the defaults key by key, except ``space``, which replaces them."""
     space = {
-        "study": {"name": name, "storage": f"sqlite:///{folder / 'search.db'}", "seed": 0},
+        "study": {"name": name, "storage": sqlite_url(folder), "seed": 0},
         "data": {"name": "digits"},
         "training": {"epochs": 2, "batch_size": 64, "lr": 3.0e-3},
         "budget": {"max_gmacs": 0.01},

@@ -20,7 +20,7 @@ import pytest
 import torch
 from sqlalchemy.engine import make_url
 
-from conftest import write_space
+from conftest import counted, load_study, sqlite_url, write_space
 from search import store
 from search.cli import main
 from search.data import DataSpec
@@ -33,19 +33,11 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 # ---------------------------------------------------------------------- helpers
-def load(url: str, name: str = "tiny") -> optuna.Study:
-    return optuna.load_study(study_name=name, storage=open_storage(url, create=False))
-
-
 def records(url: str, name: str = "tiny") -> list[store.TrialRecord]:
     try:
-        return store.records(load(url, name))
+        return store.records(load_study(url, name))
     except Exception:  # no database or no study yet
         return []
-
-
-def counted(recs: list[store.TrialRecord]) -> list[store.TrialRecord]:
-    return [r for r in recs if r.status in store.COUNTED]
 
 
 def start_driver(space: Path, results: Path, **popen) -> subprocess.Popen:
@@ -79,7 +71,7 @@ def check_accounting(recs: list[store.TrialRecord], budget: int) -> None:
 
 def segment_job(**changes) -> SegmentJob:
     arch = {"img_size": [8, 8], "in_chans": 1, "num_classes": 10, "patch_size": 2, "embed_dim": 16, "depth": 2}
-    job = dict(number=0, arch=arch, training=TrainSpec(epochs=1, batch_size=64), data=DataSpec(name="digits"), seed=0,
+    job = dict(arch=arch, training=TrainSpec(epochs=1, batch_size=64), data=DataSpec(name="digits"), seed=0,
                start_epoch=0, stop_epoch=1, use_gpu=False, threads=1, measure_latency=False, return_weights=False)
     return SegmentJob(**{**job, **changes})
 
@@ -133,7 +125,7 @@ def test_a_worker_killed_mid_trial_is_retried(tmp_path, retries):
         stop.set()
         killer.join()
     assert killed, "no worker was killed"
-    recs = records(f"sqlite:///{tmp_path / 'search.db'}")
+    recs = records(sqlite_url(tmp_path))
     check_accounting(recs, 3)
     failed = [r for r in recs if r.status == store.FAILED]
     if retries:
@@ -149,7 +141,7 @@ def test_the_driver_killed_at_several_points_loses_nothing(tmp_path):
                         trials={"count": budget, "parallel": 2},
                         space={"patch_size": 4, "num_heads": 2, "mixer": {"choices": ["static", "attention", "dynamic"]},
                                "embed_dim": {"choices": [16, 32]}})
-    url = f"sqlite:///{tmp_path / 'search.db'}"
+    url = sqlite_url(tmp_path)
     kill_points = [
         ("a trial running", lambda: any(r.status == store.RUNNING for r in records(url))),
         ("2 trials done", lambda: len(counted(records(url))) >= 2),
@@ -174,7 +166,7 @@ def test_ctrl_c_stops_cleanly_and_a_rerun_resumes(tmp_path):
     space = write_space(tmp_path, data={"name": "digit-pairs", "pairs": 2000}, training={"epochs": 3}, trials={"count": 3, "parallel": 2},
                         space={"patch_size": 4, "num_heads": 2, "mixer": {"choices": ["static", "attention"]},
                                "embed_dim": {"choices": [16, 32]}})
-    url = f"sqlite:///{tmp_path / 'search.db'}"
+    url = sqlite_url(tmp_path)
     driver = start_driver(space, tmp_path / "results")
     wait_for(lambda: sum(r.status == store.RUNNING for r in records(url)) >= 2, 120, "two running trials", driver)
     time.sleep(1.0)
@@ -256,7 +248,7 @@ def test_two_drivers_share_one_postgres_study(tmp_path, postgres_url, unique_nam
     numbers = [r.number for r in recs]
     assert len(numbers) == len(set(numbers))
     check_accounting(recs, 8)  # the total budget, not 8 each
-    drivers_seen = {t.user_attrs.get("driver") for t in load(postgres_url, unique_name).trials if t.state.is_finished()}
+    drivers_seen = {t.user_attrs.get("driver") for t in load_study(postgres_url, unique_name).trials if t.state.is_finished()}
     assert len(drivers_seen) == 2  # both did work
     references = [r.reference for r in recs if r.reference and r.retry_of is None]
     assert sorted(references) == sorted(set(references))  # the references were enqueued once
@@ -265,13 +257,13 @@ def test_two_drivers_share_one_postgres_study(tmp_path, postgres_url, unique_nam
 def test_four_parallel_trials_and_a_reader_never_lock_sqlite(tmp_path):
     space = write_space(tmp_path, trials={"count": 8, "parallel": 4}, resources={"cpus": 0.5},
                         training={"epochs": 3})
-    url = f"sqlite:///{tmp_path / 'search.db'}"
+    url = sqlite_url(tmp_path)
     driver = start_driver(space, tmp_path / "results")
     errors, reads = [], 0
     while driver.poll() is None:  # a second process reads (and builds the report) all along
         try:
             if records(url):
-                build_report(load(url), tmp_path / "report.html", storage_label="sqlite")
+                build_report(load_study(url), tmp_path / "report.html", storage_label="sqlite")
                 reads += 1
         except Exception as err:
             errors.append(repr(err))
@@ -319,7 +311,7 @@ def test_the_dashboard_listens_on_loopback_only(tmp_path):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     server = subprocess.Popen([sys.executable, "-m", "search", "dashboard", "--study", "tiny", "--storage",
-                               f"sqlite:///{tmp_path / 'search.db'}", "--port", str(port)],
+                               sqlite_url(tmp_path), "--port", str(port)],
                               cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:
         wait_for(lambda: _answers(f"http://127.0.0.1:{port}/api/meta"), 60, "the dashboard", server)
@@ -351,7 +343,7 @@ def test_passwords_never_appear(tmp_path, postgres_url, unique_name, capsys):
     assert main(["export", *args, "--pareto", "--out", str(tmp_path / "export")]) == 0
     assert main(["run", "--space", str(space), "--storage", with_password.replace("5432", "1"), "--quiet"]) == 2
     printed = capsys.readouterr()
-    texts = [printed.out, printed.err, json.dumps(load(postgres_url, unique_name).user_attrs)]
+    texts = [printed.out, printed.err, json.dumps(load_study(postgres_url, unique_name).user_attrs)]
     texts += [p.read_text() for p in (tmp_path / "results").rglob("*.html")]
     texts += [p.read_text() for p in (tmp_path / "export").rglob("README.md")]
     assert "***" in printed.err  # the unreachable URL was shown, masked

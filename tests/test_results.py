@@ -13,7 +13,6 @@ import time
 import urllib.request
 from pathlib import Path
 
-import optuna
 import pandas as pd
 import pytest
 import timm
@@ -21,11 +20,10 @@ import torch
 from safetensors.torch import load_file
 
 import layers
-from conftest import write_space
+from conftest import load_study, sqlite_url, write_space
 from search import store
 from search.cli import main
 from search.erf import effective_receptive_field
-from search.storage import open_storage
 
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "test-artifacts"
@@ -42,11 +40,7 @@ def searched(tmp_path_factory) -> Path:
 
 
 def study_args(folder: Path) -> list[str]:
-    return ["--study", "tiny", "--storage", f"sqlite:///{folder / 'search.db'}", "--results", str(folder / "results")]
-
-
-def load(folder: Path) -> optuna.Study:
-    return optuna.load_study(study_name="tiny", storage=open_storage(f"sqlite:///{folder / 'search.db'}", create=False))
+    return ["--study", "tiny", "--storage", sqlite_url(folder), "--results", str(folder / "results")]
 
 
 def test_report_renders_in_a_real_browser(searched):
@@ -136,7 +130,7 @@ def test_results_table_has_one_row_per_trial(searched, tmp_path, fmt):
     out = tmp_path / f"trials.{fmt}"
     assert main(["results", *study_args(searched), "--format", fmt, "--out", str(out)]) == 0
     frame = {"csv": pd.read_csv, "parquet": pd.read_parquet, "json": pd.read_json}[fmt](out)
-    study = load(searched)
+    study = load_study(sqlite_url(searched))
     assert len(frame) == len(study.trials)
     for column in ("number", "status", "accuracy", "gmacs", "mparams", "latency_ms", "curve", "arch.embed_dim",
                    "arch.dynamic.linear_predictor", "arch.mixer", "arch.img_size"):
@@ -151,7 +145,6 @@ def test_export_builds_back_with_timm_and_gives_the_same_outputs(searched, tmp_p
     folders = sorted(out.iterdir())
     assert folders
     torch.manual_seed(0)
-    images = None
     for folder in folders:
         number = int(folder.name.removeprefix("trial_"))
         assert {p.name for p in folder.iterdir()} == {"arch.yaml", "training.yaml", "weights.safetensors", "README.md"}

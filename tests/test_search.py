@@ -4,15 +4,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import optuna
-import pytest
 
-from conftest import write_space
+from conftest import counted, load_study, sqlite_url, write_space
 from search import store
 from search.cli import main
-from search.storage import open_storage
-
-def load(url: str, name: str) -> optuna.Study:
-    return optuna.load_study(study_name=name, storage=open_storage(url, create=False))
 
 
 def statuses(study: optuna.Study) -> list[str]:
@@ -25,19 +20,18 @@ def run_cli(space: Path, tmp_path: Path, *extra: str) -> int:
 
 def check_three_trial_study(study: optuna.Study, results: Path) -> None:
     records = store.records(study)
-    counted = [r for r in records if r.status in store.COUNTED]
-    assert len(counted) == 3
+    assert len(counted(records)) == 3
     # The references come first, in order: the paper's design and its two baselines.
     assert [r.reference for r in records[:3]] == ["weightformer", "attention", "static"]
     assert [r.mixer for r in records[:3]] == ["dynamic", "attention", "static"]
-    for record in counted:
+    for record in counted(records):
         assert record.status in (store.COMPLETE, store.PRUNED)
         assert record.arch["img_size"] == [8, 8] and record.arch["num_classes"] == 10
         assert record.gmacs > 0 and record.mparams > 0
         assert record.latency_ms > 0 and record.device.startswith("cpu")
         assert len(record.curve) == 2 and all(0 <= a <= 1 for a in record.curve)
         assert record.wall_time_s > 0
-    complete = [r for r in counted if r.status == store.COMPLETE]
+    complete = [r for r in counted(records) if r.status == store.COMPLETE]
     assert complete
     for record in complete:
         trial = study.trials[record.number]
@@ -52,7 +46,7 @@ def check_three_trial_study(study: optuna.Study, results: Path) -> None:
 def test_three_trial_search_on_local_ray_with_sqlite(tmp_path):
     space = write_space(tmp_path)
     assert run_cli(space, tmp_path) == 0
-    check_three_trial_study(load(f"sqlite:///{tmp_path / 'search.db'}", "tiny"), tmp_path / "results")
+    check_three_trial_study(load_study(sqlite_url(tmp_path)), tmp_path / "results")
 
 
 def test_three_trial_search_on_postgresql(tmp_path, postgres_url, unique_name):
@@ -60,7 +54,7 @@ def test_three_trial_search_on_postgresql(tmp_path, postgres_url, unique_name):
     study_name = f"tiny-{unique_name}"
     space.write_text(space.read_text().replace("name: tiny", f"name: {study_name}"))
     assert run_cli(space, tmp_path) == 0
-    study = load(postgres_url, study_name)
+    study = load_study(postgres_url, study_name)
     (tmp_path / "results" / "tiny").symlink_to(tmp_path / "results" / study_name)
     check_three_trial_study(study, tmp_path / "results")
 
@@ -68,10 +62,10 @@ def test_three_trial_search_on_postgresql(tmp_path, postgres_url, unique_name):
 def test_running_again_resumes_and_counts_what_is_done(tmp_path):
     space = write_space(tmp_path, trials={"count": 2, "parallel": 1})
     assert run_cli(space, tmp_path) == 0
-    url = f"sqlite:///{tmp_path / 'search.db'}"
+    url = sqlite_url(tmp_path)
 
     def finished() -> list[dict]:
-        return [t.params for t in load(url, "tiny").trials if t.state.is_finished()]
+        return [t.params for t in load_study(url).trials if t.state.is_finished()]
 
     first = finished()
     assert len(first) == 2
@@ -79,7 +73,7 @@ def test_running_again_resumes_and_counts_what_is_done(tmp_path):
     assert finished() == first
     space.write_text(space.read_text().replace("count: 2", "count: 4"))
     assert run_cli(space, tmp_path) == 0
-    study = load(url, "tiny")
+    study = load_study(url)
     assert [t.params for t in study.trials[:2]] == first
     assert statuses(study).count(store.COMPLETE) + statuses(study).count(store.PRUNED) == 4
 
@@ -93,11 +87,11 @@ def test_a_failing_trial_does_not_stop_the_study(tmp_path):
         "training.lr": {"value": 1.0e9, "when": {"mixer": "static"}},
     })
     assert run_cli(space, tmp_path) == 0
-    study = load(f"sqlite:///{tmp_path / 'search.db'}", "tiny")
+    study = load_study(sqlite_url(tmp_path))
     records = store.records(study)
     failed = [r for r in records if r.status == store.FAILED]
     assert failed and all(r.mixer == "static" and r.reason.startswith("nan: non-finite training loss") for r in failed)
-    assert sum(r.status in store.COUNTED for r in records) == 4
+    assert len(counted(records)) == 4
     assert any(r.status == store.COMPLETE for r in records)
 
 
@@ -106,15 +100,15 @@ def test_configurations_over_budget_are_rejected_before_training(tmp_path):
                         space={"patch_size": 2, "num_heads": 2, "mixer": {"choices": ["static", "attention"]},
                                "embed_dim": {"choices": [16, 64]}, "depth": {"low": 2, "high": 3}})
     assert run_cli(space, tmp_path) == 0
-    records = store.records(load(f"sqlite:///{tmp_path / 'search.db'}", "tiny"))
+    records = store.records(load_study(sqlite_url(tmp_path)))
     rejected = [r for r in records if r.status == store.REJECTED]
     assert rejected
     for record in rejected:
         assert record.reason.startswith("over budget:") and "max_gmacs" in record.reason
         assert record.gmacs > 0.00012
         assert record.curve == [] and record.latency_ms is None  # nothing was trained or timed
-    assert sum(r.status in store.COUNTED for r in records) == 3
-    assert all(r.gmacs <= 0.00012 for r in records if r.status in store.COUNTED)
+    assert len(counted(records)) == 3
+    assert all(r.gmacs <= 0.00012 for r in counted(records))
 
 
 def test_seeded_runs_try_the_same_configurations(tmp_path):
@@ -126,7 +120,7 @@ def test_seeded_runs_try_the_same_configurations(tmp_path):
                             sampler={"name": "tpe", "options": {"n_startup_trials": 4}})
         assert run_cli(space, folder) == 0
         runs.append([(t.params, store.TrialRecord.from_frozen(t).status)
-                     for t in load(f"sqlite:///{folder / 'search.db'}", "tiny").trials])
+                     for t in load_study(sqlite_url(folder)).trials])
     assert runs[0] == runs[1]
     assert len({str(p) for p, _ in runs[0]}) > 4  # not one configuration over and over
 

@@ -68,7 +68,10 @@ def test_evaluation_at_another_size_resizes_the_images():
     images = load_dataset(DIGITS).val.images[:5]
     assert t.augment.eval_batch(images).shape == (5, 1, 8, 8)
     assert t.augment.eval_batch(images, (12, 20)).shape == (5, 1, 12, 20)
-    assert 0 <= t.evaluate(img_size=(12, 12)) <= 1  # the model runs on the 36 tokens of the larger input
+    grids = []
+    t.model.patch_embed.register_forward_hook(lambda module, inputs, out: grids.append(tuple(out.shape[-2:])))
+    assert 0 <= t.evaluate(img_size=(12, 12)) <= 1
+    assert set(grids) == {(6, 6)}  # the model ran on the 36 tokens of the larger input, not the 16 of 8x8
 
 
 FULL = AugmentSpec(crop_padding=2, flip=True, random_resized_crop=True, randaugment_ops=2, randaugment_magnitude=9,
