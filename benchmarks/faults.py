@@ -28,14 +28,16 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.report import Target, exit_with, write  # noqa: E402
 from search import store  # noqa: E402
+from search.storage import StorageError, open_storage  # noqa: E402
 
 BUDGET = 20
 
 
-def space(folder: Path) -> Path:
-    path = folder / "faults.yaml"
+def space(folder: Path) -> tuple[Path, str]:
+    """The space file, and the storage URL it names."""
+    path, url = folder / "faults.yaml", f"sqlite:///{folder / 'faults.db'}"
     path.write_text(yaml.safe_dump({
-        "study": {"name": "faults", "storage": f"sqlite:///{folder / 'faults.db'}", "seed": 0},
+        "study": {"name": "faults", "storage": url, "seed": 0},
         "data": {"name": "digit-pairs", "pairs": 2000},
         "training": {"epochs": 4, "batch_size": 64},
         "trials": {"count": BUDGET, "parallel": 2, "retries": 3},
@@ -43,13 +45,17 @@ def space(folder: Path) -> Path:
         "space": {"patch_size": 4, "num_heads": 2, "mixer": {"choices": ["dynamic", "attention", "static"]},
                   "embed_dim": {"choices": [16, 32]}, "depth": {"low": 2, "high": 3}},
     }))
-    return path
+    return path, url
+
+
+def load(url: str) -> optuna.Study:
+    return optuna.load_study(study_name="faults", storage=open_storage(url, create=False))
 
 
 def finished(url: str) -> dict[int, tuple[str, list[float] | None]]:
     try:
-        study = optuna.load_study(study_name="faults", storage=url)
-    except Exception:
+        study = load(url)
+    except (StorageError, KeyError):  # no database or no study yet; any other failure must be seen
         return {}
     return {r.number: (r.status, r.values) for r in store.records(study) if r.status in store.COUNTED}
 
@@ -67,7 +73,7 @@ def main() -> None:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        path, url = space(folder), f"sqlite:///{folder / 'faults.db'}"
+        path, url = space(folder)
         command = [sys.executable, "-m", "search", "run", "--space", str(path), "--results", str(folder / "results"), "--quiet"]
         driver: subprocess.Popen | None = None
         seen: dict[int, tuple[str, list[float] | None]] = {}
@@ -100,7 +106,7 @@ def main() -> None:
             lost |= {n for n, outcome in seen.items() if now.get(n) != outcome}
         final = finished(url)
         lost |= {n for n, outcome in seen.items() if final.get(n) != outcome}
-        records = store.records(optuna.load_study(study_name="faults", storage=url))
+        records = store.records(load(url))
         retried = [r for r in records if r.retry_of is not None]
         originals = {r.retry_of for r in retried}
         twice = sum(1 for r in records if r.number in originals and r.status in store.COUNTED) + max(0, len(final) - BUDGET)
