@@ -311,8 +311,10 @@ def _parse(source: str, text: str, data: dict, storage: str | None) -> SearchSpe
     data_spec = build(DataSpec, data.get("data") or {}, "data")
     try:
         info = describe(data_spec)
-    except (DataError, ValueError) as err:
-        raise ConfigError("data.root" if "root" in str(err) else "data.name", str(err)) from None
+    except DataError as err:  # every DataError is about the folder the data is read from
+        raise ConfigError("data.root", str(err)) from None
+    except ValueError as err:  # the registry refusing an unknown data set name
+        raise ConfigError("data.name", str(err)) from None
     training = build(TrainSpec, data.get("training") or {}, "training")
     stopping_raw = data.get("early_stopping", {})
     early_stopping = None if stopping_raw is False else build(EarlyStoppingSection, stopping_raw or {}, "early_stopping")
