@@ -76,22 +76,20 @@ def open_storage(url: str, *, create: bool = True) -> optuna.storages.RDBStorage
     """An Optuna RDB storage for ``url``; ``create`` makes a missing SQLite file's folder."""
     parsed = _parse(url)
     backend = parsed.get_backend_name()
-    engine_kwargs: dict = {"pool_pre_ping": True}
-    if backend == "sqlite":
-        _prepare_sqlite(parsed.database, create)
-        engine_kwargs["connect_args"] = {"timeout": 60}
-    else:
-        engine_kwargs["connect_args"] = {"connect_timeout": 10}
-    for attempt in range(3):
+    engine_kwargs = {"pool_pre_ping": True,
+                     "connect_args": {"timeout": 60} if backend == "sqlite" else {"connect_timeout": 10}}
+    attempts = 0
+    while True:
         try:
+            if backend == "sqlite":
+                _prepare_sqlite(parsed.database, create)
             return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
-        except sqlalchemy.exc.IntegrityError:
-            # Another process (a second driver, the dashboard) created the schema at the same
-            # moment; opening again finds it complete.
-            time.sleep(0.5 * (attempt + 1))
-        except (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError, ImportError) as err:
-            raise StorageError(f"cannot open storage {masked(url)}: {_first_line(err)}") from None
-    raise StorageError(f"cannot open storage {masked(url)}: its schema is being created by another process")
+        except (sqlite3.OperationalError, sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError,
+                ImportError) as err:
+            attempts += 1
+            if attempts == 5 or not _created_alongside(err):
+                raise StorageError(f"cannot open storage {masked(url)}: {_first_line(err)}") from None
+            time.sleep(0.5 * attempts)  # opening again finds the schema the other process made
 
 
 def _prepare_sqlite(database: str | None, create: bool) -> None:
@@ -107,6 +105,14 @@ def _prepare_sqlite(database: str | None, create: bool) -> None:
     # WAL lets readers work beside the writer; it is a property of the file, so set it once here.
     with sqlite3.connect(path, timeout=60) as connection:
         connection.execute("PRAGMA journal_mode=WAL")
+
+
+def _created_alongside(err: BaseException) -> bool:
+    """Whether ``err`` is another process (a second driver, a reader) creating the same new
+    database at the same moment: PostgreSQL reports a duplicate key in its catalogue, SQLite a
+    table that already exists or, while the other switches the file to WAL, a locked database."""
+    return isinstance(err, sqlalchemy.exc.IntegrityError) or any(
+        sign in str(err) for sign in ("already exists", "database is locked"))
 
 
 def _first_line(err: BaseException) -> str:

@@ -275,6 +275,37 @@ def test_four_parallel_trials_and_a_reader_never_lock_sqlite(tmp_path):
     check_accounting(records(url), 8)
 
 
+def _open_when_told(url: str, go, failures) -> None:
+    go.wait()
+    try:
+        open_storage(url)
+    except Exception as err:
+        failures.put(repr(err))
+
+
+def test_processes_opening_a_new_database_at_once_all_get_it(tmp_path):
+    """A driver, a second driver and a reader may all open a fresh SQLite file in the same moment:
+    each must get the storage, not 'table ... already exists' or 'database is locked'."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("fork")
+    failures = context.Queue()
+    for attempt in range(20):
+        url, go = sqlite_url(tmp_path / str(attempt)), context.Event()
+        (tmp_path / str(attempt)).mkdir()
+        openers = [context.Process(target=_open_when_told, args=(url, go, failures)) for _ in range(4)]
+        for opener in openers:
+            opener.start()
+        time.sleep(0.2)
+        go.set()
+        for opener in openers:
+            opener.join(60)
+    found = []
+    while not failures.empty():
+        found.append(failures.get())
+    assert not found, found
+
+
 # ---------------------------------------------------------------------- safety
 def test_a_checkpoint_holding_code_is_refused(tmp_path, capsys):
     marker = tmp_path / "pwned"
