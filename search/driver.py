@@ -387,14 +387,15 @@ class Driver:
         driver = trial.user_attrs.get("driver")
         if driver == self.id:
             return True
-        if driver is None:  # asked a moment ago, its driver has not written its name yet
-            return time.time() - trial.datetime_start.timestamp() < DEAD_AFTER_S
-        beat = beats.get(f"driver:{driver}")
-        if not beat or time.time() - beat["beat"] > DEAD_AFTER_S:
-            return False
-        if beat["host"] == socket.gethostname():
-            return _pid_alive(beat["pid"])
-        return True
+        if driver is None:
+            # Claimed a moment ago and not yet named by its driver. Every driver beats before it
+            # asks, so the claimer can only be a live driver other than this one: with none left,
+            # the trial was claimed by one that died in between, and nobody will ever finish it.
+            if time.time() - trial.datetime_start.timestamp() >= DEAD_AFTER_S:
+                return False
+            return any(_beating(beat) for key, beat in beats.items()
+                       if key.startswith("driver:") and key != f"driver:{self.id}")
+        return _beating(beats.get(f"driver:{driver}"))
 
     def _reconcile_now_and_then(self) -> None:
         """Other drivers may die mid-run: settle their trials once their heartbeat stops."""
@@ -408,25 +409,32 @@ class Driver:
                            "read the trials")
         beats = self._db(lambda: self.study.user_attrs, "read the heartbeats") if running else {}
         for frozen in running:
-            attrs = frozen.user_attrs
             if self._owner_alive(frozen, beats):
                 continue
-            status = attrs.get("status")
-            # An outcome was recorded but not told (for STALE and INTERRUPTED, the retry was queued).
-            if status not in (None, store.RUNNING):
-                self._db(lambda: store.tell(self.study, frozen.number, status, attrs.get("values")), "tell a trial")
-                continue
             trial = self._db(lambda: store.trial_handle(self.study, frozen._trial_id), "read a trial")
-            self._retry_later(trial, store.STALE, "the driver stopped while it ran")
-            self.display.log(f"trial {frozen.number} was left running by a driver that stopped; retrying its parameters")
+            status = frozen.user_attrs.get("status")
+            if status in (None, store.RUNNING):
+                self._retry_later(trial, store.STALE, "the driver stopped while it ran")
+                self.display.log(f"trial {frozen.number} was left running by a driver that stopped; retrying its parameters")
+            elif status in store.RETRIED:  # its driver died while queueing the retry: finish that
+                self._retry_later(trial, status, frozen.user_attrs.get("reason"))
+            else:  # an outcome was recorded but not told
+                self._db(lambda: store.tell(self.study, frozen.number, status, frozen.user_attrs.get("values")),
+                         "tell a trial")
 
     def _retry_later(self, trial: optuna.Trial, status: str, reason: str) -> None:
-        """Fail a trial that was not at fault and queue its parameters to run again."""
+        """Fail a trial that was not at fault and queue its parameters to run again.
+
+        Each step may already have been done by a driver that died after it, so none is repeated.
+        """
         self._db(lambda: store.TrialWriter(trial).outcome(status, reason=reason), "record a retry")
-        attrs = trial.user_attrs
-        carry = {k: attrs[k] for k in ("reference", "seed") if k in attrs}
-        self._db(lambda: self.study.enqueue_trial(trial.params, user_attrs={**carry, "retry_of": trial.number}),
-                 "enqueue a retry")
+        trials = self._db(lambda: self.study.get_trials(deepcopy=False), "read the trials")
+        if not any(t.user_attrs.get("retry_of") == trial.number for t in trials):
+            attrs = trial.user_attrs
+            carry = {k: attrs[k] for k in ("reference", "seed") if k in attrs}
+            params = self._db(lambda: store.planned_params(self.study, trial), "read a trial")
+            self._db(lambda: self.study.enqueue_trial(params, user_attrs={**carry, "retry_of": trial.number}),
+                     "enqueue a retry")
         self._db(lambda: store.tell(self.study, trial.number, status, None), "tell a trial")
 
     def _interrupt(self) -> None:
@@ -473,6 +481,13 @@ class Driver:
 def _training_overrides(base: TrainSpec, actual: TrainSpec) -> dict[str, Any]:
     """The training fields a trial changed from the space's recipe (what the space sampled)."""
     return {k: v for k, v in actual.__dict__.items() if getattr(base, k) != v}
+
+
+def _beating(beat: dict[str, Any] | None) -> bool:
+    """Whether the driver that wrote this heartbeat may still be running."""
+    if not beat or time.time() - beat["beat"] > DEAD_AFTER_S:
+        return False
+    return _pid_alive(beat["pid"]) if beat["host"] == socket.gethostname() else True
 
 
 def _pid_alive(pid: int) -> bool:

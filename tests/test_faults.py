@@ -399,11 +399,30 @@ def waiting(study: optuna.Study) -> int:
     return sum(t.state == optuna.trial.TrialState.WAITING for t in study.get_trials())
 
 
+def heartbeat(study: optuna.Study, driver: str, pid: int) -> None:
+    study.set_user_attr(f"driver:{driver}", {"host": socket.gethostname(), "pid": pid, "beat": time.time()})
+
+
+def dead_pid() -> int:
+    process = subprocess.Popen(["true"])
+    process.wait()
+    return process.pid
+
+
 def test_a_trial_another_driver_has_just_asked_is_left_alone(tmp_path):
     driver = idle_driver(tmp_path)
-    driver.study.ask()  # RUNNING, and its driver has not written its name yet
+    heartbeat(driver.study, "other", os.getpid())  # a live driver...
+    driver.study.ask()  # ...has claimed a trial and not yet written its name on it
     driver._reconcile()
     assert driver.study.trials[0].state == optuna.trial.TrialState.RUNNING and waiting(driver.study) == 0
+
+
+def test_a_trial_claimed_by_a_driver_killed_before_it_named_itself_is_retried(tmp_path):
+    driver = idle_driver(tmp_path)
+    heartbeat(driver.study, "killed", dead_pid())
+    driver.study.ask()  # the killed driver's last act: a claim it never named
+    driver._reconcile()
+    assert driver.study.trials[0].user_attrs["status"] == store.STALE and waiting(driver.study) == 1
 
 
 def test_a_trial_of_a_dead_driver_is_failed_and_retried_once(tmp_path):
@@ -415,6 +434,26 @@ def test_a_trial_of_a_dead_driver_is_failed_and_retried_once(tmp_path):
     assert driver.study.trials[0].user_attrs["status"] == store.STALE and waiting(driver.study) == 1
     retry = driver.study.trials[1]
     assert retry.user_attrs["retry_of"] == 0 and retry.system_attrs["fixed_params"] == {"mixer": "static"}
+
+
+def test_a_reference_claimed_but_not_yet_sampled_is_retried_as_the_reference(tmp_path):
+    driver = idle_driver(tmp_path)
+    heartbeat(driver.study, "killed", dead_pid())
+    driver.study.enqueue_trial({"mixer": "static"}, user_attrs={"reference": "static"})
+    driver.study.ask()  # claimed, killed before it sampled its queued parameters
+    driver._reconcile()
+    retry = driver.study.trials[1]
+    assert retry.system_attrs["fixed_params"] == {"mixer": "static"} and retry.user_attrs["reference"] == "static"
+
+
+def test_a_retry_recorded_but_not_queued_before_a_crash_is_queued(tmp_path):
+    driver = idle_driver(tmp_path)
+    trial = driver.study.ask({"mixer": optuna.distributions.CategoricalDistribution(["static"])})
+    trial.set_user_attr("driver", "gone")
+    trial.set_user_attr("status", store.STALE)  # the dead driver recorded the retry and died
+    driver._reconcile()
+    assert driver.study.trials[0].state == optuna.trial.TrialState.FAIL and waiting(driver.study) == 1
+    assert driver.study.trials[1].user_attrs["retry_of"] == 0
 
 
 def test_a_retry_queued_just_before_a_crash_is_not_queued_twice(tmp_path):
