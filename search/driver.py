@@ -379,7 +379,7 @@ class Driver:
         now = time.time()
         if force or now - self._last_beat > HEARTBEAT_S:
             beat = {"host": socket.gethostname(), "pid": os.getpid(), "beat": now}
-            self._db(lambda: self.study.set_user_attr(f"driver:{self.id}", beat), "write the heartbeat")
+            self._db(lambda: self.study.set_user_attr(beat_key(self.id), beat), "write the heartbeat")
             self._last_beat = now
 
     def _owner_alive(self, trial: optuna.trial.FrozenTrial, beats: dict[str, Any]) -> bool:
@@ -394,8 +394,8 @@ class Driver:
             if time.time() - trial.datetime_start.timestamp() >= DEAD_AFTER_S:
                 return False
             return any(_beating(beat) for key, beat in beats.items()
-                       if key.startswith("driver:") and key != f"driver:{self.id}")
-        return _beating(beats.get(f"driver:{driver}"))
+                       if key.startswith(beat_key("")) and key != beat_key(self.id))
+        return _beating(beats.get(beat_key(driver)))
 
     def _reconcile_now_and_then(self) -> None:
         """Other drivers may die mid-run: settle their trials once their heartbeat stops."""
@@ -411,16 +411,17 @@ class Driver:
         for frozen in running:
             if self._owner_alive(frozen, beats):
                 continue
-            trial = self._db(lambda: store.trial_handle(self.study, frozen._trial_id), "read a trial")
             status = frozen.user_attrs.get("status")
-            if status in (None, store.RUNNING):
-                self._retry_later(trial, store.STALE, "the driver stopped while it ran")
-                self.display.log(f"trial {frozen.number} was left running by a driver that stopped; retrying its parameters")
-            elif status in store.RETRIED:  # its driver died while queueing the retry: finish that
-                self._retry_later(trial, status, frozen.user_attrs.get("reason"))
-            else:  # an outcome was recorded but not told
+            if status not in (None, store.RUNNING, *store.RETRIED):  # an outcome was recorded but not told
                 self._db(lambda: store.tell(self.study, frozen.number, status, frozen.user_attrs.get("values")),
                          "tell a trial")
+                continue
+            trial = self._db(lambda: store.trial_handle(self.study, frozen._trial_id), "read a trial")
+            if status in store.RETRIED:  # its driver died while queueing the retry: finish that
+                self._retry_later(trial, status, frozen.user_attrs.get("reason"))
+            else:
+                self._retry_later(trial, store.STALE, "the driver stopped while it ran")
+                self.display.log(f"trial {frozen.number} was left running by a driver that stopped; retrying its parameters")
 
     def _retry_later(self, trial: optuna.Trial, status: str, reason: str) -> None:
         """Fail a trial that was not at fault and queue its parameters to run again.
@@ -430,10 +431,10 @@ class Driver:
         self._db(lambda: store.TrialWriter(trial).outcome(status, reason=reason), "record a retry")
         trials = self._db(lambda: self.study.get_trials(deepcopy=False), "read the trials")
         if not any(t.user_attrs.get("retry_of") == trial.number for t in trials):
-            attrs = trial.user_attrs
-            carry = {k: attrs[k] for k in ("reference", "seed") if k in attrs}
-            params = self._db(lambda: store.planned_params(self.study, trial), "read a trial")
-            self._db(lambda: self.study.enqueue_trial(params, user_attrs={**carry, "retry_of": trial.number}),
+            frozen = next(t for t in trials if t.number == trial.number)
+            carry = {k: frozen.user_attrs[k] for k in ("reference", "seed") if k in frozen.user_attrs}
+            self._db(lambda: self.study.enqueue_trial(store.planned_params(frozen),
+                                                      user_attrs={**carry, "retry_of": trial.number}),
                      "enqueue a retry")
         self._db(lambda: store.tell(self.study, trial.number, status, None), "tell a trial")
 
@@ -481,6 +482,11 @@ class Driver:
 def _training_overrides(base: TrainSpec, actual: TrainSpec) -> dict[str, Any]:
     """The training fields a trial changed from the space's recipe (what the space sampled)."""
     return {k: v for k, v in actual.__dict__.items() if getattr(base, k) != v}
+
+
+def beat_key(driver: str) -> str:
+    """The study attribute that holds a driver's heartbeat."""
+    return f"driver:{driver}"
 
 
 def _beating(beat: dict[str, Any] | None) -> bool:

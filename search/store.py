@@ -137,15 +137,14 @@ def trial_handle(study: optuna.Study, trial_id: int) -> optuna.Trial:
     return optuna.Trial(study, trial_id)
 
 
-def planned_params(study: optuna.Study, trial: optuna.Trial) -> dict[str, Any]:
+def planned_params(trial: FrozenTrial) -> dict[str, Any]:
     """The parameters a trial has sampled, plus those it was queued with and has yet to sample.
 
     A trial stopped between its claim and its sampling knows its queued parameters (a reference,
     a retry) only as Optuna's ``fixed_params``; retrying it from ``trial.params`` alone would
     turn a reference into a random trial.
     """
-    frozen = study._storage.get_trial(trial._trial_id)
-    return {**frozen.system_attrs.get("fixed_params", {}), **frozen.params}
+    return {**trial.system_attrs.get("fixed_params", {}), **trial.params}
 
 
 def pareto_front(all_records: Sequence[TrialRecord], directions: Sequence[str]) -> list[TrialRecord]:

@@ -400,7 +400,9 @@ def waiting(study: optuna.Study) -> int:
 
 
 def heartbeat(study: optuna.Study, driver: str, pid: int) -> None:
-    study.set_user_attr(f"driver:{driver}", {"host": socket.gethostname(), "pid": pid, "beat": time.time()})
+    from search.driver import beat_key
+
+    study.set_user_attr(beat_key(driver), {"host": socket.gethostname(), "pid": pid, "beat": time.time()})
 
 
 def dead_pid() -> int:
