@@ -221,7 +221,7 @@ class Driver:
         writer = store.TrialWriter(trial)
         self._db(lambda: writer.set(driver=self.id, seed=seed), "record a trial")
         try:
-            active.params = spec.sample(trial)
+            active.params = self._sample(active)
             active.arch, active.training = spec.configs(active.params)
         except ConfigError as err:
             return self._reject(active, f"invalid combination: {err}")
@@ -249,6 +249,21 @@ class Driver:
         # between its write and its reads would claim a second trial and orphan the first.
         trial_id = self._db(lambda: store.claim_trial(self.study), "ask for a trial")
         return self._db(lambda: store.trial_handle(self.study, trial_id), "ask for a trial")
+
+    def _sample(self, active: Active) -> dict[str, Any]:
+        """The trial's parameter values; each suggestion is a database write, retried like any other."""
+        attempts = 0
+
+        def sample() -> dict[str, Any]:
+            nonlocal attempts
+            attempts += 1
+            if attempts > 1:
+                # A fresh handle knows which suggestions the database kept (one whose reply was
+                # lost included), so none is written twice: Optuna refuses a second write.
+                active.trial = store.trial_handle(self.study, active.trial._trial_id)
+            return self.spec.sample(active.trial)
+
+        return self._db(sample, "sample a trial")
 
     def _reject(self, active: Active, reason: str) -> None:
         active.status, active.reason = store.REJECTED, reason

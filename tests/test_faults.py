@@ -483,6 +483,35 @@ def fail_once_after_the_claim(monkeypatch, study: optuna.Study) -> None:
     monkeypatch.setattr(study.sampler, "before_trial", flaky)
 
 
+@pytest.mark.parametrize("reply_lost", [False, True])
+def test_an_outage_while_sampling_is_retried_and_writes_each_parameter_once(tmp_path, monkeypatch, reply_lost):
+    import sqlalchemy.exc
+
+    from search.driver import Active
+
+    driver = idle_driver(tmp_path)
+    storage, writes = driver.study._storage, []
+    set_trial_param = storage.set_trial_param
+
+    def flaky(*args):
+        writes.append(args[1])
+        if len(writes) == 2:  # the second suggestion: the database drops before or after its commit
+            if reply_lost:
+                set_trial_param(*args)
+            raise sqlalchemy.exc.OperationalError("INSERT", {}, Exception("server closed the connection"))
+        return set_trial_param(*args)
+
+    monkeypatch.setattr(storage, "set_trial_param", flaky)
+    trial = driver._ask_trial()
+    active = Active(trial, trial.number, {}, 0)
+    params = driver._sample(active)
+    monkeypatch.undo()
+    stored = driver.study.trials[0].params
+    searched = {p.name for p in driver.spec.params if not p.fixed and p.active(params)}
+    assert stored == {name: params[name] for name in searched}  # every suggestion kept, as returned
+    assert len(driver.study.trials) == 1 and writes.count(writes[1]) == (1 if reply_lost else 2)
+
+
 def test_an_outage_during_an_ask_claims_one_trial_not_two(tmp_path, monkeypatch):
     driver = idle_driver(tmp_path)
     fail_once_after_the_claim(monkeypatch, driver.study)
