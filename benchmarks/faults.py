@@ -8,6 +8,7 @@ Before each kill it notes every finished trial and its values; afterwards it che
 went missing or changed. It prints and writes: trials finished, trials retried after a driver
 kill, workers killed, drivers killed, trials lost (must be 0) and trials counted twice (must be 0).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,7 +28,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.report import Target, exit_with, write  # noqa: E402
-from search import store  # noqa: E402
+from search.records import COUNTED  # noqa: E402
+from search.records import records as read_records  # noqa: E402
 from search.storage import StorageError, open_storage  # noqa: E402
 
 BUDGET = 20
@@ -36,15 +38,24 @@ BUDGET = 20
 def space(folder: Path) -> tuple[Path, str]:
     """The space file, and the storage URL it names."""
     path, url = folder / "faults.yaml", f"sqlite:///{folder / 'faults.db'}"
-    path.write_text(yaml.safe_dump({
-        "study": {"name": "faults", "storage": url, "seed": 0},
-        "data": {"name": "digit-pairs", "pairs": 2000},
-        "training": {"epochs": 4, "batch_size": 64},
-        "trials": {"count": BUDGET, "parallel": 2, "retries": 3},
-        "early_stopping": {"min_epochs": 2, "reduction": 2},
-        "space": {"patch_size": 4, "num_heads": 2, "mixer": {"choices": ["dynamic", "attention", "static"]},
-                  "embed_dim": {"choices": [16, 32]}, "depth": {"low": 2, "high": 3}},
-    }))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "study": {"name": "faults", "storage": url, "seed": 0},
+                "data": {"name": "digit-pairs", "pairs": 2000},
+                "training": {"epochs": 4, "batch_size": 64},
+                "trials": {"count": BUDGET, "parallel": 2, "retries": 3},
+                "early_stopping": {"min_epochs": 2, "reduction": 2},
+                "space": {
+                    "patch_size": 4,
+                    "num_heads": 2,
+                    "mixer": {"choices": ["dynamic", "attention", "static"]},
+                    "embed_dim": {"choices": [16, 32]},
+                    "depth": {"low": 2, "high": 3},
+                },
+            }
+        )
+    )
     return path, url
 
 
@@ -57,7 +68,7 @@ def finished(url: str) -> dict[int, tuple[str, list[float] | None]]:
         study = load(url)
     except (StorageError, KeyError):  # no database or no study yet; any other failure must be seen
         return {}
-    return {r.number: (r.status, r.values) for r in store.records(study) if r.status in store.COUNTED}
+    return {r.number: (r.status, r.values) for r in read_records(study) if r.status in COUNTED}
 
 
 def running_workers() -> list[int]:
@@ -74,7 +85,17 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         path, url = space(folder)
-        command = [sys.executable, "-m", "search", "run", "--space", str(path), "--results", str(folder / "results"), "--quiet"]
+        command = [
+            sys.executable,
+            "-m",
+            "search",
+            "run",
+            "--space",
+            str(path),
+            "--results",
+            str(folder / "results"),
+            "--quiet",
+        ]
         driver: subprocess.Popen | None = None
         seen: dict[int, tuple[str, list[float] | None]] = {}
         lost: set[int] = set()
@@ -96,20 +117,25 @@ def main() -> None:
                 if workers:
                     os.kill(rng.choice(workers), signal.SIGKILL)
                     worker_kills += 1
-                    print(f"{time.monotonic() - started:6.1f} s: killed a worker ({len(seen)} trials finished)", flush=True)
+                    print(
+                        f"{time.monotonic() - started:6.1f} s: killed a worker ({len(seen)} trials finished)",
+                        flush=True,
+                    )
             else:
                 driver.send_signal(signal.SIGKILL)
                 driver.wait()
                 driver_kills += 1
-                print(f"{time.monotonic() - started:6.1f} s: killed the driver ({len(seen)} trials finished)", flush=True)
+                print(
+                    f"{time.monotonic() - started:6.1f} s: killed the driver ({len(seen)} trials finished)", flush=True
+                )
             now = finished(url)
             lost |= {n for n, outcome in seen.items() if now.get(n) != outcome}
         final = finished(url)
         lost |= {n for n, outcome in seen.items() if final.get(n) != outcome}
-        records = store.records(load(url))
+        records = read_records(load(url))
         retried = [r for r in records if r.retry_of is not None]
         originals = {r.retry_of for r in retried}
-        twice = sum(1 for r in records if r.number in originals and r.status in store.COUNTED) + max(0, len(final) - BUDGET)
+        twice = sum(1 for r in records if r.number in originals and r.status in COUNTED) + max(0, len(final) - BUDGET)
         elapsed = time.monotonic() - started
     rows = [
         {"measure": "trials finished (complete, pruned or failed)", "value": len(final)},
@@ -126,8 +152,11 @@ def main() -> None:
         Target("trials lost", len(lost), 0, at_most=True),
         Target("trials counted twice", twice, 0, at_most=True),
     ]
-    notes = (f"A {BUDGET}-trial study (digit-pairs, 4 epochs, rungs at 2, 2 parallel, retries 3) on SQLite and a local Ray, "
-             f"with a seeded (seed {args.seed}) kill every 3-8 s: a Ray worker mid-trial, or (40 %, once it has run 15 s) the driver.")
+    notes = (
+        f"A {BUDGET}-trial study (digit-pairs, 4 epochs, rungs at 2, 2 parallel, retries 3) on SQLite and a local Ray, "
+        f"with a seeded (seed {args.seed}) kill every 3-8 s: a Ray worker mid-trial, or (40 %, once it has run "
+        "15 s) the driver."
+    )
     exit_with(write("faults", "Faults", rows, targets, notes))
 
 

@@ -12,9 +12,11 @@ buffers over 32 MB are handed back to the kernel at every free and page-faulted 
 next step, which taxes every block at 12544 tokens but none at 3136 and would bend the scaling
 curves by an allocator threshold rather than by the algorithms.
 """
+
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import resource
@@ -94,8 +96,11 @@ def block_gmacs(block_name: str, side: int) -> float:
 
 def child(*args: str) -> object:
     out = subprocess.run(
-        [sys.executable, __file__, *args], env={**os.environ, **ALLOCATOR_ENV},
-        check=True, capture_output=True, text=True,
+        [sys.executable, __file__, *args],
+        env={**os.environ, **ALLOCATOR_ENV},
+        check=True,
+        capture_output=True,
+        text=True,
     )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -116,27 +121,57 @@ def main() -> None:
     for side in SIDES:
         timed = child("--time", str(side))
         for name in BLOCKS:
-            row = {"block": name, "tokens": side * side, **timed[name], "peak_mib": child("--memory", name, str(side)),
-                   "gmacs": block_gmacs(name, side)}
-            print(f"{name:>16} {row['tokens']:>6} tokens: {row['seconds']:.4f} s, {row['peak_mib']:.0f} MiB", flush=True)
+            row = {
+                "block": name,
+                "tokens": side * side,
+                **timed[name],
+                "peak_mib": child("--memory", name, str(side)),
+                "gmacs": block_gmacs(name, side),
+            }
+            print(
+                f"{name:>16} {row['tokens']:>6} tokens: {row['seconds']:.4f} s, {row['peak_mib']:.0f} MiB", flush=True
+            )
             rows.append(row)
     time_of = {(r["block"], r["tokens"]): r["seconds"] for r in rows}
     tokens = [s * s for s in SIDES]
-    growth = max(time_of["dynamic", b] / time_of["dynamic", a] for a, b in zip(tokens, tokens[1:]))
+    growth = max(time_of["dynamic", b] / time_of["dynamic", a] for a, b in itertools.pairwise(tokens))
     targets = [
         Target("dynamic block: worst time growth per x4 tokens", growth, 4.6, at_most=True),
-        Target("attention / dynamic time at 3136 tokens", time_of["attention", 3136] / time_of["dynamic", 3136], 3.0, at_most=False),
-        Target("attention / dynamic time at 12544 tokens", time_of["attention", 12544] / time_of["dynamic", 12544], 10.0, at_most=False),
-        Target("dynamic / static time at 3136 tokens", time_of["dynamic", 3136] / time_of["static", 3136], 1.3, at_most=True),
+        Target(
+            "attention / dynamic time at 3136 tokens",
+            time_of["attention", 3136] / time_of["dynamic", 3136],
+            3.0,
+            at_most=False,
+        ),
+        Target(
+            "attention / dynamic time at 12544 tokens",
+            time_of["attention", 12544] / time_of["dynamic", 12544],
+            10.0,
+            at_most=False,
+        ),
+        Target(
+            "dynamic / static time at 3136 tokens",
+            time_of["dynamic", 3136] / time_of["static", 3136],
+            1.3,
+            at_most=True,
+        ),
     ]
     table = [
-        {"block": r["block"], "tokens": r["tokens"], "fwd+bwd s": r["seconds"], "x static time": r["seconds"] / time_of["static", r["tokens"]],
-         "fwd GMACs": r["gmacs"], "peak MiB": r["peak_mib"]}
+        {
+            "block": r["block"],
+            "tokens": r["tokens"],
+            "fwd+bwd s": r["seconds"],
+            "x static time": r["seconds"] / time_of["static", r["tokens"]],
+            "fwd GMACs": r["gmacs"],
+            "peak MiB": r["peak_mib"],
+        }
         for r in sorted(rows, key=lambda r: (list(BLOCKS).index(r["block"]), r["tokens"]))
     ]
-    notes = (f"One block, width {WIDTH}, batch {BATCH}, float32 on the CPU: median seconds of a forward + "
-             "backward step (blocks stepped in turn, 3 to 9 rounds), and the peak resident memory two "
-             "steps added to a fresh process (MiB); forward GMACs of the batch for comparison.")
+    notes = (
+        f"One block, width {WIDTH}, batch {BATCH}, float32 on the CPU: median seconds of a forward + "
+        "backward step (blocks stepped in turn, 3 to 9 rounds), and the peak resident memory two "
+        "steps added to a fresh process (MiB); forward GMACs of the batch for comparison."
+    )
     exit_with(write("layer_scaling", "Layer scaling", table, targets, notes))
 
 

@@ -11,8 +11,10 @@ trials in parallel, on warm workers (as in any search longer than a minute), wit
 sampler so that both runs try the same configurations. Target: 2 parallel trials finish at
 least 1.7x as many trials per hour.
 """
+
 from __future__ import annotations
 
+import itertools
 import statistics
 import sys
 import tempfile
@@ -25,40 +27,50 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.report import Target, exit_with, write  # noqa: E402
-from search import cluster, store  # noqa: E402
+from search import cluster  # noqa: E402
 from search.display import Display  # noqa: E402
 from search.driver import Driver  # noqa: E402
+from search.records import COUNTED, TrialRecord  # noqa: E402
+from search.records import records as read_records  # noqa: E402
 from search.space import load_space  # noqa: E402
-from search.trial import SegmentJob, SegmentResult  # noqa: E402
+from search.training.segment import SegmentJob, SegmentResult  # noqa: E402
 
 
 def trivial_segment(job: SegmentJob, checkpoint) -> tuple[SegmentResult, None]:
     """A trial body that does no work: what remains is the orchestration."""
-    return SegmentResult(curve=[0.5] * (job.stop_epoch - job.start_epoch), latency_ms=0.0,
-                         device="none"), None
+    return SegmentResult(curve=[0.5] * (job.stop_epoch - job.start_epoch), latency_ms=0.0, device="none"), None
 
 
 def space(folder: Path, name: str, count: int, parallel: int, epochs: int) -> Path:
     path = folder / f"{name}.yaml"
-    path.write_text(yaml.safe_dump({
-        "study": {"name": name, "storage": f"sqlite:///{folder / 'bench.db'}", "seed": 0},
-        "data": {"name": "digit-pairs"},
-        "training": {"epochs": epochs, "batch_size": 64},
-        "trials": {"count": count, "parallel": parallel},
-        "sampler": "random",  # the same configurations whatever the parallelism
-        "early_stopping": False,
-        "keep_weights": "none",
-        "space": {"patch_size": 4, "num_heads": 2, "mixer": {"choices": ["dynamic", "attention", "static"]},
-                  "embed_dim": {"choices": [16, 32]}, "depth": {"low": 2, "high": 3}},
-    }))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "study": {"name": name, "storage": f"sqlite:///{folder / 'bench.db'}", "seed": 0},
+                "data": {"name": "digit-pairs"},
+                "training": {"epochs": epochs, "batch_size": 64},
+                "trials": {"count": count, "parallel": parallel},
+                "sampler": "random",  # the same configurations whatever the parallelism
+                "early_stopping": False,
+                "keep_weights": "none",
+                "space": {
+                    "patch_size": 4,
+                    "num_heads": 2,
+                    "mixer": {"choices": ["dynamic", "attention", "static"]},
+                    "embed_dim": {"choices": [16, 32]},
+                    "depth": {"low": 2, "high": 3},
+                },
+            }
+        )
+    )
     return path
 
 
-def run(folder: Path, name: str, count: int, parallel: int, epochs: int, **driver_options) -> list[store.TrialRecord]:
+def run(folder: Path, name: str, count: int, parallel: int, epochs: int, **driver_options) -> list[TrialRecord]:
     spec = load_space(space(folder, name, count, parallel, epochs))
     Driver(spec, results=folder / "results", display=Display(quiet=True), **driver_options).run()
     study = optuna.load_study(study_name=name, storage=spec.study.storage)
-    return [r for r in store.records(study) if r.status in store.COUNTED]
+    return [r for r in read_records(study) if r.status in COUNTED]
 
 
 def main() -> None:
@@ -69,10 +81,16 @@ def main() -> None:
         records = run(folder, "overhead", 40, 1, 1, segment=trivial_segment)
         starts = _started_at(folder, "overhead")
         ends = sorted(starts[r.number] + r.wall_time_s for r in records)
-        intervals = [b - a for a, b in zip(ends, ends[1:])]
+        intervals = [b - a for a, b in itertools.pairwise(ends)]
         overhead = statistics.median(intervals)
-        rows.append({"measure": "overhead per trial (trivial body, 1 at a time)", "value": overhead, "unit": "s",
-                     "trials": len(records)})
+        rows.append(
+            {
+                "measure": "overhead per trial (trivial body, 1 at a time)",
+                "value": overhead,
+                "unit": "s",
+                "trials": len(records),
+            }
+        )
         targets.append(Target("median overhead per trial (s)", overhead, 0.5, at_most=True))
 
         run(folder, "warmup", 2, 2, 1)  # both workers import torch and build the data set once, as in a long search
@@ -83,13 +101,21 @@ def main() -> None:
             starts = _started_at(folder, name)
             span = max(starts[r.number] + r.wall_time_s for r in records) - min(starts.values())
             rates[parallel] = len(records) / span * 3600
-            rows.append({"measure": f"real tiny trials, {parallel} in parallel", "value": rates[parallel],
-                         "unit": "trials/hour", "trials": len(records)})
+            rows.append(
+                {
+                    "measure": f"real tiny trials, {parallel} in parallel",
+                    "value": rates[parallel],
+                    "unit": "trials/hour",
+                    "trials": len(records),
+                }
+            )
         targets.append(Target("trials per hour, 2 parallel / 1", rates[2] / rates[1], 1.7, at_most=False))
     cluster.shutdown()
-    notes = ("Local Ray, SQLite storage, 2-core CPU. Overhead: median interval between consecutive completions "
-             "of trials whose body returns at once. Throughput: the same 16 seeded configurations (digit-pairs, "
-             "2 epochs, 1 CPU per trial) on warm workers, first start to last completion.")
+    notes = (
+        "Local Ray, SQLite storage, 2-core CPU. Overhead: median interval between consecutive completions "
+        "of trials whose body returns at once. Throughput: the same 16 seeded configurations (digit-pairs, "
+        "2 epochs, 1 CPU per trial) on warm workers, first start to last completion."
+    )
     exit_with(write("orchestration", "Orchestration", rows, targets, notes))
 
 

@@ -3,6 +3,7 @@
 Each benchmark writes ``benchmarks/results/<name>.json`` and ``<name>.md`` and exits 1 when a
 target is missed, so a benchmark run can fail the way a test does.
 """
+
 from __future__ import annotations
 
 import json

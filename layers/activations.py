@@ -1,4 +1,5 @@
 """Activation functions by name, as the search space spells them."""
+
 from __future__ import annotations
 
 from torch import nn

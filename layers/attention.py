@@ -1,4 +1,5 @@
 """The attention baselines the dynamic layers compete with, on (B, H, W, C) tokens."""
+
 from __future__ import annotations
 
 import torch.nn.functional as F

@@ -3,6 +3,7 @@
 No position embedding and no class token: the depthwise convs give position, the head averages
 tokens, so the same weights run at any input resolution.
 """
+
 from __future__ import annotations
 
 from torch import Tensor, nn

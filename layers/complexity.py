@@ -4,6 +4,7 @@ GMACs count one multiply-add as 1 (FLOPs / 2), the DeiT / timm / fvcore conventi
 comes from torch's FlopCounterMode, which sees every matmul, bmm, baddbmm and (grouped)
 convolution, so the hypernetwork's own work (building dW and dK) is included.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

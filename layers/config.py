@@ -5,40 +5,31 @@ exactly through YAML and JSON, can be flattened into a results table, and is wha
 samples. Names of strategies are validated against the registries that build them, so a config
 that constructs is a config that builds.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import yaml
 
+from .dynamic_config import NAMED_DYNAMIC_FIELDS, DynamicConfig
+from .mixers import MIXERS
+from .pooling import pool_extent
+from .registry import Registry
 from .schema import ConfigError, build, coerce_fields
 
-__all__ = ["ArchConfig", "ConfigError", "DynamicConfig"]
+__all__ = ["NAMED_FIELDS", "ArchConfig", "ConfigError", "DynamicConfig"]
 
-
-@dataclass(frozen=True)
-class DynamicConfig:
-    """How the dynamic sub-layers of a dynamic block predict their weights (DESIGN.md section 2)."""
-
-    fc1: bool = True  # which sub-layers carry W0 + dW(x); the others stay static
-    dwc: bool = True
-    fc2: bool = False
-    linear_predictor: str = "bilateral"  # gap | linear | nonlinear | bilateral | deep
-    pool: str = "avg2"  # context of the linear predictors: global | avg<k> | max<k> | adaptive<g> | attn<m>
-    rank_ratio: int = 4  # factor widths are in/r and out/r
-    hyper_depth: int = 1  # hidden layers of the `deep` predictor's MLP (1-3); other predictors have none
-    linear_act: str = "silu"
-    conv_predictor: str = "adaptive"  # gap | adaptive | amp_dir | conv
-    conv_act: str = "gelu"
-    norm: str = "unit1"  # none | unit1 | layernorm | tanh, applied to dW and dK
-    gate: str = "none"  # none | scalar | sigmoid
-
-    def __post_init__(self) -> None:
-        coerce_fields(self)
+#: Config fields (dotted paths) whose value names a registered strategy, and its registry.
+NAMED_FIELDS: dict[str, Registry] = {
+    "mixer": MIXERS,
+    **{f"dynamic.{name}": registry for name, registry in NAMED_DYNAMIC_FIELDS.items()},
+}
 
 
 @dataclass(frozen=True)
@@ -92,10 +83,10 @@ class ArchConfig:
         return out
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "ArchConfig":
+    def from_dict(cls, data: Mapping[str, Any]) -> ArchConfig:
         return build(cls, data)
 
-    def replace(self, **changes: Any) -> "ArchConfig":
+    def replace(self, **changes: Any) -> ArchConfig:
         """A copy with top-level fields changed; ``dynamic`` may be given as a partial mapping."""
         if isinstance(changes.get("dynamic"), Mapping):
             changes["dynamic"] = {**dataclasses.asdict(self.dynamic), **changes["dynamic"]}
@@ -108,15 +99,15 @@ class ArchConfig:
         return json.dumps(self.to_dict(), indent=2)
 
     @classmethod
-    def from_yaml(cls, text: str) -> "ArchConfig":
+    def from_yaml(cls, text: str) -> ArchConfig:
         return cls.from_dict(yaml.safe_load(text))
 
     @classmethod
-    def from_json(cls, text: str) -> "ArchConfig":
+    def from_json(cls, text: str) -> ArchConfig:
         return cls.from_dict(json.loads(text))
 
     @classmethod
-    def load(cls, path: str | Path) -> "ArchConfig":
+    def load(cls, path: str | Path) -> ArchConfig:
         """Read a ``.yaml``/``.yml``/``.json`` file."""
         path = Path(path)
         text = path.read_text()
@@ -127,7 +118,7 @@ class ArchConfig:
         path.write_text(self.to_json() if path.suffix == ".json" else self.to_yaml())
 
     @classmethod
-    def coerce(cls, arch: "ArchConfig | Mapping[str, Any] | str | Path") -> "ArchConfig":
+    def coerce(cls, arch: ArchConfig | Mapping[str, Any] | str | Path) -> ArchConfig:
         """Accept a config object, a mapping, or the path of a YAML/JSON file."""
         if isinstance(arch, ArchConfig):
             return arch
@@ -139,69 +130,51 @@ class ArchConfig:
 
 
 # ---------------------------------------------------------------------- value checks
-def named_fields() -> dict[str, Any]:
-    """Config fields whose value names a registered strategy, mapped to the registry that knows them."""
-    # Imported here: these modules import this one for the dataclasses.
-    from .activations import ACTIVATIONS
-    from .blocks import MIXERS
-    from .dynamic_conv import CONV_PREDICTORS
-    from .dynamic_linear import LINEAR_PREDICTORS
-    from .gating import GATES
-    from .pooling import POOLS
-    from .weight_norm import WEIGHT_NORMS
-
-    return {
-        "mixer": MIXERS,
-        "dynamic.linear_predictor": LINEAR_PREDICTORS,
-        "dynamic.pool": POOLS,
-        "dynamic.linear_act": ACTIVATIONS,
-        "dynamic.conv_predictor": CONV_PREDICTORS,
-        "dynamic.conv_act": ACTIVATIONS,
-        "dynamic.norm": WEIGHT_NORMS,
-        "dynamic.gate": GATES,
-    }
-
-
 def _check_values(cfg: ArchConfig) -> None:
-    from .dynamic_linear import context_pool
-    from .pooling import pool_extent
-
     def require(ok: bool, path: str, message: str) -> None:
         if not ok:
             raise ConfigError(path, message)
 
-    values = {"mixer": cfg.mixer, **{f"dynamic.{k}": v for k, v in dataclasses.asdict(cfg.dynamic).items()}}
-    for path, registry in named_fields().items():
-        try:
-            registry.validate(values[path])
-        except ValueError as err:
-            raise ConfigError(path, str(err)) from None
-
+    try:
+        MIXERS.validate(cfg.mixer)
+    except ValueError as err:
+        raise ConfigError("mixer", str(err)) from None
     for name in ("in_chans", "patch_size", "embed_dim", "depth", "every", "num_heads"):
         require(getattr(cfg, name) >= 1, name, "must be at least 1")
     require(cfg.num_classes >= 0, "num_classes", "must be 0 (no head) or more")
-    require(all(s >= cfg.patch_size for s in cfg.img_size), "img_size",
-            f"{list(cfg.img_size)} is smaller than the patch size {cfg.patch_size}")
+    require(
+        all(s >= cfg.patch_size for s in cfg.img_size),
+        "img_size",
+        f"{list(cfg.img_size)} is smaller than the patch size {cfg.patch_size}",
+    )
     require(cfg.mlp_ratio > 0, "mlp_ratio", "must be positive")
     require(cfg.offset >= 0, "offset", "must not be negative")
     require(cfg.kernel_size % 2 == 1, "kernel_size", f"must be odd, got {cfg.kernel_size}")
     require(0.0 <= cfg.drop_path_rate < 1.0, "drop_path_rate", "must be in [0, 1)")
     if cfg.mixer in ("attention", "linear_attention"):
-        require(cfg.embed_dim % cfg.num_heads == 0, "num_heads",
-                f"embed_dim {cfg.embed_dim} is not divisible by num_heads {cfg.num_heads}")
+        require(
+            cfg.embed_dim % cfg.num_heads == 0,
+            "num_heads",
+            f"embed_dim {cfg.embed_dim} is not divisible by num_heads {cfg.num_heads}",
+        )
 
     dyn = cfg.dynamic
-    require(1 <= dyn.hyper_depth <= 3, "dynamic.hyper_depth", f"must be 1, 2 or 3, got {dyn.hyper_depth}")
     if cfg.mixer != "dynamic":
         return
     require(dyn.fc1 or dyn.dwc or dyn.fc2, "dynamic", "at least one of fc1, dwc, fc2 must be dynamic")
     if dyn.fc1 or dyn.fc2:
         require(dyn.rank_ratio >= 1, "dynamic.rank_ratio", "must be at least 1")
         for width in (cfg.embed_dim, cfg.mlp_hidden):
-            require(width % dyn.rank_ratio == 0, "dynamic.rank_ratio",
-                    f"{dyn.rank_ratio} does not divide the layer width {width}")
-        pool, grid = context_pool(dyn), cfg.grid
+            require(
+                width % dyn.rank_ratio == 0,
+                "dynamic.rank_ratio",
+                f"{dyn.rank_ratio} does not divide the layer width {width}",
+            )
+        pool, grid = dyn.context_pool, cfg.grid
         extent = pool_extent(pool)
-        require(extent is None or extent <= min(grid), "dynamic.pool",
-                f"{pool!r} pools {extent}x{extent} tokens, larger than the {grid[0]}x{grid[1]} token grid "
-                f"of a {cfg.img_size[0]}x{cfg.img_size[1]} input with patch {cfg.patch_size}")
+        require(
+            extent is None or extent <= min(grid),
+            "dynamic.pool",
+            f"{pool!r} pools {extent}x{extent} tokens, larger than the {grid[0]}x{grid[1]} token grid "
+            f"of a {cfg.img_size[0]}x{cfg.img_size[1]} input with patch {cfg.patch_size}",
+        )

@@ -1,7 +1,8 @@
 """A short tour of the layers: the published presets, and cost against resolution per mixer.
 
-    python -m layers.demo
+python -m layers.demo
 """
+
 from __future__ import annotations
 
 import timm

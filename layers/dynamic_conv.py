@@ -1,23 +1,21 @@
 """Depthwise convolutions on (B, H, W, C) tokens: the static one and the dynamic K0 + dK(x).
 
 A dynamic depthwise conv predicts one C x k x k kernel per sample from an adaptively pooled map
-of the input (g x g, g chosen by the predictor), so its cost is the conv's own O(N C k^2) plus a
-predictor whose size does not depend on N.
+of the input (g x g, g chosen by the predictor; see ``kernel_predictors.py``), so its cost is the
+conv's own O(N C k^2) plus a predictor whose size does not depend on N.
 """
+
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .activations import create_act
-from .config import DynamicConfig
+from .dynamic_config import DynamicConfig
 from .gating import create_gate
+from .kernel_predictors import KernelPredictor, create_kernel_predictor
 from .pooling import adaptive_avg_pool
-from .registry import Registry
 from .weight_norm import create_weight_norm
-
-CONV_PREDICTORS: Registry = Registry("conv predictor")
 
 
 class DWConv(nn.Module):
@@ -31,69 +29,6 @@ class DWConv(nn.Module):
         return self.conv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
 
 
-class KernelPredictor(nn.Module):
-    """Pooled map (B, C, g, g) -> kernel update dK (B, C, k, k). ``grid`` is g."""
-
-    grid: int
-
-
-@CONV_PREDICTORS.register("gap")
-class GapKernel(KernelPredictor):
-    """Global mean -> MLP -> all C k^2 taps; the hidden layer is C/4 wide so the output layer stays small."""
-
-    def __init__(self, dim: int, kernel_size: int, act: str):
-        super().__init__()
-        self.grid, self.kernel_size = 1, kernel_size
-        hidden = max(1, dim // 4)
-        self.mlp = nn.Sequential(nn.Linear(dim, hidden), create_act(act), nn.Linear(hidden, dim * kernel_size**2, bias=False))
-
-    def forward(self, pooled: Tensor) -> Tensor:
-        batch, dim = pooled.shape[:2]
-        return self.mlp(pooled.flatten(1)).view(batch, dim, self.kernel_size, self.kernel_size)
-
-
-@CONV_PREDICTORS.register("adaptive")
-class AdaptiveKernel(KernelPredictor):
-    """Pool to k x k so tap (i, j) is predicted from its own region of the image (the paper's choice)."""
-
-    def __init__(self, dim: int, kernel_size: int, act: str):
-        super().__init__()
-        self.grid = kernel_size
-        self.mlp = nn.Sequential(nn.Conv2d(dim, dim, 1), create_act(act), nn.Conv2d(dim, dim, 1, bias=False))
-
-    def forward(self, pooled: Tensor) -> Tensor:
-        return self.mlp(pooled)
-
-
-@CONV_PREDICTORS.register("amp_dir")
-class AmplitudeDirectionKernel(KernelPredictor):
-    """A unit-norm direction per channel from the k x k map, times an amplitude in (-1, 1) from its mean."""
-
-    def __init__(self, dim: int, kernel_size: int, act: str):
-        super().__init__()
-        self.grid = kernel_size
-        self.direction = AdaptiveKernel(dim, kernel_size, act)
-        self.amplitude = nn.Linear(dim, dim)
-
-    def forward(self, pooled: Tensor) -> Tensor:
-        direction = F.normalize(self.direction(pooled).flatten(2), dim=-1).view_as(pooled)
-        amplitude = torch.tanh(self.amplitude(pooled.mean(dim=(2, 3))))
-        return direction * amplitude[:, :, None, None]
-
-
-@CONV_PREDICTORS.register("conv")
-class ConvKernel(KernelPredictor):
-    """A 3 x 3 depthwise conv over a (k+2) x (k+2) pooled map yields the k x k taps, then a 1x1 mixes channels."""
-
-    def __init__(self, dim: int, kernel_size: int, act: str):
-        super().__init__()
-        self.grid = kernel_size + 2
-        self.mlp = nn.Sequential(nn.Conv2d(dim, dim, 3, groups=dim), create_act(act), nn.Conv2d(dim, dim, 1, bias=False))
-
-    def forward(self, pooled: Tensor) -> Tensor:
-        return self.mlp(pooled)
-
-
 class DynamicDWConv(nn.Module):
     """Depthwise conv with kernel K0 + dK(x): one kernel per sample, applied as a grouped conv."""
 
@@ -104,8 +39,7 @@ class DynamicDWConv(nn.Module):
         self.bias = nn.Parameter(torch.empty(dim))
         nn.init.trunc_normal_(self.weight, std=0.02)
         nn.init.trunc_normal_(self.bias, std=0.02)
-        factory, _ = CONV_PREDICTORS.parse(dyn.conv_predictor)
-        self.predictor: KernelPredictor = factory(dim, kernel_size, dyn.conv_act)
+        self.predictor: KernelPredictor = create_kernel_predictor(dyn.conv_predictor, dim, kernel_size, dyn.conv_act)
         self.norm = create_weight_norm(dyn.norm)
         self.gate = create_gate(dyn.gate, dim, dim, channel_dim=1)
 

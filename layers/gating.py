@@ -4,6 +4,7 @@ A gate takes the update and a global summary of the input (B, C) and returns the
 ``channel_dim`` is the dimension of dW that holds output channels (last for a linear layer's
 (B, in, out) update, 1 for a conv's (B, C, k, k) kernel update).
 """
+
 from __future__ import annotations
 
 import torch

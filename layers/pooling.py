@@ -5,6 +5,7 @@ predicts its weight from this context, so the context is the layer's only route 
 information. Grids the pool size does not divide are handled with ceil-mode pooling, whose last
 window averages (or maxes) only the tokens that exist.
 """
+
 from __future__ import annotations
 
 import math

@@ -3,11 +3,13 @@
 A registry maps the string a config or YAML file holds to the code that builds it, so adding a
 strategy is one decorated function and never another branch in an if-chain.
 """
+
 from __future__ import annotations
 
 import difflib
 import re
-from typing import Callable, Generic, TypeVar
+from collections.abc import Callable
+from typing import Generic, TypeVar
 
 F = TypeVar("F", bound=Callable)
 

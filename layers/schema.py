@@ -5,12 +5,14 @@ nested dataclass fields are built recursively, lists become tuples, integers (an
 which YAML 1.1 produces for ``1e-3``) become floats where a float is expected, and every field is
 then type-checked. Errors carry the dotted key path of the offending value.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import math
 import types
-from typing import Any, Mapping, Union, get_args, get_origin, get_type_hints
+from collections.abc import Mapping
+from typing import Any, Union, get_args, get_origin, get_type_hints
 
 from .registry import unknown_name_message
 

@@ -1,13 +1,15 @@
 """timm registration: the three WeightFormer presets and one generic entry for any ArchConfig.
 
-    import layers, timm
-    timm.create_model("weightformer_tiny", num_classes=10)
-    timm.create_model("dynamic_backbone", arch="arch.yaml", img_size=64)
+import layers, timm
+timm.create_model("weightformer_tiny", num_classes=10)
+timm.create_model("dynamic_backbone", arch="arch.yaml", img_size=64)
 """
+
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from timm.models import build_model_with_cfg, register_model
 

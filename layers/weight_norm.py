@@ -4,10 +4,11 @@ The predicted update is unbounded in principle; bounding it keeps W0 + dW close 
 layer can train with. Each function normalises over ``dims``: the input dimension of each output
 column for a linear layer, the k x k taps of each channel for a depthwise conv.
 """
+
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import Tensor

@@ -10,16 +10,16 @@
 
 Exit codes: 0 done, 1 unexpected error, 2 bad input (space, storage, cluster, data), 130 interrupted.
 """
+
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
-from .storage import DEFAULT_STORAGE, StorageError
-from .tables import FORMATS
+from .defaults import DEFAULT_RESULTS, DEFAULT_STORAGE, TABLE_FORMATS
 
 EXIT_OK, EXIT_USAGE, EXIT_INTERRUPTED = 0, 2, 130  # an unexpected error exits with Python's 1
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}
@@ -29,6 +29,7 @@ def command(name: str):
     def add(fn: Callable[[argparse.Namespace], int]):
         COMMANDS[name] = fn
         return fn
+
     return add
 
 
@@ -38,15 +39,17 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run or resume the search a space file describes")
     run.add_argument("--space", default="spaces/dynamic.yaml", help="the YAML space (default: %(default)s)")
     run.add_argument("--storage", help="storage URL overriding the space's (sqlite:///... or postgresql://...)")
-    run.add_argument("--address", help="join this Ray cluster (host:port, ray://host:port or auto) instead of a local Ray")
-    run.add_argument("--results", default="results", help="folder for weights and reports (default: %(default)s)")
+    run.add_argument(
+        "--address", help="join this Ray cluster (host:port, ray://host:port or auto) instead of a local Ray"
+    )
+    run.add_argument("--results", default=DEFAULT_RESULTS, help="folder for weights and reports (default: %(default)s)")
     run.add_argument("--quiet", action="store_true", help="log lines instead of the live display")
 
     def study_command(name: str, help: str) -> argparse.ArgumentParser:
         command = sub.add_parser(name, help=help)
         command.add_argument("--study", required=True, help="the study name")
         command.add_argument("--storage", default=DEFAULT_STORAGE, help="storage URL (default: %(default)s)")
-        command.add_argument("--results", default="results", help="results folder (default: %(default)s)")
+        command.add_argument("--results", default=DEFAULT_RESULTS, help="results folder (default: %(default)s)")
         return command
 
     study_command("report", "write results/<study>/report.html")
@@ -54,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     dashboard.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
     dashboard.add_argument("--port", type=int, default=8080)
     results = study_command("results", "write the trial table")
-    results.add_argument("--format", choices=FORMATS, default="csv")
+    results.add_argument("--format", choices=TABLE_FORMATS, default="csv")
     results.add_argument("--out", help="file to write (default: results/<study>/trials.<format>)")
     export = study_command("export", "export architectures with their weights and model cards")
     which = export.add_mutually_exclusive_group(required=True)
@@ -94,26 +97,28 @@ def _size(text: str) -> tuple[int, int]:
 def _load_study(args: argparse.Namespace):
     import optuna
 
-    from .storage import masked, open_storage
+    from .storage import StorageError, masked, open_storage
 
     storage = open_storage(args.storage, create=False)
     try:
         return optuna.load_study(study_name=args.study, storage=storage)
     except KeyError:
         names = [s.study_name for s in optuna.get_all_study_summaries(storage)]
-        raise StorageError(f"no study {args.study!r} in {masked(args.storage)}; studies there: "
-                           f"{', '.join(names) or 'none'}") from None
+        raise StorageError(
+            f"no study {args.study!r} in {masked(args.storage)}; studies there: {', '.join(names) or 'none'}"
+        ) from None
 
 
 @command("report")
 def report(args: argparse.Namespace) -> int:
-    from . import store
-    from .report import build_report
+    from .records import results_dir
+    from .results.report import build_report
     from .storage import masked
 
     study = _load_study(args)
-    path = build_report(study, store.results_dir(Path(args.results), args.study) / "report.html",
-                        storage_label=masked(args.storage))
+    path = build_report(
+        study, results_dir(Path(args.results), args.study) / "report.html", storage_label=masked(args.storage)
+    )
     print(path)
     return EXIT_OK
 
@@ -125,35 +130,40 @@ def dashboard(args: argparse.Namespace) -> int:
     from .storage import open_storage
 
     study = _load_study(args)
-    print(f"optuna-dashboard for study {study.study_name!r}: http://{args.host}:{args.port}/ (Ctrl-C to stop)", flush=True)
+    print(
+        f"optuna-dashboard for study {study.study_name!r}: http://{args.host}:{args.port}/ (Ctrl-C to stop)", flush=True
+    )
     optuna_dashboard.run_server(open_storage(args.storage, create=False), host=args.host, port=args.port)
     return EXIT_OK
 
 
 @command("results")
 def results(args: argparse.Namespace) -> int:
-    from . import store
-    from .tables import trials_frame, write_table
+    from .records import records, results_dir
+    from .results.tables import trials_frame, write_table
 
     study = _load_study(args)
-    frame = trials_frame(store.records(study), list(study.metric_names or []))
-    out = Path(args.out) if args.out else store.results_dir(Path(args.results), args.study) / f"trials.{args.format}"
+    frame = trials_frame(records(study), list(study.metric_names or []))
+    out = Path(args.out) if args.out else results_dir(Path(args.results), args.study) / f"trials.{args.format}"
     print(write_table(frame, out, args.format))
     return EXIT_OK
 
 
 @command("export")
 def export(args: argparse.Namespace) -> int:
-    from . import store
-    from .export import ExportError, export as write_exports, select
+    from .records import directions, records
+    from .results.export import ExportError, select
+    from .results.export import export as write_exports
     from .storage import masked
 
     study = _load_study(args)
     try:
-        chosen = select(store.records(study), store.directions(study), pareto=args.pareto, top=args.top, trial=args.trial)
+        chosen = select(records(study), directions(study), pareto=args.pareto, top=args.top, trial=args.trial)
     except ExportError as err:
         return _usage_error(err)
-    for folder in write_exports(study, chosen, Path(args.out), results=Path(args.results), storage_label=masked(args.storage)):
+    for folder in write_exports(
+        study, chosen, Path(args.out), results=Path(args.results), storage_label=masked(args.storage)
+    ):
         print(folder)
     return EXIT_OK
 
@@ -161,30 +171,40 @@ def export(args: argparse.Namespace) -> int:
 @command("train")
 def train(args: argparse.Namespace) -> int:
     import dataclasses
+    import pickle
 
     import torch
 
-    from .data import DataError, DataSpec
-    from .full_training import read_arch, train_architecture
-    from .train import TrainSpec
-
-    import pickle
+    from .training.data import DataError, DataSpec
+    from .training.full import read_arch, train_architecture
+    from .training.trainer import TrainSpec
 
     try:
         source = read_arch(args.arch)
         data = DataSpec(name=args.dataset, root=args.data_root, img_size=args.img_size)
         recipe = source.recipe or TrainSpec()
-        changes = {k: v for k, v in (("epochs", args.epochs), ("batch_size", args.batch_size), ("lr", args.lr)) if v is not None}
-        out = Path(args.out) if args.out else Path("results") / "train" / Path(args.arch).stem
-        metrics = train_architecture(source, data, dataclasses.replace(recipe, **changes), out,
-                                     device=torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu")),
-                                     seed=args.seed, eval_size=args.eval_size,
-                                     init_weights=args.init_weights)
+        changes = {
+            k: v
+            for k, v in (("epochs", args.epochs), ("batch_size", args.batch_size), ("lr", args.lr))
+            if v is not None
+        }
+        out = Path(args.out) if args.out else Path(DEFAULT_RESULTS) / "train" / Path(args.arch).stem
+        metrics = train_architecture(
+            source,
+            data,
+            dataclasses.replace(recipe, **changes),
+            out,
+            device=torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu")),
+            seed=args.seed,
+            eval_size=args.eval_size,
+            init_weights=args.init_weights,
+        )
     except (FileNotFoundError, DataError, ValueError) as err:
         return _usage_error(err)
     except pickle.UnpicklingError as err:
-        return _usage_error(f"refusing to load the checkpoint: it holds more than tensors and numbers "
-                            f"({str(err).splitlines()[0]})")
+        return _usage_error(
+            f"refusing to load the checkpoint: it holds more than tensors and numbers ({str(err).splitlines()[0]})"
+        )
     print(json.dumps(metrics))
     return EXIT_OK
 
@@ -196,8 +216,8 @@ def erf(args: argparse.Namespace) -> int:
 
     import layers
 
-    from .erf import effective_receptive_field, save_map
-    from .full_training import read_arch
+    from .results.erf import effective_receptive_field, save_map
+    from .training.full import read_arch
 
     try:
         source = read_arch(args.arch)
@@ -221,6 +241,7 @@ def run(args: argparse.Namespace) -> int:
     from .display import Display
     from .driver import Driver, StudyMismatch
     from .space import load_space
+    from .storage import StorageError
 
     spec = load_space(args.space, storage=args.storage)
     driver = Driver(spec, results=Path(args.results), address=args.address, display=Display(quiet=args.quiet))
@@ -248,6 +269,7 @@ def main(argv: list[str] | None = None) -> int:
     import optuna
 
     from .space import SpaceError
+    from .storage import StorageError
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
@@ -256,6 +278,8 @@ def main(argv: list[str] | None = None) -> int:
     except (SpaceError, StorageError) as err:
         return _usage_error(err)
     except KeyboardInterrupt:
-        print("interrupted: running trials were recorded as interrupted; run the same command again to resume",
-              file=sys.stderr)
+        print(
+            "interrupted: running trials were recorded as interrupted; run the same command again to resume",
+            file=sys.stderr,
+        )
         return EXIT_INTERRUPTED

@@ -1,4 +1,5 @@
 """Ray: a local instance by default, or an existing cluster given by its address."""
+
 from __future__ import annotations
 
 import logging
@@ -24,18 +25,26 @@ def connect(address: str | None, *, cpus: float, gpus: float) -> dict[str, float
             _check_reachable(address)
         try:
             ray.init(
-                address=address, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False,
-                configure_logging=True, runtime_env={"env_vars": WORKER_ENV},
+                address=address,
+                include_dashboard=False,
+                logging_level=logging.WARNING,
+                log_to_driver=False,
+                configure_logging=True,
+                runtime_env={"env_vars": WORKER_ENV},
                 **({} if address else {"num_cpus": os.cpu_count()}),
             )
         except (ConnectionError, RuntimeError, ValueError) as err:
-            raise ClusterError(f"cannot {'join the Ray cluster at ' + address if address else 'start Ray'}: {err}") from None
+            raise ClusterError(
+                f"cannot {'join the Ray cluster at ' + address if address else 'start Ray'}: {err}"
+            ) from None
     totals = ray.cluster_resources()
     if cpus > totals.get("CPU", 0):
         raise ClusterError(f"each trial asks for {cpus:g} CPUs but the Ray cluster has {totals.get('CPU', 0):g}")
     if gpus > totals.get("GPU", 0):
-        raise ClusterError(f"each trial asks for {gpus:g} GPUs but the Ray cluster has {totals.get('GPU', 0):g} "
-                           "(set resources.gpus: 0 to train on CPUs)")
+        raise ClusterError(
+            f"each trial asks for {gpus:g} GPUs but the Ray cluster has {totals.get('GPU', 0):g} "
+            "(set resources.gpus: 0 to train on CPUs)"
+        )
     return totals
 
 

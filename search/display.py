@@ -1,4 +1,5 @@
 """The live terminal view of a search (rich), or plain log lines with ``--quiet``."""
+
 from __future__ import annotations
 
 import sys
@@ -11,7 +12,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from . import store
+from .records import COMPLETE, COUNTED, FAILED, PRUNED, REJECTED, RUNNING, TrialRecord, pareto_front
 
 if TYPE_CHECKING:
     from .space import SearchSpec
@@ -25,25 +26,34 @@ class Snapshot:
     budget: int | None
     timeout_s: float | None
     objectives: list[str]
-    front: list[store.TrialRecord] = field(default_factory=list)
+    front: list[TrialRecord] = field(default_factory=list)
     finished_this_run: int = 0
 
     @classmethod
-    def of(cls, records: list[store.TrialRecord], spec: "SearchSpec", elapsed_s: float, running: int,
-           finished_this_run: int) -> "Snapshot":
-        counts = {s: 0 for s in (store.COMPLETE, store.PRUNED, store.FAILED, store.REJECTED)}
+    def of(
+        cls, records: list[TrialRecord], spec: SearchSpec, elapsed_s: float, running: int, finished_this_run: int
+    ) -> Snapshot:
+        counts = dict.fromkeys((COMPLETE, PRUNED, FAILED, REJECTED), 0)
         for record in records:
             if record.status in counts:
                 counts[record.status] += 1
-        counts[store.RUNNING] = running
-        on_front = store.pareto_front(records, spec.directions)
+        counts[RUNNING] = running
+        on_front = pareto_front(records, spec.directions)
         timeout = spec.trials.timeout_minutes * 60 if spec.trials.timeout_minutes else None
-        return cls(spec.study.name, elapsed_s, counts, spec.trials.count, timeout,
-                   [o.name for o in spec.objectives], on_front, finished_this_run)
+        return cls(
+            spec.study.name,
+            elapsed_s,
+            counts,
+            spec.trials.count,
+            timeout,
+            [o.name for o in spec.objectives],
+            on_front,
+            finished_this_run,
+        )
 
     @property
     def done(self) -> int:
-        return sum(self.counts[s] for s in store.COUNTED)
+        return sum(self.counts[s] for s in COUNTED)
 
     def eta_s(self) -> float | None:
         """Time left: the larger of what the trial count needs at this run's pace, capped by the timeout."""
@@ -60,7 +70,11 @@ def _clock(seconds: float | None) -> str:
     if seconds is None:
         return "?"
     seconds = int(seconds)
-    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}" if seconds >= 3600 else f"{seconds // 60}:{seconds % 60:02d}"
+    return (
+        f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+        if seconds >= 3600
+        else f"{seconds // 60}:{seconds % 60:02d}"
+    )
 
 
 class Display:
@@ -76,9 +90,11 @@ class Display:
         """Whether a live view is on screen (and so wants snapshots)."""
         return self.live_view is not None
 
-    def start(self, spec: "SearchSpec") -> None:
-        self.log(f"study {spec.study.name!r}: {len(spec.params)} parameters, objectives "
-                 f"{', '.join(f'{o.name} ({o.direction})' for o in spec.objectives)}, {spec.trials.parallel} in parallel")
+    def start(self, spec: SearchSpec) -> None:
+        self.log(
+            f"study {spec.study.name!r}: {len(spec.params)} parameters, objectives "
+            f"{', '.join(f'{o.name} ({o.direction})' for o in spec.objectives)}, {spec.trials.parallel} in parallel"
+        )
         if not self.quiet:
             self.live_view = Live(Text("starting..."), console=self.console, auto_refresh=False, transient=False)
             self.live_view.start()
@@ -90,7 +106,7 @@ class Display:
 
     def trial_ended(self, number: int, status: str, curve: list[float], gmacs: float, reason: str | None) -> None:
         accuracy = f", accuracy {curve[-1]:.3f} after {len(curve)} epochs" if curve else ""
-        why = f" ({reason.splitlines()[0]})" if reason and status != store.COMPLETE else ""
+        why = f" ({reason.splitlines()[0]})" if reason and status != COMPLETE else ""
         self.log(f"trial {number} {status}{accuracy}, {gmacs:.4g} GMACs{why}")
 
     def update(self, snapshot: Snapshot) -> None:
@@ -104,9 +120,11 @@ class Display:
             self.live_view = None
         else:
             c = snapshot.counts
-            self.log(f"finished: {c[store.COMPLETE]} complete, {c[store.PRUNED]} pruned, {c[store.FAILED]} failed, "
-                     f"{c[store.REJECTED]} rejected in {_clock(snapshot.elapsed_s)}; front: "
-                     + "; ".join(f"#{r.number} {r.label} {_values(r)}" for r in snapshot.front))
+            self.log(
+                f"finished: {c[COMPLETE]} complete, {c[PRUNED]} pruned, {c[FAILED]} failed, "
+                f"{c[REJECTED]} rejected in {_clock(snapshot.elapsed_s)}; front: "
+                + "; ".join(f"#{r.number} {r.label} {_values(r)}" for r in snapshot.front)
+            )
 
     def render(self, snapshot: Snapshot) -> Group:
         c = snapshot.counts
@@ -114,9 +132,17 @@ class Display:
         header = Text.assemble(
             (f" {snapshot.study} ", "bold reverse"),
             f"  {_clock(snapshot.elapsed_s)} elapsed, about {_clock(snapshot.eta_s())} left\n",
-            f" done {snapshot.done}{budget}   ", ("running ", "cyan"), f"{c[store.RUNNING]}   ",
-            ("complete ", "green"), f"{c[store.COMPLETE]}   ", ("pruned ", "yellow"), f"{c[store.PRUNED]}   ",
-            ("failed ", "red"), f"{c[store.FAILED]}   ", ("rejected ", "magenta"), f"{c[store.REJECTED]}",
+            f" done {snapshot.done}{budget}   ",
+            ("running ", "cyan"),
+            f"{c[RUNNING]}   ",
+            ("complete ", "green"),
+            f"{c[COMPLETE]}   ",
+            ("pruned ", "yellow"),
+            f"{c[PRUNED]}   ",
+            ("failed ", "red"),
+            f"{c[FAILED]}   ",
+            ("rejected ", "magenta"),
+            f"{c[REJECTED]}",
         )
         table = Table(title="Pareto front", title_justify="left", expand=False)
         table.add_column("trial", justify="right")
@@ -129,5 +155,5 @@ class Display:
         return Group(header, table)
 
 
-def _values(record: store.TrialRecord) -> str:
+def _values(record: TrialRecord) -> str:
     return "/".join(f"{v:.4g}" for v in record.values or [])

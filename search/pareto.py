@@ -1,7 +1,8 @@
 """Pareto dominance, the one notion behind early stopping, the live front, the report and exports."""
+
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 Point = Sequence[float]
 
@@ -20,5 +21,6 @@ def dominates(a: Point, b: Point, directions: Sequence[str]) -> bool:
 
 def front(points: Sequence[Point], directions: Sequence[str]) -> list[int]:
     """Indices of the non-dominated points, in input order."""
-    return [i for i, p in enumerate(points)
-            if not any(dominates(q, p, directions) for j, q in enumerate(points) if j != i)]
+    return [
+        i for i, p in enumerate(points) if not any(dominates(q, p, directions) for j, q in enumerate(points) if j != i)
+    ]

@@ -4,20 +4,24 @@ Each reference is the WeightFormer block design with its mixer swapped (dynamic,
 attention, static), at the space's middle width and depth. A reference is enqueued only if the
 space can express it exactly: every value that defines it must be one the space can take.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import math
 from typing import Any
 
-from layers import PRESETS
-from layers.schema import ConfigError
+from layers import PRESETS, ConfigError
 
 from .space import Param, SearchSpec
 
 _WEIGHTFORMER = PRESETS["weightformer_tiny"]
-_PLACEMENT = {"every": _WEIGHTFORMER.every, "offset": _WEIGHTFORMER.offset, "kernel_size": _WEIGHTFORMER.kernel_size,
-              "mlp_ratio": _WEIGHTFORMER.mlp_ratio}
+_PLACEMENT = {
+    "every": _WEIGHTFORMER.every,
+    "offset": _WEIGHTFORMER.offset,
+    "kernel_size": _WEIGHTFORMER.kernel_size,
+    "mlp_ratio": _WEIGHTFORMER.mlp_ratio,
+}
 _DYNAMIC = {f"dynamic.{k}": v for k, v in dataclasses.asdict(_WEIGHTFORMER.dynamic).items() if k != "hyper_depth"}
 
 REFERENCES: dict[str, dict[str, Any]] = {

@@ -1,5 +1,6 @@
 """Optuna samplers by name. Multi-objective TPE (multivariate, grouped for conditional spaces,
 constant liar for parallel trials) is the default."""
+
 from __future__ import annotations
 
 import warnings
@@ -7,7 +8,7 @@ from typing import Any
 
 import optuna
 
-from layers.registry import Registry
+from layers import Registry
 
 SAMPLERS: Registry = Registry("sampler")
 

@@ -20,29 +20,41 @@
 Every problem is reported as ``SpaceError``: the file, the key path, what is wrong and what is
 allowed; the command line turns it into one message and exit code 2.
 """
+
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, get_type_hints
+from typing import Any, get_type_hints
 
 import optuna
 import yaml
 
-from layers import ArchConfig, complexity
-from layers.config import DynamicConfig, named_fields
-from layers.dynamic_linear import LINEAR_PREDICTORS
-from layers.pooling import pool_extent
-from layers.registry import unknown_name_message
-from layers.schema import ConfigError, build, coerce_fields, coerce_value, join, type_name
+from layers import (
+    LINEAR_PREDICTORS,
+    NAMED_FIELDS,
+    ArchConfig,
+    ConfigError,
+    DynamicConfig,
+    build,
+    coerce_fields,
+    coerce_value,
+    complexity,
+    join,
+    pool_extent,
+    type_name,
+    unknown_name_message,
+)
 
-from .data import DataError, DataInfo, DataSpec, describe
+from .defaults import DEFAULT_STORAGE
 from .samplers import SAMPLERS
-from .storage import DEFAULT_STORAGE
-from .train import TrainSpec
+from .training.data import DataError, DataInfo, DataSpec, describe
+from .training.trainer import TrainSpec
 
 OBJECTIVES = ("accuracy", "gmacs", "params", "latency")
 DIRECTIONS = ("maximize", "minimize")
@@ -70,8 +82,11 @@ class StudySection:
     def __post_init__(self) -> None:
         coerce_fields(self)
         if not STUDY_NAME.fullmatch(self.name) or ".." in self.name:
-            raise ConfigError("name", f"{self.name!r} must be letters, digits, '_', '-' and '.' only "
-                                      "(it names the folder results/<name>/), without '..'")
+            raise ConfigError(
+                "name",
+                f"{self.name!r} must be letters, digits, '_', '-' and '.' only "
+                "(it names the folder results/<name>/), without '..'",
+            )
 
 
 @dataclass(frozen=True)
@@ -252,8 +267,12 @@ class SearchSpec:
 
     def configs(self, values: Mapping[str, Any]) -> tuple[ArchConfig, TrainSpec]:
         """The architecture and training recipe of a set of parameter values (may raise ConfigError)."""
-        arch: dict[str, Any] = {"img_size": self.data_info.img_size, "in_chans": self.data_info.in_chans,
-                                "num_classes": self.data_info.num_classes, "dynamic": {}}
+        arch: dict[str, Any] = {
+            "img_size": self.data_info.img_size,
+            "in_chans": self.data_info.in_chans,
+            "num_classes": self.data_info.num_classes,
+            "dynamic": {},
+        }
         training: dict[str, Any] = {}
         for name, value in values.items():
             if name.startswith("training."):
@@ -269,8 +288,19 @@ class SearchSpec:
 
 
 # ---------------------------------------------------------------------- loading
-SECTIONS = ("study", "data", "training", "objectives", "budget", "trials", "sampler", "early_stopping",
-            "resources", "keep_weights", "space")
+SECTIONS = (
+    "study",
+    "data",
+    "training",
+    "objectives",
+    "budget",
+    "trials",
+    "sampler",
+    "early_stopping",
+    "resources",
+    "keep_weights",
+    "space",
+)
 
 
 def load_space(path: str | Path, *, storage: str | None = None) -> SearchSpec:
@@ -291,7 +321,9 @@ def load_space(path: str | Path, *, storage: str | None = None) -> SearchSpec:
     if data is None:
         raise SpaceError(source, "", "is empty: a space needs at least study.name and space")
     if not isinstance(data, dict):
-        raise SpaceError(source, "", f"must be a mapping of sections ({', '.join(SECTIONS)}), got {type(data).__name__}")
+        raise SpaceError(
+            source, "", f"must be a mapping of sections ({', '.join(SECTIONS)}), got {type(data).__name__}"
+        )
     try:
         return _parse(source, text, data, storage)
     except ConfigError as err:
@@ -317,20 +349,29 @@ def _parse(source: str, text: str, data: dict, storage: str | None) -> SearchSpe
         raise ConfigError("data.name", str(err)) from None
     training = build(TrainSpec, data.get("training") or {}, "training")
     stopping_raw = data.get("early_stopping", {})
-    early_stopping = None if stopping_raw is False else build(EarlyStoppingSection, stopping_raw or {}, "early_stopping")
+    early_stopping = (
+        None if stopping_raw is False else build(EarlyStoppingSection, stopping_raw or {}, "early_stopping")
+    )
     keep = data.get("keep_weights", "front")
     if keep not in KEEP_WEIGHTS:
         raise ConfigError("keep_weights", unknown_name_message("choice", keep, list(KEEP_WEIGHTS)))
     sampler_raw = data.get("sampler", "tpe")
     sampler = build(SamplerSection, {"name": sampler_raw} if isinstance(sampler_raw, str) else sampler_raw, "sampler")
     spec = SearchSpec(
-        source=source, text=text, study=study, data=data_spec, data_info=info, training=training,
+        source=source,
+        text=text,
+        study=study,
+        data=data_spec,
+        data_info=info,
+        training=training,
         objectives=_objectives(data.get("objectives", {"accuracy": "maximize", "gmacs": "minimize"})),
         budget=build(BudgetSection, data.get("budget") or {}, "budget"),
         trials=build(TrialsSection, data.get("trials") or {}, "trials"),
-        sampler=sampler, early_stopping=early_stopping,
+        sampler=sampler,
+        early_stopping=early_stopping,
         resources=build(ResourcesSection, data.get("resources") or {}, "resources"),
-        keep_weights=keep, params=_params(data["space"]),
+        keep_weights=keep,
+        params=_params(data["space"]),
     )
     _check_grids(spec)
     _check_fixed_budget(spec)
@@ -374,8 +415,10 @@ def _params(raw: Any) -> tuple[Param, ...]:
         for ref, allowed in param.when:
             where = f"space.{param.name}.when.{ref}"
             if ref not in params:
-                raise ConfigError(where, f"refers to {ref!r}, which is not a parameter of this space "
-                                         f"(parameters: {', '.join(params)})")
+                raise ConfigError(
+                    where,
+                    f"refers to {ref!r}, which is not a parameter of this space (parameters: {', '.join(params)})",
+                )
             possible = params[ref].possible()
             impossible = [v for v in allowed if possible is not None and v not in possible]
             if impossible:
@@ -396,7 +439,7 @@ def _param(name: str, spec: Any, hint: Any, path: str) -> Param:
     if len(set(kinds)) != 1:
         raise ConfigError(path, "give exactly one of: choices: [...], low: and high:, or a fixed value")
     when = _when(spec.get("when"), join(path, "when"))
-    registry = named_fields().get(name)
+    registry = NAMED_FIELDS.get(name)
 
     def check_value(value: Any, where: str) -> Any:
         value = coerce_value(value, hint, where)
@@ -428,13 +471,17 @@ def _param(name: str, spec: Any, hint: Any, path: str) -> Param:
             raise ConfigError(path, "a range needs both low: and high:")
         value = spec[key]
         if isinstance(value, str):
-            try:
+            with contextlib.suppress(ValueError):  # left as it is, and refused just below
                 value = float(value)
-            except ValueError:
-                pass
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or \
-                (numeric is int and not isinstance(value, int) and value != int(value)):
-            raise ConfigError(join(path, key), f"expected {'an integer' if numeric is int else 'a number'}, got {spec[key]!r}")
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, (int, float))
+            or not math.isfinite(value)
+            or (numeric is int and not isinstance(value, int) and value != int(value))
+        ):
+            raise ConfigError(
+                join(path, key), f"expected {'an integer' if numeric is int else 'a number'}, got {spec[key]!r}"
+            )
         spec = {**spec, key: numeric(value)}
     low, high, log, step = spec["low"], spec["high"], spec.get("log", False), spec.get("step")
     if not isinstance(log, bool):
@@ -467,7 +514,7 @@ def _ordered(params: dict[str, Param]) -> list[Param]:
         if name in done:
             return
         if name in visiting:
-            cycle = " -> ".join(visiting[visiting.index(name):] + [name])
+            cycle = " -> ".join([*visiting[visiting.index(name) :], name])
             raise ConfigError(f"space.{name}.when", f"conditions form a cycle: {cycle}")
         visiting.append(name)
         for ref, _ in params[name].when:
@@ -495,9 +542,12 @@ def _check_grids(spec: SearchSpec) -> None:
     for pool in pool_param.possible():
         extent = pool_extent(pool)
         if extent is not None and extent > largest_side:
-            raise ConfigError("space.dynamic.pool", f"{pool!r} needs a token grid of at least {extent}x{extent}, "
-                                                      f"but the largest this space makes is {largest_side} tokens on its "
-                                                      f"short side ({height}x{width} input, patch {min(patches)})")
+            raise ConfigError(
+                "space.dynamic.pool",
+                f"{pool!r} needs a token grid of at least {extent}x{extent}, "
+                f"but the largest this space makes is {largest_side} tokens on its "
+                f"short side ({height}x{width} input, patch {min(patches)})",
+            )
 
 
 def _check_fixed_budget(spec: SearchSpec) -> None:

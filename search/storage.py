@@ -4,21 +4,24 @@ SQLite is put in WAL mode with a long busy timeout: the driver is the only write
 (optuna-dashboard, the report) never block it. Passwords never appear in messages: every URL
 shown to a user goes through ``masked``.
 """
+
 from __future__ import annotations
 
 import sqlite3
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, TypeVar
+from typing import TypeVar
 
 import optuna
 import sqlalchemy
 import sqlalchemy.exc
 from sqlalchemy.engine import make_url
 
+from .defaults import DEFAULT_STORAGE
+
 T = TypeVar("T")
 SUPPORTED = ("sqlite", "postgresql")
-DEFAULT_STORAGE = "sqlite:///results/search.db"
 
 
 class StorageError(RuntimeError):
@@ -36,11 +39,15 @@ def _parse(url: str):
     try:
         parsed = make_url(url)
     except Exception:
-        raise StorageError(f"cannot parse storage URL {masked(url)!r}: expected sqlite:///path.db or "
-                           "postgresql://user@host:port/database") from None
+        raise StorageError(
+            f"cannot parse storage URL {masked(url)!r}: expected sqlite:///path.db or "
+            "postgresql://user@host:port/database"
+        ) from None
     if parsed.get_backend_name() not in SUPPORTED:
-        raise StorageError(f"storage {masked(url)!r}: unsupported database {parsed.get_backend_name()!r}; "
-                           f"supported: {', '.join(SUPPORTED)}")
+        raise StorageError(
+            f"storage {masked(url)!r}: unsupported database {parsed.get_backend_name()!r}; "
+            f"supported: {', '.join(SUPPORTED)}"
+        )
     return parsed
 
 
@@ -52,8 +59,9 @@ def check_storage(url: str) -> None:
     try:
         engine = sqlalchemy.create_engine(url, connect_args={"connect_timeout": 10})
     except ImportError as err:
-        raise StorageError(f"storage {masked(url)} needs a database driver: {err} "
-                           "(pip install 'dynamic-weight-search[postgres]')") from None
+        raise StorageError(
+            f"storage {masked(url)} needs a database driver: {err} (pip install 'dynamic-weight-search[postgres]')"
+        ) from None
     try:
         with engine.connect():
             pass
@@ -76,16 +84,22 @@ def open_storage(url: str, *, create: bool = True) -> optuna.storages.RDBStorage
     """An Optuna RDB storage for ``url``; ``create`` makes a missing SQLite file's folder."""
     parsed = _parse(url)
     backend = parsed.get_backend_name()
-    engine_kwargs = {"pool_pre_ping": True,
-                     "connect_args": {"timeout": 60} if backend == "sqlite" else {"connect_timeout": 10}}
+    engine_kwargs = {
+        "pool_pre_ping": True,
+        "connect_args": {"timeout": 60} if backend == "sqlite" else {"connect_timeout": 10},
+    }
     attempts = 0
     while True:
         try:
             if backend == "sqlite":
                 _prepare_sqlite(parsed.database, create)
             return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
-        except (sqlite3.OperationalError, sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError,
-                ImportError) as err:
+        except (
+            sqlite3.OperationalError,
+            sqlalchemy.exc.SQLAlchemyError,
+            optuna.exceptions.StorageInternalError,
+            ImportError,
+        ) as err:
             attempts += 1
             if attempts == 5 or not _created_alongside(err):
                 raise StorageError(f"cannot open storage {masked(url)}: {_first_line(err)}") from None
@@ -112,25 +126,32 @@ def _created_alongside(err: BaseException) -> bool:
     database at the same moment: PostgreSQL reports a duplicate key in its catalogue, SQLite a
     table that already exists or, while the other switches the file to WAL, a locked database."""
     return isinstance(err, sqlalchemy.exc.IntegrityError) or any(
-        sign in str(err) for sign in ("already exists", "database is locked"))
+        sign in str(err) for sign in ("already exists", "database is locked")
+    )
 
 
 def _first_line(err: BaseException) -> str:
     return str(getattr(err, "orig", None) or err).strip().splitlines()[0]
 
 
-def with_retries(action: Callable[[], T], what: str, *, patience_s: float = 120.0,
-                 on_retry: Callable[[str], None] | None = None) -> T:
+def with_retries(
+    action: Callable[[], T], what: str, *, patience_s: float = 120.0, on_retry: Callable[[str], None] | None = None
+) -> T:
     """Run a storage action, retrying through a database restart for up to ``patience_s``."""
     deadline, delay = time.monotonic() + patience_s, 0.5
     while True:
         try:
             return action()
-        except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError,
-                optuna.exceptions.StorageInternalError) as err:
+        except (
+            sqlalchemy.exc.OperationalError,
+            sqlalchemy.exc.InterfaceError,
+            optuna.exceptions.StorageInternalError,
+        ) as err:
             if time.monotonic() > deadline:
-                raise StorageError(f"the database did not come back within {patience_s:.0f} s while trying to "
-                                   f"{what}: {_first_line(err)}") from None
+                raise StorageError(
+                    f"the database did not come back within {patience_s:.0f} s while trying to "
+                    f"{what}: {_first_line(err)}"
+                ) from None
             if on_retry:
                 on_retry(f"database unavailable while trying to {what} ({_first_line(err)}); retrying in {delay:.1f} s")
             time.sleep(delay)

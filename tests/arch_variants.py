@@ -1,8 +1,8 @@
 """Small architectures that together cover every mixer and every value of every strategy axis."""
+
 from layers import ArchConfig
 
-BASE = ArchConfig(img_size=(20, 28), patch_size=4, embed_dim=16, depth=2, every=1, offset=0,
-                  num_classes=5, num_heads=2)
+BASE = ArchConfig(img_size=(20, 28), patch_size=4, embed_dim=16, depth=2, every=1, offset=0, num_classes=5, num_heads=2)
 
 AXES = {
     "linear_predictor": ["gap", "linear", "nonlinear", "bilateral", "deep"],

@@ -1,4 +1,5 @@
 """Shared fixtures: small search spaces, the PostgreSQL server CI provides, reading a study back."""
+
 from __future__ import annotations
 
 import os
@@ -9,7 +10,7 @@ import optuna
 import pytest
 import yaml
 
-from search import store
+from search.records import COUNTED, TrialRecord
 from search.storage import open_storage
 
 POSTGRES_ENV = "DWS_TEST_POSTGRES_URL"
@@ -24,9 +25,9 @@ def load_study(url: str, name: str = "tiny") -> optuna.Study:
     return optuna.load_study(study_name=name, storage=open_storage(url, create=False))
 
 
-def counted(records: list[store.TrialRecord]) -> list[store.TrialRecord]:
+def counted(records: list[TrialRecord]) -> list[TrialRecord]:
     """The trials the budget counts."""
-    return [r for r in records if r.status in store.COUNTED]
+    return [r for r in records if r.status in COUNTED]
 
 
 def write_space(folder: Path, name: str = "tiny", **sections) -> Path:

@@ -3,6 +3,7 @@
 Each case is a file under tests/bad_spaces/: its ``# expect:`` lines are fragments the message
 must contain, its ``# args:`` line extra command-line arguments. A new check adds a file.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -17,7 +18,7 @@ SPECIAL = {"empty": ["is empty"]}
 
 def header(path: Path, key: str) -> list[str]:
     prefix = f"# {key}:"
-    return [line[len(prefix):].strip() for line in path.read_text().splitlines() if line.startswith(prefix)]
+    return [line[len(prefix) :].strip() for line in path.read_text().splitlines() if line.startswith(prefix)]
 
 
 @pytest.mark.parametrize("path", CASES, ids=[p.stem for p in CASES])

@@ -1,9 +1,10 @@
 """GMACs: hand-derived counts for the dynamic linear layer, linear growth for the dynamic mixers."""
+
 import pytest
 import torch
 
 import layers
-from layers import ArchConfig, PRESETS
+from layers import PRESETS, ArchConfig
 from layers.dynamic_linear import DynamicLinear
 
 
@@ -85,7 +86,10 @@ def test_softmax_attention_grows_faster_than_linear():
     cfg = mixer_config("attention")
     small, large = layers.complexity(cfg, 448).macs, layers.complexity(cfg, 896).macs
     assert large / small > 4.2 * 1.5
-    assert large / small > layers.complexity(mixer_config("dynamic"), 896).macs / layers.complexity(mixer_config("dynamic"), 448).macs
+    assert (
+        large / small
+        > layers.complexity(mixer_config("dynamic"), 896).macs / layers.complexity(mixer_config("dynamic"), 448).macs
+    )
 
 
 def test_attention_macs_equal_the_hand_count():

@@ -1,13 +1,14 @@
 """The architecture config: exact round trips, and clear errors for what cannot be built."""
+
 import pytest
 import torch
+from arch_variants import VARIANTS
 
 import layers
-from arch_variants import VARIANTS
-from layers import ArchConfig, ConfigError, PRESETS
+from layers import PRESETS, ArchConfig, ConfigError
 
 
-@pytest.mark.parametrize("name", sorted(VARIANTS) + ["weightformer_tiny"])
+@pytest.mark.parametrize("name", [*sorted(VARIANTS), "weightformer_tiny"])
 @pytest.mark.parametrize("fmt", ["yaml", "json"])
 def test_round_trip_gives_the_same_config_and_the_same_model(name, fmt, tmp_path):
     cfg = VARIANTS.get(name) or PRESETS[name].replace(img_size=64, num_classes=10)
@@ -37,31 +38,38 @@ def test_int_and_list_forms_are_normalised():
     assert ArchConfig.from_dict({"dynamic": {"pool": "max2"}}).dynamic.pool == "max2"
 
 
-@pytest.mark.parametrize("data, path, fragment", [
-    ({"embed_dims": 64}, "embed_dims", "did you mean 'embed_dim'"),
-    ({"dynamic": {"pol": "avg2"}}, "dynamic.pol", "did you mean 'pool'"),
-    ({"depth": "six"}, "depth", "expected an integer"),
-    ({"depth": True}, "depth", "expected an integer"),
-    ({"dynamic": {"fc1": 1}}, "dynamic.fc1", "expected true or false"),
-    ({"img_size": [32, 32, 3]}, "img_size", "a list of 2 integers"),
-    ({"mixer": "transformer"}, "mixer", "allowed: attention, dynamic, linear_attention, static"),
-    ({"dynamic": {"linear_predictor": "bilaterl"}}, "dynamic.linear_predictor", "did you mean 'bilateral'"),
-    ({"dynamic": {"pool": "avg0"}}, "dynamic.pool", "at least 1"),
-    ({"dynamic": {"pool": "median2"}}, "dynamic.pool", "avg<int>"),
-    ({"dynamic": {"norm": "l2"}}, "dynamic.norm", "unit1"),
-    ({"dynamic": {"gate": "softmax"}}, "dynamic.gate", "sigmoid"),
-    ({"dynamic": {"conv_predictor": "big"}}, "dynamic.conv_predictor", "amp_dir"),
-    ({"dynamic": {"linear_act": "tanh"}}, "dynamic.linear_act", "silu"),
-    ({"dynamic": {"hyper_depth": 4}}, "dynamic.hyper_depth", "1, 2 or 3"),
-    ({"dynamic": {"rank_ratio": 5}}, "dynamic.rank_ratio", "does not divide"),
-    ({"dynamic": {"fc1": False, "dwc": False}}, "dynamic", "at least one of fc1, dwc, fc2"),
-    ({"img_size": 32, "patch_size": 8, "dynamic": {"pool": "avg8"}}, "dynamic.pool", "larger than the 4x4 token grid"),
-    ({"kernel_size": 4}, "kernel_size", "odd"),
-    ({"offset": -1}, "offset", "not be negative"),
-    ({"mixer": "attention", "num_heads": 5}, "num_heads", "not divisible"),
-    ({"img_size": 8}, "img_size", "smaller than the patch size"),
-    ({"mlp_ratio": float("nan")}, "mlp_ratio", "expected a number"),
-])
+@pytest.mark.parametrize(
+    "data, path, fragment",
+    [
+        ({"embed_dims": 64}, "embed_dims", "did you mean 'embed_dim'"),
+        ({"dynamic": {"pol": "avg2"}}, "dynamic.pol", "did you mean 'pool'"),
+        ({"depth": "six"}, "depth", "expected an integer"),
+        ({"depth": True}, "depth", "expected an integer"),
+        ({"dynamic": {"fc1": 1}}, "dynamic.fc1", "expected true or false"),
+        ({"img_size": [32, 32, 3]}, "img_size", "a list of 2 integers"),
+        ({"mixer": "transformer"}, "mixer", "allowed: attention, dynamic, linear_attention, static"),
+        ({"dynamic": {"linear_predictor": "bilaterl"}}, "dynamic.linear_predictor", "did you mean 'bilateral'"),
+        ({"dynamic": {"pool": "avg0"}}, "dynamic.pool", "at least 1"),
+        ({"dynamic": {"pool": "median2"}}, "dynamic.pool", "avg<int>"),
+        ({"dynamic": {"norm": "l2"}}, "dynamic.norm", "unit1"),
+        ({"dynamic": {"gate": "softmax"}}, "dynamic.gate", "sigmoid"),
+        ({"dynamic": {"conv_predictor": "big"}}, "dynamic.conv_predictor", "amp_dir"),
+        ({"dynamic": {"linear_act": "tanh"}}, "dynamic.linear_act", "silu"),
+        ({"dynamic": {"hyper_depth": 4}}, "dynamic.hyper_depth", "1, 2 or 3"),
+        ({"dynamic": {"rank_ratio": 5}}, "dynamic.rank_ratio", "does not divide"),
+        ({"dynamic": {"fc1": False, "dwc": False}}, "dynamic", "at least one of fc1, dwc, fc2"),
+        (
+            {"img_size": 32, "patch_size": 8, "dynamic": {"pool": "avg8"}},
+            "dynamic.pool",
+            "larger than the 4x4 token grid",
+        ),
+        ({"kernel_size": 4}, "kernel_size", "odd"),
+        ({"offset": -1}, "offset", "not be negative"),
+        ({"mixer": "attention", "num_heads": 5}, "num_heads", "not divisible"),
+        ({"img_size": 8}, "img_size", "smaller than the patch size"),
+        ({"mlp_ratio": float("nan")}, "mlp_ratio", "expected a number"),
+    ],
+)
 def test_invalid_configs_name_the_key_and_what_is_allowed(data, path, fragment):
     with pytest.raises(ConfigError) as info:
         ArchConfig.from_dict(data)

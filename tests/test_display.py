@@ -1,27 +1,48 @@
 """The live view: counts, the current front, elapsed time and the estimate of what is left."""
+
 from io import StringIO
 from pathlib import Path
 
 from rich.console import Console
 
-from search import store
 from search.display import Display, Snapshot
+from search.records import COMPLETE, FAILED, PRUNED, REJECTED, RUNNING, TrialRecord
 from search.space import load_space
 
 SPACE = load_space(Path(__file__).resolve().parent.parent / "spaces" / "dynamic.yaml")  # count 24, 9 minutes
 
 
 def record(number, status, values=None, curve=(), reference=None, mixer="dynamic"):
-    arch = {"mixer": mixer, "embed_dim": 32, "depth": 4, "every": 3, "offset": 1,
-            "dynamic": {"linear_predictor": "bilateral"}}
-    return store.TrialRecord(number=number, state="COMPLETE", status=status, params={}, values=values,
-                             arch=arch, curve=list(curve), reference=reference, gmacs=0.001, mparams=0.1)
+    arch = {
+        "mixer": mixer,
+        "embed_dim": 32,
+        "depth": 4,
+        "every": 3,
+        "offset": 1,
+        "dynamic": {"linear_predictor": "bilateral"},
+    }
+    return TrialRecord(
+        number=number,
+        state="COMPLETE",
+        status=status,
+        params={},
+        values=values,
+        arch=arch,
+        curve=list(curve),
+        reference=reference,
+        gmacs=0.001,
+        mparams=0.1,
+    )
 
 
-RECORDS = [record(0, store.COMPLETE, [0.8, 0.002], [0.8], "weightformer"),
-           record(1, store.COMPLETE, [0.5, 0.001], [0.5], mixer="attention"),
-           record(2, store.COMPLETE, [0.4, 0.003], [0.4], mixer="static"),  # dominated by trial 0
-           record(3, store.PRUNED, None, [0.1]), record(4, store.REJECTED), record(5, store.FAILED)]
+RECORDS = [
+    record(0, COMPLETE, [0.8, 0.002], [0.8], "weightformer"),
+    record(1, COMPLETE, [0.5, 0.001], [0.5], mixer="attention"),
+    record(2, COMPLETE, [0.4, 0.003], [0.4], mixer="static"),  # dominated by trial 0
+    record(3, PRUNED, None, [0.1]),
+    record(4, REJECTED),
+    record(5, FAILED),
+]
 
 
 def snapshot() -> Snapshot:
@@ -30,7 +51,7 @@ def snapshot() -> Snapshot:
 
 def test_snapshot_counts_and_keeps_the_front_best_first():
     s = snapshot()
-    assert s.counts == {store.COMPLETE: 3, store.PRUNED: 1, store.FAILED: 1, store.REJECTED: 1, store.RUNNING: 2}
+    assert s.counts == {COMPLETE: 3, PRUNED: 1, FAILED: 1, REJECTED: 1, RUNNING: 2}
     assert [r.number for r in s.front] == [0, 1]  # trial 2 is dominated by trial 0
     # 19 of 24 to go at this run's pace would take 7:36, but the 9-minute timeout leaves 7:00.
     assert s.done == 5 and s.eta_s() == min(120.0 * 19 / 5, 9 * 60 - 120.0) == 420.0
@@ -50,8 +71,10 @@ def test_quiet_mode_logs_lines():
     out = StringIO()
     display = Display(quiet=True, console=Console(file=out, width=200))
     assert not display.live
-    display.trial_ended(7, store.PRUNED, [0.1, 0.2], 0.0012, "dominated at epoch 2 by trial 3")
+    display.trial_ended(7, PRUNED, [0.1, 0.2], 0.0012, "dominated at epoch 2 by trial 3")
     display.stop(snapshot())
     lines = out.getvalue().splitlines()
-    assert lines[0].endswith("trial 7 pruned, accuracy 0.200 after 2 epochs, 0.0012 GMACs (dominated at epoch 2 by trial 3)")
+    assert lines[0].endswith(
+        "trial 7 pruned, accuracy 0.200 after 2 epochs, 0.0012 GMACs (dominated at epoch 2 by trial 3)"
+    )
     assert "finished: 3 complete, 1 pruned, 1 failed, 1 rejected in 2:00" in lines[1]

@@ -1,6 +1,7 @@
 """Faults, with nothing lost and nothing counted twice: failing trials, killed workers, killed
 drivers, Ctrl-C, database connections dropped mid-run, two drivers on one study, concurrent
 readers of SQLite, and the safety rules (safe YAML, no pickled code, loopback, masked passwords)."""
+
 from __future__ import annotations
 
 import json
@@ -18,24 +19,25 @@ from pathlib import Path
 import optuna
 import pytest
 import torch
+from conftest import counted, load_study, sqlite_url, write_space
 from sqlalchemy.engine import make_url
 
-from conftest import counted, load_study, sqlite_url, write_space
-from search import store
 from search.cli import main
-from search.data import DataSpec
-from search.report import build_report
+from search.records import COMPLETE, FAILED, INTERRUPTED, RETRIED, RUNNING, STALE, TrialRecord, tell
+from search.records import records as read_records
+from search.results.report import build_report
 from search.storage import open_storage
-from search.train import Trainer, TrainSpec
-from search.trial import SegmentJob, run_segment
+from search.training.data import DataSpec
+from search.training.segment import SegmentJob, run_segment
+from search.training.trainer import Trainer, TrainSpec
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 # ---------------------------------------------------------------------- helpers
-def records(url: str, name: str = "tiny") -> list[store.TrialRecord]:
+def records(url: str, name: str = "tiny") -> list[TrialRecord]:
     try:
-        return store.records(load_study(url, name))
+        return read_records(load_study(url, name))
     except Exception:  # no database or no study yet
         return []
 
@@ -43,7 +45,13 @@ def records(url: str, name: str = "tiny") -> list[store.TrialRecord]:
 def start_driver(space: Path, results: Path, **popen) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "search", "run", "--space", str(space), "--results", str(results), "--quiet"],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True, **popen)
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+        **popen,
+    )
 
 
 def wait_for(predicate, timeout: float, what: str, process: subprocess.Popen | None = None) -> None:
@@ -55,7 +63,7 @@ def wait_for(predicate, timeout: float, what: str, process: subprocess.Popen | N
         time.sleep(0.2)
 
 
-def check_accounting(recs: list[store.TrialRecord], budget: int) -> None:
+def check_accounting(recs: list[TrialRecord], budget: int) -> None:
     """Exactly the budget counted, no trial left running, each interrupted trial retried once."""
     assert len(counted(recs)) == budget
     assert all(r.state != "RUNNING" for r in recs)
@@ -63,16 +71,26 @@ def check_accounting(recs: list[store.TrialRecord], budget: int) -> None:
     assert len(retried) == len(set(retried))  # no trial retried twice
     by_number = {r.number: r for r in recs}
     for original in retried:  # an original that was retried never counts itself
-        assert by_number[original].status in store.RETRIED
+        assert by_number[original].status in RETRIED
     for r in recs:
-        if r.status in store.RETRIED:
+        if r.status in RETRIED:
             assert r.number in retried or r.state == "WAITING", f"trial {r.number} was never retried"
 
 
 def segment_job(**changes) -> SegmentJob:
     arch = {"img_size": [8, 8], "in_chans": 1, "num_classes": 10, "patch_size": 2, "embed_dim": 16, "depth": 2}
-    job = dict(arch=arch, training=TrainSpec(epochs=1, batch_size=64), data=DataSpec(name="digits"), seed=0,
-               start_epoch=0, stop_epoch=1, use_gpu=False, threads=1, measure_latency=False, return_weights=False)
+    job = dict(
+        arch=arch,
+        training=TrainSpec(epochs=1, batch_size=64),
+        data=DataSpec(name="digits"),
+        seed=0,
+        start_epoch=0,
+        stop_epoch=1,
+        use_gpu=False,
+        threads=1,
+        measure_latency=False,
+        return_weights=False,
+    )
     return SegmentJob(**{**job, **changes})
 
 
@@ -112,10 +130,18 @@ def kill_a_worker_once(stop: threading.Event, killed: list[int]) -> None:
 
 @pytest.mark.parametrize("retries", [2, 0])
 def test_a_worker_killed_mid_trial_is_retried(tmp_path, retries):
-    space = write_space(tmp_path, data={"name": "digit-pairs", "pairs": 2000}, training={"epochs": 2},
-                        trials={"count": 3, "parallel": 2, "retries": retries},
-                        space={"patch_size": 4, "num_heads": 2, "mixer": {"choices": ["static", "attention"]},
-                               "embed_dim": {"choices": [16, 32]}})
+    space = write_space(
+        tmp_path,
+        data={"name": "digit-pairs", "pairs": 2000},
+        training={"epochs": 2},
+        trials={"count": 3, "parallel": 2, "retries": retries},
+        space={
+            "patch_size": 4,
+            "num_heads": 2,
+            "mixer": {"choices": ["static", "attention"]},
+            "embed_dim": {"choices": [16, 32]},
+        },
+    )
     stop, killed = threading.Event(), []
     killer = threading.Thread(target=kill_a_worker_once, args=(stop, killed))
     killer.start()
@@ -127,7 +153,7 @@ def test_a_worker_killed_mid_trial_is_retried(tmp_path, retries):
     assert killed, "no worker was killed"
     recs = records(sqlite_url(tmp_path))
     check_accounting(recs, 3)
-    failed = [r for r in recs if r.status == store.FAILED]
+    failed = [r for r in recs if r.status == FAILED]
     if retries:
         assert failed == []  # Ray re-ran the killed segment and the trial finished
     else:
@@ -137,13 +163,21 @@ def test_a_worker_killed_mid_trial_is_retried(tmp_path, retries):
 # ---------------------------------------------------------------------- killed drivers
 def test_the_driver_killed_at_several_points_loses_nothing(tmp_path):
     budget = 6
-    space = write_space(tmp_path, data={"name": "digit-pairs", "pairs": 2000}, training={"epochs": 2},
-                        trials={"count": budget, "parallel": 2},
-                        space={"patch_size": 4, "num_heads": 2, "mixer": {"choices": ["static", "attention", "dynamic"]},
-                               "embed_dim": {"choices": [16, 32]}})
+    space = write_space(
+        tmp_path,
+        data={"name": "digit-pairs", "pairs": 2000},
+        training={"epochs": 2},
+        trials={"count": budget, "parallel": 2},
+        space={
+            "patch_size": 4,
+            "num_heads": 2,
+            "mixer": {"choices": ["static", "attention", "dynamic"]},
+            "embed_dim": {"choices": [16, 32]},
+        },
+    )
     url = sqlite_url(tmp_path)
     kill_points = [
-        ("a trial running", lambda: any(r.status == store.RUNNING for r in records(url))),
+        ("a trial running", lambda: any(r.status == RUNNING for r in records(url))),
         ("2 trials done", lambda: len(counted(records(url))) >= 2),
         ("4 trials done", lambda: len(counted(records(url))) >= 4),
     ]
@@ -159,16 +193,25 @@ def test_the_driver_killed_at_several_points_loses_nothing(tmp_path):
     assert main(["run", "--space", str(space), "--results", str(tmp_path / "results"), "--quiet"]) == 0
     recs = records(url)
     check_accounting(recs, budget)
-    assert any(r.status == store.STALE for r in recs)  # the kills did catch trials mid-run
+    assert any(r.status == STALE for r in recs)  # the kills did catch trials mid-run
 
 
 def test_ctrl_c_stops_cleanly_and_a_rerun_resumes(tmp_path):
-    space = write_space(tmp_path, data={"name": "digit-pairs", "pairs": 2000}, training={"epochs": 3}, trials={"count": 3, "parallel": 2},
-                        space={"patch_size": 4, "num_heads": 2, "mixer": {"choices": ["static", "attention"]},
-                               "embed_dim": {"choices": [16, 32]}})
+    space = write_space(
+        tmp_path,
+        data={"name": "digit-pairs", "pairs": 2000},
+        training={"epochs": 3},
+        trials={"count": 3, "parallel": 2},
+        space={
+            "patch_size": 4,
+            "num_heads": 2,
+            "mixer": {"choices": ["static", "attention"]},
+            "embed_dim": {"choices": [16, 32]},
+        },
+    )
     url = sqlite_url(tmp_path)
     driver = start_driver(space, tmp_path / "results")
-    wait_for(lambda: sum(r.status == store.RUNNING for r in records(url)) >= 2, 120, "two running trials", driver)
+    wait_for(lambda: sum(r.status == RUNNING for r in records(url)) >= 2, 120, "two running trials", driver)
     time.sleep(1.0)
     started = time.monotonic()
     os.killpg(driver.pid, signal.SIGINT)  # what a terminal's Ctrl-C does: the whole process group
@@ -177,7 +220,7 @@ def test_ctrl_c_stops_cleanly_and_a_rerun_resumes(tmp_path):
     assert driver.returncode == 130, out
     assert "Traceback" not in out and "run the same command again to resume" in out
     recs = records(url)
-    interrupted = [r for r in recs if r.status == store.INTERRUPTED]
+    interrupted = [r for r in recs if r.status == INTERRUPTED]
     assert interrupted and all(r.reason == "interrupted" and r.state == "FAIL" for r in interrupted)
     assert not any(r.state == "RUNNING" for r in recs)
     assert subprocess.run(["pgrep", "-f", "^ray::run_segment"], capture_output=True).returncode != 0  # trials stopped
@@ -192,9 +235,13 @@ def drop_connections(url: str, database: str) -> int:
     engine = sqlalchemy.create_engine(url)
     try:
         with engine.connect() as connection:
-            rows = connection.execute(sqlalchemy.text(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                "WHERE datname = :db AND pid <> pg_backend_pid()"), {"db": database}).fetchall()
+            rows = connection.execute(
+                sqlalchemy.text(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE datname = :db AND pid <> pg_backend_pid()"
+                ),
+                {"db": database},
+            ).fetchall()
             return len(rows)
     finally:
         engine.dispose()
@@ -209,8 +256,10 @@ def outage(url: str, database: str, seconds: float) -> None:
         with admin.connect() as connection:
             connection.execute(sqlalchemy.text(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS false'))
             try:
-                connection.execute(sqlalchemy.text(
-                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :db"), {"db": database})
+                connection.execute(
+                    sqlalchemy.text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :db"),
+                    {"db": database},
+                )
                 time.sleep(seconds)
             finally:
                 connection.execute(sqlalchemy.text(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS true'))
@@ -223,10 +272,20 @@ def named_space(tmp_path: Path, name: str, url: str, **sections) -> Path:
 
 
 def test_dropped_connections_and_an_outage_are_survived(tmp_path, postgres_url, unique_name):
-    space = named_space(tmp_path, unique_name, postgres_url, data={"name": "digit-pairs", "pairs": 2000}, training={"epochs": 2},
-                        trials={"count": 4, "parallel": 2},
-                        space={"patch_size": 4, "num_heads": 2, "mixer": {"choices": ["static", "attention"]},
-                               "embed_dim": {"choices": [16, 32]}})
+    space = named_space(
+        tmp_path,
+        unique_name,
+        postgres_url,
+        data={"name": "digit-pairs", "pairs": 2000},
+        training={"epochs": 2},
+        trials={"count": 4, "parallel": 2},
+        space={
+            "patch_size": 4,
+            "num_heads": 2,
+            "mixer": {"choices": ["static", "attention"]},
+            "embed_dim": {"choices": [16, 32]},
+        },
+    )
     driver = start_driver(space, tmp_path / "results")
     database = make_url(postgres_url).database
     wait_for(lambda: len(counted(records(postgres_url, unique_name))) >= 1, 240, "a finished trial", driver)
@@ -248,15 +307,16 @@ def test_two_drivers_share_one_postgres_study(tmp_path, postgres_url, unique_nam
     numbers = [r.number for r in recs]
     assert len(numbers) == len(set(numbers))
     check_accounting(recs, 8)  # the total budget, not 8 each
-    drivers_seen = {t.user_attrs.get("driver") for t in load_study(postgres_url, unique_name).trials if t.state.is_finished()}
+    drivers_seen = {
+        t.user_attrs.get("driver") for t in load_study(postgres_url, unique_name).trials if t.state.is_finished()
+    }
     assert len(drivers_seen) == 2  # both did work
     references = [r.reference for r in recs if r.reference and r.retry_of is None]
     assert sorted(references) == sorted(set(references))  # the references were enqueued once
 
 
 def test_four_parallel_trials_and_a_reader_never_lock_sqlite(tmp_path):
-    space = write_space(tmp_path, trials={"count": 8, "parallel": 4}, resources={"cpus": 0.5},
-                        training={"epochs": 3})
+    space = write_space(tmp_path, trials={"count": 8, "parallel": 4}, resources={"cpus": 0.5}, training={"epochs": 3})
     url = sqlite_url(tmp_path)
     driver = start_driver(space, tmp_path / "results")
     errors, reads = [], 0
@@ -341,9 +401,25 @@ def test_the_dashboard_listens_on_loopback_only(tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    server = subprocess.Popen([sys.executable, "-m", "search", "dashboard", "--study", "tiny", "--storage",
-                               sqlite_url(tmp_path), "--port", str(port)],
-                              cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "search",
+            "dashboard",
+            "--study",
+            "tiny",
+            "--storage",
+            sqlite_url(tmp_path),
+            "--port",
+            str(port),
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     try:
         wait_for(lambda: _answers(f"http://127.0.0.1:{port}/api/meta"), 60, "the dashboard", server)
         address = outbound_address()
@@ -367,7 +443,9 @@ def _answers(url: str) -> bool:
 def test_passwords_never_appear(tmp_path, postgres_url, unique_name, capsys):
     parsed = make_url(postgres_url)
     with_password = parsed.set(password="hunter2-secret").render_as_string(hide_password=False)
-    space = named_space(tmp_path, unique_name, with_password, trials={"count": 2, "parallel": 2}, training={"epochs": 1})
+    space = named_space(
+        tmp_path, unique_name, with_password, trials={"count": 2, "parallel": 2}, training={"epochs": 1}
+    )
     assert main(["run", "--space", str(space), "--results", str(tmp_path / "results"), "--quiet"]) == 0
     args = ["--study", unique_name, "--storage", with_password, "--results", str(tmp_path / "results")]
     assert main(["report", *args]) == 0
@@ -388,10 +466,8 @@ def idle_driver(tmp_path: Path):
     from search.driver import Driver
     from search.space import load_space
 
-    spec = load_space(write_space(tmp_path))
-    driver = Driver(spec, results=tmp_path / "results")
-    driver.study = optuna.create_study(study_name="tiny", storage=open_storage(spec.study.storage),
-                                       directions=spec.directions)
+    driver = Driver(load_space(write_space(tmp_path)), results=tmp_path / "results")
+    driver.open()
     return driver
 
 
@@ -400,7 +476,7 @@ def waiting(study: optuna.Study) -> int:
 
 
 def heartbeat(study: optuna.Study, driver: str, pid: int) -> None:
-    from search.driver import beat_key
+    from search.recovery import beat_key
 
     study.set_user_attr(beat_key(driver), {"host": socket.gethostname(), "pid": pid, "beat": time.time()})
 
@@ -413,59 +489,59 @@ def dead_pid() -> int:
 
 def test_a_trial_another_driver_has_just_asked_is_left_alone(tmp_path):
     driver = idle_driver(tmp_path)
-    heartbeat(driver.study, "other", os.getpid())  # a live driver...
-    driver.study.ask()  # ...has claimed a trial and not yet written its name on it
-    driver._reconcile()
-    assert driver.study.trials[0].state == optuna.trial.TrialState.RUNNING and waiting(driver.study) == 0
+    heartbeat(driver.client.study, "other", os.getpid())  # a live driver...
+    driver.client.study.ask()  # ...has claimed a trial and not yet written its name on it
+    driver.recovery.reconcile()
+    assert driver.client.study.trials[0].state == optuna.trial.TrialState.RUNNING and waiting(driver.client.study) == 0
 
 
 def test_a_trial_claimed_by_a_driver_killed_before_it_named_itself_is_retried(tmp_path):
     driver = idle_driver(tmp_path)
-    heartbeat(driver.study, "killed", dead_pid())
-    driver.study.ask()  # the killed driver's last act: a claim it never named
-    driver._reconcile()
-    assert driver.study.trials[0].user_attrs["status"] == store.STALE and waiting(driver.study) == 1
+    heartbeat(driver.client.study, "killed", dead_pid())
+    driver.client.study.ask()  # the killed driver's last act: a claim it never named
+    driver.recovery.reconcile()
+    assert driver.client.study.trials[0].user_attrs["status"] == STALE and waiting(driver.client.study) == 1
 
 
 def test_a_trial_of_a_dead_driver_is_failed_and_retried_once(tmp_path):
     driver = idle_driver(tmp_path)
-    trial = driver.study.ask({"mixer": optuna.distributions.CategoricalDistribution(["static"])})
+    trial = driver.client.study.ask({"mixer": optuna.distributions.CategoricalDistribution(["static"])})
     trial.set_user_attr("driver", "gone")
-    trial.set_user_attr("status", store.RUNNING)
-    driver._reconcile()
-    assert driver.study.trials[0].user_attrs["status"] == store.STALE and waiting(driver.study) == 1
-    retry = driver.study.trials[1]
+    trial.set_user_attr("status", RUNNING)
+    driver.recovery.reconcile()
+    assert driver.client.study.trials[0].user_attrs["status"] == STALE and waiting(driver.client.study) == 1
+    retry = driver.client.study.trials[1]
     assert retry.user_attrs["retry_of"] == 0 and retry.system_attrs["fixed_params"] == {"mixer": "static"}
 
 
 def test_a_reference_claimed_but_not_yet_sampled_is_retried_as_the_reference(tmp_path):
     driver = idle_driver(tmp_path)
-    heartbeat(driver.study, "killed", dead_pid())
-    driver.study.enqueue_trial({"mixer": "static"}, user_attrs={"reference": "static"})
-    driver.study.ask()  # claimed, killed before it sampled its queued parameters
-    driver._reconcile()
-    retry = driver.study.trials[1]
+    heartbeat(driver.client.study, "killed", dead_pid())
+    driver.client.study.enqueue_trial({"mixer": "static"}, user_attrs={"reference": "static"})
+    driver.client.study.ask()  # claimed, killed before it sampled its queued parameters
+    driver.recovery.reconcile()
+    retry = driver.client.study.trials[1]
     assert retry.system_attrs["fixed_params"] == {"mixer": "static"} and retry.user_attrs["reference"] == "static"
 
 
 def test_a_retry_recorded_but_not_queued_before_a_crash_is_queued(tmp_path):
     driver = idle_driver(tmp_path)
-    trial = driver.study.ask({"mixer": optuna.distributions.CategoricalDistribution(["static"])})
+    trial = driver.client.study.ask({"mixer": optuna.distributions.CategoricalDistribution(["static"])})
     trial.set_user_attr("driver", "gone")
-    trial.set_user_attr("status", store.STALE)  # the dead driver recorded the retry and died
-    driver._reconcile()
-    assert driver.study.trials[0].state == optuna.trial.TrialState.FAIL and waiting(driver.study) == 1
-    assert driver.study.trials[1].user_attrs["retry_of"] == 0
+    trial.set_user_attr("status", STALE)  # the dead driver recorded the retry and died
+    driver.recovery.reconcile()
+    assert driver.client.study.trials[0].state == optuna.trial.TrialState.FAIL and waiting(driver.client.study) == 1
+    assert driver.client.study.trials[1].user_attrs["retry_of"] == 0
 
 
 def test_a_retry_queued_just_before_a_crash_is_not_queued_twice(tmp_path):
     driver = idle_driver(tmp_path)
-    trial = driver.study.ask()
+    trial = driver.client.study.ask()
     trial.set_user_attr("driver", "gone")
-    trial.set_user_attr("status", store.STALE)  # the dead driver had queued the retry...
-    driver.study.enqueue_trial({}, user_attrs={"retry_of": 0})  # ...but not told the trial
-    driver._reconcile()
-    assert driver.study.trials[0].state == optuna.trial.TrialState.FAIL and waiting(driver.study) == 1
+    trial.set_user_attr("status", STALE)  # the dead driver had queued the retry...
+    driver.client.study.enqueue_trial({}, user_attrs={"retry_of": 0})  # ...but not told the trial
+    driver.recovery.reconcile()
+    assert driver.client.study.trials[0].state == optuna.trial.TrialState.FAIL and waiting(driver.client.study) == 1
 
 
 def fail_once_after_the_claim(monkeypatch, study: optuna.Study) -> None:
@@ -483,55 +559,67 @@ def fail_once_after_the_claim(monkeypatch, study: optuna.Study) -> None:
     monkeypatch.setattr(study.sampler, "before_trial", flaky)
 
 
-@pytest.mark.parametrize("reply_lost", [False, True])
-def test_an_outage_while_sampling_is_retried_and_writes_each_parameter_once(tmp_path, monkeypatch, reply_lost):
+def drop_the_second_parameter_write(storage, reply_lost: bool) -> list[str]:
+    """Make the database fail the second parameter write, before its commit or just after it (the
+    reply is lost); returns the names of the parameters whose write was attempted, in order."""
     import sqlalchemy.exc
+    from sqlalchemy import event
 
-    from search.driver import Active
+    attempts: list[str] = []
+    lost = {"pending": False}
 
+    def on_execute(connection, cursor, statement, parameters, context, executemany):
+        if statement.lstrip().upper().startswith("INSERT INTO TRIAL_PARAMS"):
+            attempts.append(next(v for v in parameters if isinstance(v, str)))
+            if len(attempts) == 2:
+                if not reply_lost:
+                    raise sqlalchemy.exc.OperationalError(statement, parameters, Exception("server closed"))
+                lost["pending"] = True
+
+    def on_commit(connection):
+        if lost.pop("pending", False):
+            connection.connection.dbapi_connection.commit()  # the write lands...
+            raise sqlalchemy.exc.OperationalError("COMMIT", {}, Exception("server closed"))  # ...its reply does not
+
+    event.listen(storage.engine, "before_cursor_execute", on_execute)
+    event.listen(storage.engine, "commit", on_commit)
+    return attempts
+
+
+@pytest.mark.parametrize("reply_lost", [False, True])
+def test_an_outage_while_sampling_is_retried_and_writes_each_parameter_once(tmp_path, reply_lost):
     driver = idle_driver(tmp_path)
-    storage, writes = driver.study._storage, []
-    set_trial_param = storage.set_trial_param
-
-    def flaky(*args):
-        writes.append(args[1])
-        if len(writes) == 2:  # the second suggestion: the database drops before or after its commit
-            if reply_lost:
-                set_trial_param(*args)
-            raise sqlalchemy.exc.OperationalError("INSERT", {}, Exception("server closed the connection"))
-        return set_trial_param(*args)
-
-    monkeypatch.setattr(storage, "set_trial_param", flaky)
-    trial = driver._ask_trial()
-    active = Active(trial, trial.number, {}, 0)
-    params = driver._sample(active)
-    monkeypatch.undo()
-    stored = driver.study.trials[0].params
+    attempts = drop_the_second_parameter_write(driver.client.storage, reply_lost)
+    params = driver.client.sample(driver.client.claim(), driver.spec.sample)
+    stored = driver.client.study.trials[0].params
     searched = {p.name for p in driver.spec.params if not p.fixed and p.active(params)}
     assert stored == {name: params[name] for name in searched}  # every suggestion kept, as returned
-    assert len(driver.study.trials) == 1 and writes.count(writes[1]) == (1 if reply_lost else 2)
+    assert len(driver.client.study.trials) == 1 and attempts.count(attempts[1]) == (1 if reply_lost else 2)
 
 
 def test_an_outage_during_an_ask_claims_one_trial_not_two(tmp_path, monkeypatch):
     driver = idle_driver(tmp_path)
-    fail_once_after_the_claim(monkeypatch, driver.study)
-    trial = driver._ask_trial()
-    assert [t.number for t in driver.study.trials] == [trial.number] == [0]  # no orphan left RUNNING
+    fail_once_after_the_claim(monkeypatch, driver.client.study)
+    trial = driver.client.handle(driver.client.claim())
+    assert [t.number for t in driver.client.study.trials] == [trial.number] == [0]  # no orphan left RUNNING
 
 
 def test_an_outage_during_an_ask_never_loses_a_queued_trial(tmp_path, monkeypatch):
     driver = idle_driver(tmp_path)
-    driver.study.enqueue_trial({"mixer": "static"}, user_attrs={"reference": "static"})
-    fail_once_after_the_claim(monkeypatch, driver.study)
-    trial = driver._ask_trial()
-    assert trial.user_attrs["reference"] == "static" and len(driver.study.trials) == 1
-    assert driver.study.trials[0].state == optuna.trial.TrialState.RUNNING
+    driver.client.study.enqueue_trial({"mixer": "static"}, user_attrs={"reference": "static"})
+    fail_once_after_the_claim(monkeypatch, driver.client.study)
+    trial = driver.client.handle(driver.client.claim())
+    assert trial.user_attrs["reference"] == "static" and len(driver.client.study.trials) == 1
+    assert driver.client.study.trials[0].state == optuna.trial.TrialState.RUNNING
 
 
 def test_telling_a_trial_again_after_a_lost_reply_is_harmless(tmp_path):
     driver = idle_driver(tmp_path)
-    driver.study.ask()
-    values = [0.5] * len(driver.study.directions)
-    store.tell(driver.study, 0, store.COMPLETE, values)
-    store.tell(driver.study, 0, store.COMPLETE, values)  # the retry of a write that had landed
-    assert driver.study.trials[0].state == optuna.trial.TrialState.COMPLETE and driver.study.trials[0].values == values
+    driver.client.study.ask()
+    values = [0.5] * len(driver.client.study.directions)
+    tell(driver.client.study, 0, COMPLETE, values)
+    tell(driver.client.study, 0, COMPLETE, values)  # the retry of a write that had landed
+    assert (
+        driver.client.study.trials[0].state == optuna.trial.TrialState.COMPLETE
+        and driver.client.study.trials[0].values == values
+    )

@@ -1,9 +1,10 @@
 """Correctness of every layer variant: per-sample independence, gradients, shapes and dtypes."""
+
 import pytest
 import torch
+from arch_variants import BASE, VARIANTS
 
 import layers
-from arch_variants import BASE, VARIANTS
 
 NAMES = sorted(VARIANTS)
 
@@ -113,6 +114,7 @@ def test_adaptive_pools_fit_grids_smaller_than_their_output():
 
 def test_adaptive_pool_matches_torch():
     from layers.pooling import adaptive_avg_pool
+
     x = torch.randn(2, 13, 9, 4)
     for size in (1, 2, 3, 5):
         expected = torch.nn.functional.adaptive_avg_pool2d(x.permute(0, 3, 1, 2), size).permute(0, 2, 3, 1)

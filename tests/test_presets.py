@@ -1,15 +1,24 @@
-"""The WeightFormer presets are exactly DESIGN.md section 3, checked against a count made by hand."""
+"""The WeightFormer presets are exactly docs/design.md section 3, checked against a count made by hand."""
+
 import pytest
 import timm
 import torch
 
 import layers
-from layers import ArchConfig, PRESETS
+from layers import PRESETS, ArchConfig
 
 
-def weightformer_param_count(dim: int, classes: int = 1000, depth: int = 17, in_chans: int = 3,
-                             patch: int = 16, mlp_ratio: int = 4, rank_ratio: int = 4, k: int = 3) -> int:
-    """Parameter count derived from the layer list of DESIGN.md section 3, independent of the code."""
+def weightformer_param_count(
+    dim: int,
+    classes: int = 1000,
+    depth: int = 17,
+    in_chans: int = 3,
+    patch: int = 16,
+    mlp_ratio: int = 4,
+    rank_ratio: int = 4,
+    k: int = 3,
+) -> int:
+    """Parameter count derived from the layer list of docs/design.md section 3, independent of the code."""
     hidden = mlp_ratio * dim
     layer_norm = 2 * dim
     stem = in_chans * patch * patch * dim + dim + layer_norm
@@ -18,7 +27,9 @@ def weightformer_param_count(dim: int, classes: int = 1000, depth: int = 17, in_
     static_block = (dim * k * k + dim) + layer_norm + fc1 + fc2
     dyn_dwc = (dim * k * k + dim) + (dim * dim + dim) + dim * dim  # K0, bias, 1x1 conv + bias, 1x1 conv
     rank_in, rank_out = dim // rank_ratio, hidden // rank_ratio
-    dyn_fc1 = (dim * hidden + hidden) + (dim * (rank_in + rank_out) + rank_in + rank_out) + rank_in * dim + rank_out * hidden
+    dyn_fc1 = (
+        (dim * hidden + hidden) + (dim * (rank_in + rank_out) + rank_in + rank_out) + rank_in * dim + rank_out * hidden
+    )
     dynamic_block = layer_norm + dyn_dwc + layer_norm + dyn_fc1 + fc2
     dynamic = sum(1 for i in range(depth) if i % 3 == 1)
     head = layer_norm + dim * classes + classes
@@ -33,7 +44,9 @@ def test_hand_count_of_tiny_is_the_published_number():
     assert weightformer_param_count(192) == 7_074_184
 
 
-@pytest.mark.parametrize("name, dim", [("weightformer_tiny", 192), ("weightformer_small", 384), ("weightformer_base", 384)])
+@pytest.mark.parametrize(
+    "name, dim", [("weightformer_tiny", 192), ("weightformer_small", 384), ("weightformer_base", 384)]
+)
 def test_timm_presets_match_the_hand_count(name, dim):
     model = timm.create_model(name)
     assert n_params(model) == weightformer_param_count(dim)
@@ -60,8 +73,15 @@ def test_preset_init_follows_the_design():
     torch.manual_seed(0)
     model = layers.create_model(PRESETS["weightformer_tiny"])
     fc1 = model.blocks[1].mlp.fc1
-    for tensor in (fc1.weight, fc1.bias, fc1.factors.u, fc1.factors.v, model.blocks[1].mixer.weight,
-                   model.blocks[1].mixer.bias, model.head.weight):
+    for tensor in (
+        fc1.weight,
+        fc1.bias,
+        fc1.factors.u,
+        fc1.factors.v,
+        model.blocks[1].mixer.weight,
+        model.blocks[1].mixer.bias,
+        model.head.weight,
+    ):
         assert 0.015 < tensor.std() < 0.025  # truncated normal, std 0.02 (timm's convention: cut at +-2)
     assert torch.count_nonzero(model.head.bias) == 0
     assert torch.count_nonzero(fc1.factors.proj[0].bias) == 0

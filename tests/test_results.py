@@ -1,5 +1,6 @@
 """After a search: the HTML report in a real browser, optuna-dashboard's API, tables, exports,
 full training with resume, evaluation at another size, and the effective receptive field."""
+
 from __future__ import annotations
 
 import json
@@ -17,13 +18,13 @@ import pandas as pd
 import pytest
 import timm
 import torch
+from conftest import load_study, sqlite_url, write_space
 from safetensors.torch import load_file
 
 import layers
-from conftest import load_study, sqlite_url, write_space
-from search import store
 from search.cli import main
-from search.erf import effective_receptive_field
+from search.records import COMPLETE, TrialRecord
+from search.results.erf import effective_receptive_field
 
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "test-artifacts"
@@ -52,9 +53,17 @@ def test_report_renders_in_a_real_browser(searched):
     errors: list[str] = []
     requests: list[str] = []
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-            "--disable-sync", "--no-first-run"])
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM,
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--no-first-run",
+            ],
+        )
         page = browser.new_page(viewport={"width": 1200, "height": 900})
         page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
         page.on("pageerror", lambda error: errors.append(str(error)))
@@ -81,7 +90,9 @@ def external_resources(document: str) -> list[str]:
 
     class Collector(HTMLParser):
         def handle_starttag(self, tag, attrs):
-            found.extend(v for k, v in attrs if tag in ("script", "link", "img", "iframe") and k in ("src", "href") and v)
+            found.extend(
+                v for k, v in attrs if tag in ("script", "link", "img", "iframe") and k in ("src", "href") and v
+            )
 
     Collector().feed(document)
     return found
@@ -100,8 +111,14 @@ def get_json(url: str):
 
 def test_dashboard_serves_the_study_and_its_trials(searched):
     port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "search", "dashboard", *study_args(searched), "--port", str(port)],
-                              cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "search", "dashboard", *study_args(searched), "--port", str(port)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     try:
         deadline = time.monotonic() + 60
         while True:
@@ -132,8 +149,19 @@ def test_results_table_has_one_row_per_trial(searched, tmp_path, fmt):
     frame = {"csv": pd.read_csv, "parquet": pd.read_parquet, "json": pd.read_json}[fmt](out)
     study = load_study(sqlite_url(searched))
     assert len(frame) == len(study.trials)
-    for column in ("number", "status", "accuracy", "gmacs", "mparams", "latency_ms", "curve", "arch.embed_dim",
-                   "arch.dynamic.linear_predictor", "arch.mixer", "arch.img_size"):
+    for column in (
+        "number",
+        "status",
+        "accuracy",
+        "gmacs",
+        "mparams",
+        "latency_ms",
+        "curve",
+        "arch.embed_dim",
+        "arch.dynamic.linear_predictor",
+        "arch.mixer",
+        "arch.img_size",
+    ):
         assert column in frame.columns, column
     complete = frame[frame.status == "complete"]
     assert (complete.accuracy > 0).all() and (complete.gmacs > 0).all()
@@ -152,9 +180,15 @@ def test_export_builds_back_with_timm_and_gives_the_same_outputs(searched, tmp_p
         images = torch.randn(3, arch.in_chans, *arch.img_size)
         # The model as the search left it: its config and the weights the run kept.
         original = layers.create_model(arch).eval()
-        original.load_state_dict(load_file(str(searched / "results" / "tiny" / "weights" / f"trial_{number:05d}.safetensors")))
-        rebuilt = timm.create_model("dynamic_backbone", arch=str(folder / "arch.yaml"), pretrained=True,
-                                    pretrained_cfg_overlay={"file": str(folder / "weights.safetensors")}).eval()
+        original.load_state_dict(
+            load_file(str(searched / "results" / "tiny" / "weights" / f"trial_{number:05d}.safetensors"))
+        )
+        rebuilt = timm.create_model(
+            "dynamic_backbone",
+            arch=str(folder / "arch.yaml"),
+            pretrained=True,
+            pretrained_cfg_overlay={"file": str(folder / "weights.safetensors")},
+        ).eval()
         with torch.no_grad():
             assert torch.equal(rebuilt(images), original(images))
         card = (folder / "README.md").read_text()
@@ -167,11 +201,12 @@ def test_export_builds_back_with_timm_and_gives_the_same_outputs(searched, tmp_p
 
 
 def test_top_k_is_the_most_accurate_whatever_the_objectives():
-    from search.export import select
+    from search.results.export import select
 
     def complete(number, accuracy, gmacs):
-        return store.TrialRecord(number=number, state="COMPLETE", status=store.COMPLETE, params={},
-                                 values=[gmacs, accuracy], curve=[accuracy])
+        return TrialRecord(
+            number=number, state="COMPLETE", status=COMPLETE, params={}, values=[gmacs, accuracy], curve=[accuracy]
+        )
 
     records = [complete(0, 0.2, 0.001), complete(1, 0.9, 0.009), complete(2, 0.5, 0.002), complete(3, 0.7, 0.05)]
     assert [r.number for r in select(records, ["minimize", "maximize"], top=2)] == [1, 3]
@@ -183,9 +218,24 @@ def test_full_training_can_start_from_exported_weights_on_another_data_set(searc
 
     assert main(["export", *study_args(searched), "--trial", "0", "--out", str(tmp_path / "export")]) == 0
     write_imagefolder(tmp_path / "images")  # 3 classes of RGB images, where the search saw 1-channel digits
-    code = main(["train", "--arch", str(tmp_path / "export" / "trial_00000"), "--dataset", "imagefolder",
-                 "--data-root", str(tmp_path / "images"), "--img-size", "8", "--epochs", "1", "--init-weights",
-                 "--out", str(tmp_path / "run")])
+    code = main(
+        [
+            "train",
+            "--arch",
+            str(tmp_path / "export" / "trial_00000"),
+            "--dataset",
+            "imagefolder",
+            "--data-root",
+            str(tmp_path / "images"),
+            "--img-size",
+            "8",
+            "--epochs",
+            "1",
+            "--init-weights",
+            "--out",
+            str(tmp_path / "run"),
+        ]
+    )
     assert code == 0
     out = capsys.readouterr().out
     assert "new for this data set: head.bias, head.weight, patch_embed.weight" in out
@@ -194,8 +244,23 @@ def test_full_training_can_start_from_exported_weights_on_another_data_set(searc
 
 
 def train_cmd(arch: Path, out: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "search", "train", "--arch", str(arch), "--dataset", "digit-pairs", "--epochs", "4",
-            "--batch-size", "32", "--out", str(out), *extra]
+    return [
+        sys.executable,
+        "-m",
+        "search",
+        "train",
+        "--arch",
+        str(arch),
+        "--dataset",
+        "digit-pairs",
+        "--epochs",
+        "4",
+        "--batch-size",
+        "32",
+        "--out",
+        str(out),
+        *extra,
+    ]
 
 
 def test_full_training_resumes_after_interruption(tmp_path):
@@ -203,8 +268,9 @@ def test_full_training_resumes_after_interruption(tmp_path):
     layers.ArchConfig(patch_size=4, embed_dim=32, depth=3, every=1, offset=0, num_heads=2).save(arch)
     straight = subprocess.run(train_cmd(arch, tmp_path / "straight"), cwd=ROOT, capture_output=True, text=True)
     assert straight.returncode == 0, straight.stderr
-    interrupted = subprocess.Popen(train_cmd(arch, tmp_path / "resumed"), cwd=ROOT, stdout=subprocess.PIPE,
-                                   stderr=subprocess.STDOUT, text=True)
+    interrupted = subprocess.Popen(
+        train_cmd(arch, tmp_path / "resumed"), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     checkpoint = tmp_path / "resumed" / "checkpoint.pt"
     deadline = time.monotonic() + 120
     while not checkpoint.exists():
@@ -226,8 +292,25 @@ def test_full_training_resumes_after_interruption(tmp_path):
 def test_training_evaluates_at_another_size(tmp_path):
     arch = tmp_path / "arch.yaml"
     layers.ArchConfig(patch_size=2, embed_dim=32, depth=3, every=1, offset=0).save(arch)
-    code = main(["train", "--arch", str(arch), "--dataset", "digits", "--epochs", "8", "--batch-size", "32",
-                 "--lr", "5e-3", "--eval-size", "10", "--out", str(tmp_path / "run")])
+    code = main(
+        [
+            "train",
+            "--arch",
+            str(arch),
+            "--dataset",
+            "digits",
+            "--epochs",
+            "8",
+            "--batch-size",
+            "32",
+            "--lr",
+            "5e-3",
+            "--eval-size",
+            "10",
+            "--out",
+            str(tmp_path / "run"),
+        ]
+    )
     assert code == 0
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["img_size"] == [8, 8] and metrics["eval_size"] == [10, 10]
@@ -239,8 +322,9 @@ def test_training_evaluates_at_another_size(tmp_path):
 
 def erf_model(mixer: str) -> layers.DynamicBackbone:
     torch.manual_seed(0)
-    return layers.create_model(layers.ArchConfig(img_size=64, patch_size=4, embed_dim=32, depth=2, mixer=mixer,
-                                                 every=1, offset=0, num_heads=2))
+    return layers.create_model(
+        layers.ArchConfig(img_size=64, patch_size=4, embed_dim=32, depth=2, mixer=mixer, every=1, offset=0, num_heads=2)
+    )
 
 
 def test_erf_of_a_static_model_is_bounded_and_of_attention_is_not(tmp_path):
@@ -258,4 +342,5 @@ def test_erf_of_a_static_model_is_bounded_and_of_attention_is_not(tmp_path):
     layers.ArchConfig(img_size=64, patch_size=4, embed_dim=32, depth=2, mixer="static").save(arch)
     assert main(["erf", "--arch", str(arch), "--out", str(tmp_path / "erf.png"), "--images", "2"]) == 0
     from PIL import Image
+
     assert Image.open(tmp_path / "erf.png").size == (512, 512)

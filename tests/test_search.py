@@ -1,17 +1,19 @@
 """The search end to end: a real local Ray, real SQLite and PostgreSQL, the real command line."""
+
 from __future__ import annotations
 
 from pathlib import Path
 
 import optuna
-
 from conftest import counted, load_study, sqlite_url, write_space
-from search import store
+
 from search.cli import main
+from search.records import COMPLETE, FAILED, PRUNED, REJECTED, TrialRecord
+from search.records import records as read_records
 
 
 def statuses(study: optuna.Study) -> list[str]:
-    return [store.TrialRecord.from_frozen(t).status for t in study.trials]
+    return [TrialRecord.from_frozen(t).status for t in study.trials]
 
 
 def run_cli(space: Path, tmp_path: Path, *extra: str) -> int:
@@ -19,19 +21,19 @@ def run_cli(space: Path, tmp_path: Path, *extra: str) -> int:
 
 
 def check_three_trial_study(study: optuna.Study, results: Path) -> None:
-    records = store.records(study)
+    records = read_records(study)
     assert len(counted(records)) == 3
     # The references come first, in order: the paper's design and its two baselines.
     assert [r.reference for r in records[:3]] == ["weightformer", "attention", "static"]
     assert [r.mixer for r in records[:3]] == ["dynamic", "attention", "static"]
     for record in counted(records):
-        assert record.status in (store.COMPLETE, store.PRUNED)
+        assert record.status in (COMPLETE, PRUNED)
         assert record.arch["img_size"] == [8, 8] and record.arch["num_classes"] == 10
         assert record.gmacs > 0 and record.mparams > 0
         assert record.latency_ms > 0 and record.device.startswith("cpu")
         assert len(record.curve) == 2 and all(0 <= a <= 1 for a in record.curve)
         assert record.wall_time_s > 0
-    complete = [r for r in counted(records) if r.status == store.COMPLETE]
+    complete = [r for r in counted(records) if r.status == COMPLETE]
     assert complete
     for record in complete:
         trial = study.trials[record.number]
@@ -75,33 +77,47 @@ def test_running_again_resumes_and_counts_what_is_done(tmp_path):
     assert run_cli(space, tmp_path) == 0
     study = load_study(url)
     assert [t.params for t in study.trials[:2]] == first
-    assert statuses(study).count(store.COMPLETE) + statuses(study).count(store.PRUNED) == 4
+    assert statuses(study).count(COMPLETE) + statuses(study).count(PRUNED) == 4
 
 
 def test_a_failing_trial_does_not_stop_the_study(tmp_path):
     # A learning rate of 1e9 makes the static model's loss NaN in its first steps.
-    space = write_space(tmp_path, trials={"count": 4, "parallel": 2}, space={
-        "patch_size": 2, "num_heads": 2,
-        "mixer": {"choices": ["dynamic", "attention", "static"]},
-        "embed_dim": {"choices": [16, 32]},
-        "training.lr": {"value": 1.0e9, "when": {"mixer": "static"}},
-    })
+    space = write_space(
+        tmp_path,
+        trials={"count": 4, "parallel": 2},
+        space={
+            "patch_size": 2,
+            "num_heads": 2,
+            "mixer": {"choices": ["dynamic", "attention", "static"]},
+            "embed_dim": {"choices": [16, 32]},
+            "training.lr": {"value": 1.0e9, "when": {"mixer": "static"}},
+        },
+    )
     assert run_cli(space, tmp_path) == 0
     study = load_study(sqlite_url(tmp_path))
-    records = store.records(study)
-    failed = [r for r in records if r.status == store.FAILED]
+    records = read_records(study)
+    failed = [r for r in records if r.status == FAILED]
     assert failed and all(r.mixer == "static" and r.reason.startswith("nan: non-finite training loss") for r in failed)
     assert len(counted(records)) == 4
-    assert any(r.status == store.COMPLETE for r in records)
+    assert any(r.status == COMPLETE for r in records)
 
 
 def test_configurations_over_budget_are_rejected_before_training(tmp_path):
-    space = write_space(tmp_path, budget={"max_gmacs": 0.00012}, trials={"count": 3, "parallel": 2},
-                        space={"patch_size": 2, "num_heads": 2, "mixer": {"choices": ["static", "attention"]},
-                               "embed_dim": {"choices": [16, 64]}, "depth": {"low": 2, "high": 3}})
+    space = write_space(
+        tmp_path,
+        budget={"max_gmacs": 0.00012},
+        trials={"count": 3, "parallel": 2},
+        space={
+            "patch_size": 2,
+            "num_heads": 2,
+            "mixer": {"choices": ["static", "attention"]},
+            "embed_dim": {"choices": [16, 64]},
+            "depth": {"low": 2, "high": 3},
+        },
+    )
     assert run_cli(space, tmp_path) == 0
-    records = store.records(load_study(sqlite_url(tmp_path)))
-    rejected = [r for r in records if r.status == store.REJECTED]
+    records = read_records(load_study(sqlite_url(tmp_path)))
+    rejected = [r for r in records if r.status == REJECTED]
     assert rejected
     for record in rejected:
         assert record.reason.startswith("over budget:") and "max_gmacs" in record.reason
@@ -116,11 +132,14 @@ def test_seeded_runs_try_the_same_configurations(tmp_path):
     for attempt in ("a", "b"):
         folder = tmp_path / attempt
         folder.mkdir()
-        space = write_space(folder, trials={"count": 8, "parallel": 2}, early_stopping={"min_epochs": 1},
-                            sampler={"name": "tpe", "options": {"n_startup_trials": 4}})
+        space = write_space(
+            folder,
+            trials={"count": 8, "parallel": 2},
+            early_stopping={"min_epochs": 1},
+            sampler={"name": "tpe", "options": {"n_startup_trials": 4}},
+        )
         assert run_cli(space, folder) == 0
-        runs.append([(t.params, store.TrialRecord.from_frozen(t).status)
-                     for t in load_study(sqlite_url(folder)).trials])
+        runs.append([(t.params, TrialRecord.from_frozen(t).status) for t in load_study(sqlite_url(folder)).trials])
     assert runs[0] == runs[1]
     assert len({str(p) for p, _ in runs[0]}) > 4  # not one configuration over and over
 
@@ -128,8 +147,12 @@ def test_seeded_runs_try_the_same_configurations(tmp_path):
 def test_a_study_with_other_objectives_is_not_mixed_up(tmp_path, capsys):
     space = write_space(tmp_path, trials={"count": 1, "parallel": 1}, training={"epochs": 1})
     assert run_cli(space, tmp_path) == 0
-    other = write_space(tmp_path, trials={"count": 1, "parallel": 1}, training={"epochs": 1},
-                        objectives={"accuracy": "maximize", "params": "minimize"})
+    other = write_space(
+        tmp_path,
+        trials={"count": 1, "parallel": 1},
+        training={"epochs": 1},
+        objectives={"accuracy": "maximize", "params": "minimize"},
+    )
     assert run_cli(other, tmp_path) == 2
     assert "was created with objectives ['accuracy', 'gmacs']" in capsys.readouterr().err
 
@@ -145,10 +168,10 @@ def test_rungs_follow_each_trials_own_epochs(tmp_path):
     driver = Driver(spec, results=tmp_path / "results")
 
     def stops(epochs: int) -> list[int]:
-        active = Active(trial=None, number=0, params={}, seed=0, training=replace(spec.training, epochs=epochs))
+        active = Active(trial_id=0, number=0, params={}, seed=0, training=replace(spec.training, epochs=epochs))
         out: list[int] = []
         while active.epochs_done < epochs:
-            out.append(driver._next_stop(active))
+            out.append(driver.next_stop(active))
             active.curve = [0.0] * out[-1]
         return out
 

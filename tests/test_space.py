@@ -1,4 +1,5 @@
 """The space format: shipped spaces load, sampling follows conditions, references fit."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,11 +7,11 @@ from pathlib import Path
 import optuna
 import pytest
 import yaml
+from test_data import write_cifar, write_imagefolder
 
 from layers import complexity
 from search.references import reference_params
 from search.space import load_space
-from test_data import write_cifar, write_imagefolder
 
 SPACES = Path(__file__).resolve().parent.parent / "spaces"
 
@@ -32,6 +33,7 @@ def test_default_space_loads():
 
 def test_cifar_and_imagenet_spaces_load(tmp_path, monkeypatch):
     import torchvision.datasets.cifar as cifar
+
     monkeypatch.setattr(cifar, "check_integrity", lambda *args, **kwargs: True)
     write_cifar(tmp_path / "cifar", 10)
     cifar_spec = load_space(with_root("cifar10.yaml", tmp_path / "cifar", tmp_path))
@@ -39,11 +41,22 @@ def test_cifar_and_imagenet_spaces_load(tmp_path, monkeypatch):
     write_imagefolder(tmp_path / "imagenet")
     imagenet = load_space(with_root("imagenet.yaml", tmp_path / "imagenet", tmp_path))
     recipe = imagenet.training
-    assert (recipe.epochs, recipe.lr, recipe.lr_reference_batch, recipe.weight_decay, recipe.warmup_epochs,
-            recipe.label_smoothing) == (300, 5e-4, 512, 0.05, 20, 0.1)
+    assert (
+        recipe.epochs,
+        recipe.lr,
+        recipe.lr_reference_batch,
+        recipe.weight_decay,
+        recipe.warmup_epochs,
+        recipe.label_smoothing,
+    ) == (300, 5e-4, 512, 0.05, 20, 0.1)
     augment = recipe.augment
-    assert (augment.randaugment_ops, augment.randaugment_magnitude, augment.mixup, augment.cutmix,
-            augment.random_erasing) == (2, 9, 0.8, 1.0, 0.25)
+    assert (
+        augment.randaugment_ops,
+        augment.randaugment_magnitude,
+        augment.mixup,
+        augment.cutmix,
+        augment.random_erasing,
+    ) == (2, 9, 0.8, 1.0, 0.25)
     assert "weightformer" in reference_params(imagenet)
 
 
@@ -84,15 +97,25 @@ def test_references_are_the_paper_design_with_the_mixer_swapped():
     configs = {name: spec.configs({**fixed, **params})[0] for name, params in refs.items()}
     wf = configs["weightformer"]
     assert (wf.mixer, wf.every, wf.offset) == ("dynamic", 3, 1)
-    assert (wf.dynamic.linear_predictor, wf.dynamic.pool, wf.dynamic.conv_predictor, wf.dynamic.norm) == \
-        ("bilateral", "avg2", "adaptive", "unit1")
+    assert (wf.dynamic.linear_predictor, wf.dynamic.pool, wf.dynamic.conv_predictor, wf.dynamic.norm) == (
+        "bilateral",
+        "avg2",
+        "adaptive",
+        "unit1",
+    )
     assert configs["attention"].mixer == "attention" and configs["static"].mixer == "static"
     assert len({(c.embed_dim, c.depth) for c in configs.values()}) == 1  # the same width and depth for all
 
 
 def test_a_reference_the_space_cannot_express_is_left_out(tmp_path):
-    text = (SPACES / "dynamic.yaml").read_text().replace(
-        "dynamic.pool: {choices: [global, avg2, max2, adaptive2, attn4]", "dynamic.pool: {choices: [max2, adaptive2]")
+    text = (
+        (SPACES / "dynamic.yaml")
+        .read_text()
+        .replace(
+            "dynamic.pool: {choices: [global, avg2, max2, adaptive2, attn4]",
+            "dynamic.pool: {choices: [max2, adaptive2]",
+        )
+    )
     path = tmp_path / "space.yaml"
     path.write_text(text)
     assert set(reference_params(load_space(path))) == {"attention", "static"}
@@ -100,8 +123,10 @@ def test_a_reference_the_space_cannot_express_is_left_out(tmp_path):
 
 def test_yaml_1_1_exponents_are_read_as_numbers(tmp_path):
     path = tmp_path / "space.yaml"
-    path.write_text("study: {name: s}\ntraining: {lr: 1e-3}\n"
-                    "space: {patch_size: 4, training.weight_decay: {low: 1e-4, high: 1e-1, log: true}}\n")
+    path.write_text(
+        "study: {name: s}\ntraining: {lr: 1e-3}\n"
+        "space: {patch_size: 4, training.weight_decay: {low: 1e-4, high: 1e-1, log: true}}\n"
+    )
     spec = load_space(path)
     assert spec.training.lr == 1e-3 and spec.params[1].low == 1e-4
 
@@ -109,9 +134,11 @@ def test_yaml_1_1_exponents_are_read_as_numbers(tmp_path):
 def test_searched_values_are_read_as_the_training_section_reads_them(tmp_path):
     """A value in space: is coerced exactly as the same value in training: would be."""
     path = tmp_path / "space.yaml"
-    path.write_text("study: {name: s}\ntraining: {grad_clip: 1}\n"
-                    "space: {patch_size: 4, training.lr: {choices: [1e-3, 3e-3]}, "
-                    "training.grad_clip: {choices: [1, 2.0]}, training.weight_decay: 1e-2}\n")
+    path.write_text(
+        "study: {name: s}\ntraining: {grad_clip: 1}\n"
+        "space: {patch_size: 4, training.lr: {choices: [1e-3, 3e-3]}, "
+        "training.grad_clip: {choices: [1, 2.0]}, training.weight_decay: 1e-2}\n"
+    )
     spec = load_space(path)
     by_name = {p.name: p for p in spec.params}
     assert spec.training.grad_clip == 1.0
@@ -125,8 +152,10 @@ def test_every_sampler_works_with_the_conditional_space(sampler):
     from search.samplers import create_sampler
 
     spec = load_space(SPACES / "dynamic.yaml")
-    study = optuna.create_study(directions=spec.directions,
-                                sampler=create_sampler(sampler, 0, {"n_startup_trials": 3} if sampler in ("tpe", "gp") else {}))
+    study = optuna.create_study(
+        directions=spec.directions,
+        sampler=create_sampler(sampler, 0, {"n_startup_trials": 3} if sampler in ("tpe", "gp") else {}),
+    )
     seen = set()
     for i in range(8):
         trial = study.ask()

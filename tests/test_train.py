@@ -1,4 +1,5 @@
 """Training: the schedule, NaN detection, checkpoint-exact resume, and batched augmentation."""
+
 from __future__ import annotations
 
 import math
@@ -7,9 +8,9 @@ import pytest
 import torch
 
 import layers
-from search.augment import AugmentSpec, BatchAugment
-from search.data import DataSpec, load_dataset
-from search.train import NonFiniteLoss, Trainer, TrainSpec, _warmup_cosine
+from search.training.augment import AugmentSpec, BatchAugment
+from search.training.data import DataSpec, load_dataset
+from search.training.trainer import NonFiniteLoss, Trainer, TrainSpec, _warmup_cosine
 
 DIGITS = DataSpec(name="digits")
 ARCH = layers.ArchConfig(img_size=8, in_chans=1, num_classes=10, patch_size=2, embed_dim=16, depth=2, every=1, offset=0)
@@ -74,8 +75,16 @@ def test_evaluation_at_another_size_resizes_the_images():
     assert set(grids) == {(6, 6)}  # the model ran on the 36 tokens of the larger input, not the 16 of 8x8
 
 
-FULL = AugmentSpec(crop_padding=2, flip=True, random_resized_crop=True, randaugment_ops=2, randaugment_magnitude=9,
-                   random_erasing=0.5, mixup=0.8, cutmix=1.0)
+FULL = AugmentSpec(
+    crop_padding=2,
+    flip=True,
+    random_resized_crop=True,
+    randaugment_ops=2,
+    randaugment_magnitude=9,
+    random_erasing=0.5,
+    mixup=0.8,
+    cutmix=1.0,
+)
 
 
 @pytest.mark.parametrize("channels", [1, 3])
@@ -92,7 +101,7 @@ def test_batched_augmentation_keeps_shapes_and_is_seeded(channels):
 
 
 def test_rand_augment_colour_ops_draw_their_sign_per_sample():
-    from search.augment import _RAND_AUGMENT_OPS
+    from search.training.augment import _RAND_AUGMENT_OPS
 
     images = torch.full((2, 3, 4, 4), 128, dtype=torch.uint8)
     out = _RAND_AUGMENT_OPS["brightness"](images, 0.5, torch.tensor([-1.0, 1.0]))

@@ -4,6 +4,7 @@ All hyperparameters live in ``TrainSpec``. A ``Trainer`` runs any range of epoch
 checkpointed between them, which is how the search trains a trial rung by rung and how full
 training resumes after an interruption.
 """
+
 from __future__ import annotations
 
 import math
@@ -16,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from layers.schema import ConfigError, coerce_fields
+from layers import ConfigError, coerce_fields
 
 from .augment import AugmentSpec, BatchAugment
 from .data import Dataset, Split, StreamingSplit
@@ -64,8 +65,9 @@ class Trainer:
         self.model = model.to(device)
         self.spec, self.device = spec, device
         self.train_split, self.val_split = data.train.to(device), data.val.to(device)
-        self.augment = BatchAugment(spec.augment, data.mean, data.std, data.img_size, data.num_classes,
-                                    spec.label_smoothing, device)
+        self.augment = BatchAugment(
+            spec.augment, data.mean, data.std, data.img_size, data.num_classes, spec.label_smoothing, device
+        )
         self.generator = torch.Generator(device=device).manual_seed(seed)
         self.optimizer = timm.optim.create_optimizer_v2(model, "adamw", lr=spec.peak_lr, weight_decay=spec.weight_decay)
         self.steps_per_epoch = max(1, len(self.train_split) // spec.batch_size)
@@ -82,9 +84,13 @@ class Trainer:
         """One pass over the training split; returns the mean training loss."""
         self.model.train()
         losses = []
-        for images, labels in self.train_split.batches(self.spec.batch_size, self.device, self.generator, drop_last=True):
+        for images, labels in self.train_split.batches(
+            self.spec.batch_size, self.device, self.generator, drop_last=True
+        ):
             x, targets = self.augment.train_batch(images, labels, self.generator)
-            with torch.autocast(self.device.type, self.autocast_dtype or torch.float32, enabled=self.autocast_dtype is not None):
+            with torch.autocast(
+                self.device.type, self.autocast_dtype or torch.float32, enabled=self.autocast_dtype is not None
+            ):
                 loss = F.cross_entropy(self.model(x), targets)
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
@@ -110,7 +116,9 @@ class Trainer:
         split = self.val_split if split is None else split.to(self.device)
         correct = 0
         for images, labels in split.batches(self.spec.eval_batch_size, self.device):
-            with torch.autocast(self.device.type, self.autocast_dtype or torch.float32, enabled=self.autocast_dtype is not None):
+            with torch.autocast(
+                self.device.type, self.autocast_dtype or torch.float32, enabled=self.autocast_dtype is not None
+            ):
                 logits = self.model(self.augment.eval_batch(images, img_size))
             correct += int((logits.argmax(dim=1) == labels).sum())
         return correct / len(split)
@@ -147,8 +155,9 @@ def _autocast_dtype(device: torch.device) -> torch.dtype | None:
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
-def measure_latency(model: nn.Module, in_chans: int, img_size: tuple[int, int], device: torch.device,
-                    batch: int = 1, repeats: int = 20) -> float:
+def measure_latency(
+    model: nn.Module, in_chans: int, img_size: tuple[int, int], device: torch.device, batch: int = 1, repeats: int = 20
+) -> float:
     """Median milliseconds of one inference forward of ``batch`` images on ``device``."""
     model.eval()
     x = torch.randn(batch, in_chans, *img_size, device=device)

@@ -7,24 +7,26 @@ present) or an architecture YAML. The model is adapted to the data set's image s
 and classes. ``--eval-size`` also evaluates at another resolution: the dynamic weights have a
 fixed size whatever the number of tokens, so the same model runs at any input size.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import yaml
 from safetensors.torch import load_file, save_file
 
 import layers
-from layers.schema import build
+from layers import build
 
 from .data import DataSpec, describe, load_dataset
-from .train import Trainer, TrainSpec
+from .trainer import Trainer, TrainSpec
 
 
 @dataclass(frozen=True)
@@ -45,9 +47,18 @@ def read_arch(path: str | Path) -> ArchSource:
     return ArchSource(layers.ArchConfig.load(path), None, None)
 
 
-def train_architecture(source: ArchSource, data_spec: DataSpec, training: TrainSpec, out: Path, *,
-                       device: torch.device, seed: int = 0, eval_size: tuple[int, int] | None = None,
-                       init_weights: bool = False, log: Callable[[str], None] = print) -> dict[str, Any]:
+def train_architecture(
+    source: ArchSource,
+    data_spec: DataSpec,
+    training: TrainSpec,
+    out: Path,
+    *,
+    device: torch.device,
+    seed: int = 0,
+    eval_size: tuple[int, int] | None = None,
+    init_weights: bool = False,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
     info = describe(data_spec)
     arch = source.arch.replace(img_size=info.img_size, in_chans=info.in_chans, num_classes=info.num_classes)
     out.mkdir(parents=True, exist_ok=True)
@@ -74,13 +85,19 @@ def train_architecture(source: ArchSource, data_spec: DataSpec, training: TrainS
         curve.append(trainer.evaluate())
         _atomic_save({"trainer": trainer.state_dict(), "curve": curve}, checkpoint)
         log(f"epoch {trainer.epoch}/{training.epochs}: loss {loss:.4f}, validation accuracy {curve[-1]:.4f}")
-    metrics: dict[str, Any] = {"curve": curve, "val_accuracy": curve[-1] if curve else None, "img_size": list(arch.img_size)}
+    metrics: dict[str, Any] = {
+        "curve": curve,
+        "val_accuracy": curve[-1] if curve else None,
+        "img_size": list(arch.img_size),
+    }
     if data.test is not None:
         metrics["test_accuracy"] = trainer.evaluate(data.test)
     if eval_size is not None:
         metrics["eval_size"] = list(eval_size)
         metrics["val_accuracy_at_eval_size"] = trainer.evaluate(img_size=eval_size)
-    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(out / "weights.safetensors"))
+    save_file(
+        {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(out / "weights.safetensors")
+    )
     metrics_file.write_text(json.dumps(metrics, indent=2))
     return metrics
 

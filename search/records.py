@@ -1,15 +1,18 @@
-"""What a trial records, and how it is read back: the one schema for driver, report and export.
+"""What a trial records, and how it is read back: the one schema for the driver, the live view,
+the report and the exports.
 
 Everything a trial learns is written to its Optuna user attributes as soon as it is known, so
 that optuna-dashboard shows it and a driver that dies loses nothing: a result written before the
 driver could ``tell`` it is told by the next driver instead of being run again.
 """
+
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -70,17 +73,28 @@ class TrialRecord:
         return label(self.arch) if self.arch else "?"
 
     @classmethod
-    def from_frozen(cls, trial: FrozenTrial) -> "TrialRecord":
+    def from_frozen(cls, trial: FrozenTrial) -> TrialRecord:
         attrs = trial.user_attrs
         status = attrs.get("status") or _status_of_state(trial.state)
         return cls(
-            number=trial.number, state=trial.state.name, status=status, params=dict(trial.params),
+            number=trial.number,
+            state=trial.state.name,
+            status=status,
+            params=dict(trial.params),
             values=list(trial.values) if trial.values else attrs.get("values"),
-            arch=attrs.get("arch"), training=attrs.get("training", {}), gmacs=attrs.get("gmacs"),
-            mparams=attrs.get("mparams"), latency_ms=attrs.get("latency_ms"), device=attrs.get("device"),
-            curve=attrs.get("curve", []), train_loss=attrs.get("train_loss", []),
-            wall_time_s=attrs.get("wall_time_s"), reason=attrs.get("reason"), reference=attrs.get("reference"),
-            seed=attrs.get("seed"), retry_of=attrs.get("retry_of"),
+            arch=attrs.get("arch"),
+            training=attrs.get("training", {}),
+            gmacs=attrs.get("gmacs"),
+            mparams=attrs.get("mparams"),
+            latency_ms=attrs.get("latency_ms"),
+            device=attrs.get("device"),
+            curve=attrs.get("curve", []),
+            train_loss=attrs.get("train_loss", []),
+            wall_time_s=attrs.get("wall_time_s"),
+            reason=attrs.get("reason"),
+            reference=attrs.get("reference"),
+            seed=attrs.get("seed"),
+            retry_of=attrs.get("retry_of"),
         )
 
 
@@ -95,8 +109,13 @@ def summary(arch: dict[str, Any]) -> str:
 
 
 def _status_of_state(state: TrialState) -> str:
-    return {TrialState.COMPLETE: COMPLETE, TrialState.PRUNED: PRUNED, TrialState.FAIL: FAILED,
-            TrialState.RUNNING: RUNNING, TrialState.WAITING: "waiting"}[state]
+    return {
+        TrialState.COMPLETE: COMPLETE,
+        TrialState.PRUNED: PRUNED,
+        TrialState.FAIL: FAILED,
+        TrialState.RUNNING: RUNNING,
+        TrialState.WAITING: "waiting",
+    }[state]
 
 
 def directions(study: optuna.Study) -> list[str]:
@@ -121,32 +140,6 @@ def records(study: optuna.Study) -> list[TrialRecord]:
     return [TrialRecord.from_frozen(t) for t in study.get_trials(deepcopy=False)]
 
 
-def claim_trial(study: optuna.Study) -> int:
-    """The id of a trial this process now holds RUNNING: the oldest queued one, else a new one.
-
-    This is the writing half of ``Study.ask``, split from its reading half (``trial_handle``) so
-    that each can be retried alone through a database outage. Optuna has no public API for it.
-    """
-    trial_id = study._pop_waiting_trial_id()
-    return study._storage.create_new_trial(study._study_id) if trial_id is None else trial_id
-
-
-def trial_handle(study: optuna.Study, trial_id: int) -> optuna.Trial:
-    """A handle on a RUNNING trial, as ``Study.ask`` returns it; only reads the database."""
-    study._thread_local.cached_all_trials = None  # so that the sampler sees the trial just claimed
-    return optuna.Trial(study, trial_id)
-
-
-def planned_params(trial: FrozenTrial) -> dict[str, Any]:
-    """The parameters a trial has sampled, plus those it was queued with and has yet to sample.
-
-    A trial stopped between its claim and its sampling knows its queued parameters (a reference,
-    a retry) only as Optuna's ``fixed_params``; retrying it from ``trial.params`` alone would
-    turn a reference into a random trial.
-    """
-    return {**trial.system_attrs.get("fixed_params", {}), **trial.params}
-
-
 def pareto_front(all_records: Sequence[TrialRecord], directions: Sequence[str]) -> list[TrialRecord]:
     """The complete trials no other complete trial dominates, best first objective first."""
     complete = [r for r in all_records if r.status == COMPLETE and r.values]
@@ -154,25 +147,23 @@ def pareto_front(all_records: Sequence[TrialRecord], directions: Sequence[str]) 
     return sorted(chosen, key=lambda r: -r.values[0] if directions[0] == "maximize" else r.values[0])
 
 
-class TrialWriter:
-    """Writes one running trial's attributes."""
+def started(**attrs: Any) -> dict[str, Any]:
+    """The attributes that mark a trial as training from now on."""
+    return {"status": RUNNING, "started_at": time.time(), **attrs}
 
-    def __init__(self, trial: optuna.Trial):
-        self.trial = trial
 
-    def set(self, **attrs: Any) -> None:
-        for key, value in attrs.items():
-            self.trial.set_user_attr(key, value)
+def outcome(
+    status: str, *, values: list[float] | None = None, reason: str | None = None, **attrs: Any
+) -> dict[str, Any]:
+    """The final word on a trial, written before it is told so that a crash cannot lose it.
 
-    def started(self, **attrs: Any) -> None:
-        self.set(status=RUNNING, started_at=time.time(), **attrs)
-
-    def outcome(self, status: str, *, values: list[float] | None = None, reason: str | None = None, **attrs: Any) -> None:
-        """The final word on a trial, written before it is told so that a crash cannot lose it."""
-        extra = {"values": values} if values is not None else {}
-        if reason is not None:
-            extra["reason"] = reason
-        self.set(**attrs, **extra, status=status)
+    The status comes last: a driver that dies while writing these leaves the trial unsettled,
+    never settled with half its record.
+    """
+    extra: dict[str, Any] = {"values": values} if values is not None else {}
+    if reason is not None:
+        extra["reason"] = reason
+    return {**attrs, **extra, "status": status}
 
 
 def tell(study: optuna.Study, number: int, status: str, values: list[float] | None) -> None:

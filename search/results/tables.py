@@ -1,15 +1,16 @@
 """The trial table: one row per trial, architecture fields flattened into columns."""
+
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import pandas as pd
 
-from .store import TrialRecord
-
-FORMATS = ("csv", "parquet", "json")
+from ..defaults import TABLE_FORMATS
+from ..records import TrialRecord
 
 
 def flatten(prefix: str, value: Any) -> dict[str, Any]:
@@ -27,11 +28,21 @@ def trials_frame(records: Sequence[TrialRecord], objectives: Sequence[str]) -> p
     rows = []
     for r in records:
         row: dict[str, Any] = {
-            "number": r.number, "status": r.status, "reference": r.reference, "architecture": r.label,
+            "number": r.number,
+            "status": r.status,
+            "reference": r.reference,
+            "architecture": r.label,
             **{name: (r.values[i] if r.values else None) for i, name in enumerate(objectives)},
-            "final_or_best_accuracy": r.accuracy, "gmacs": r.gmacs, "mparams": r.mparams,
-            "latency_ms": r.latency_ms, "device": r.device, "epochs": len(r.curve), "wall_time_s": r.wall_time_s,
-            "seed": r.seed, "retry_of": r.retry_of, "reason": r.reason.splitlines()[0] if r.reason else None,
+            "final_or_best_accuracy": r.accuracy,
+            "gmacs": r.gmacs,
+            "mparams": r.mparams,
+            "latency_ms": r.latency_ms,
+            "device": r.device,
+            "epochs": len(r.curve),
+            "wall_time_s": r.wall_time_s,
+            "seed": r.seed,
+            "retry_of": r.retry_of,
+            "reason": r.reason.splitlines()[0] if r.reason else None,
             "curve": json.dumps([round(a, 5) for a in r.curve]),
         }
         row.update(flatten("arch", r.arch or {}))
@@ -49,5 +60,5 @@ def write_table(frame: pd.DataFrame, path: Path, fmt: str) -> Path:
     elif fmt == "json":
         frame.to_json(path, orient="records", indent=2)
     else:
-        raise ValueError(f"unknown format {fmt!r}; allowed: {', '.join(FORMATS)}")
+        raise ValueError(f"unknown format {fmt!r}; allowed: {', '.join(TABLE_FORMATS)}")
     return path

@@ -4,6 +4,7 @@ Per-sample randomness comes from per-sample parameters (offsets, boxes, masks), 
 Python loop over the batch. RandAugment draws an op per sample and applies each op once to the
 subset of the batch that drew it.
 """
+
 from __future__ import annotations
 
 import math
@@ -16,7 +17,7 @@ from torch import Tensor
 from torchvision.ops import roi_align
 from torchvision.transforms.v2 import functional as TF
 
-from layers.schema import ConfigError, coerce_fields
+from layers import ConfigError, coerce_fields
 
 
 @dataclass(frozen=True)
@@ -44,9 +45,16 @@ class AugmentSpec:
 class BatchAugment:
     """uint8 batches -> normalised float batches (and soft targets), on whatever device they are."""
 
-    def __init__(self, spec: AugmentSpec, mean: tuple[float, ...], std: tuple[float, ...],
-                 size: tuple[int, int], num_classes: int, label_smoothing: float,
-                 device: torch.device | str = "cpu"):
+    def __init__(
+        self,
+        spec: AugmentSpec,
+        mean: tuple[float, ...],
+        std: tuple[float, ...],
+        size: tuple[int, int],
+        num_classes: int,
+        label_smoothing: float,
+        device: torch.device | str = "cpu",
+    ):
         self.spec, self.size, self.num_classes, self.smoothing = spec, size, num_classes, label_smoothing
         # Made once on the batches' device: a copy per step would be two host-to-device transfers.
         self.mean = torch.tensor(mean, device=device).view(1, -1, 1, 1) * 255
@@ -56,7 +64,9 @@ class BatchAugment:
         """The centre crop at the training size, or the whole image resized to ``size``."""
         if size is None or tuple(size) == tuple(self.size):
             return self._normalise(_center_crop(images, self.size))
-        return F.interpolate(self._normalise(images), size=tuple(size), mode="bilinear", antialias=True, align_corners=False)
+        return F.interpolate(
+            self._normalise(images), size=tuple(size), mode="bilinear", antialias=True, align_corners=False
+        )
 
     def train_batch(self, images: Tensor, labels: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
         """Augmented images and soft targets (B, classes), label smoothing included."""
@@ -94,7 +104,7 @@ def _center_crop(images: Tensor, size: tuple[int, int]) -> Tensor:
     if (height, width) == tuple(size):
         return images
     top, left = (height - size[0]) // 2, (width - size[1]) // 2
-    return images[..., top:top + size[0], left:left + size[1]]
+    return images[..., top : top + size[0], left : left + size[1]]
 
 
 def _random_shift(images: Tensor, pad: int, generator: torch.Generator) -> Tensor:
@@ -150,20 +160,38 @@ _RAND_AUGMENT_OPS = {
     "rotate": lambda x, level, signs: _per_sample(lambda im, v: TF.rotate(im, v), x, _signed(level, 30.0, signs)),
     "posterize": lambda x, level, signs: TF.posterize(x, int(8 - round(level * 4))),
     "solarize": lambda x, level, signs: TF.solarize(x, 255 - level * 255),
-    "color": lambda x, level, signs: _per_sample(lambda im, v: TF.adjust_saturation(im, 1 + v), x, _signed(level, 0.9, signs)),
-    "contrast": lambda x, level, signs: _per_sample(lambda im, v: TF.adjust_contrast(im, 1 + v), x, _signed(level, 0.9, signs)),
-    "brightness": lambda x, level, signs: _per_sample(lambda im, v: TF.adjust_brightness(im, 1 + v), x, _signed(level, 0.9, signs)),
-    "sharpness": lambda x, level, signs: _per_sample(lambda im, v: TF.adjust_sharpness(im, 1 + v), x, _signed(level, 0.9, signs)),
+    "color": lambda x, level, signs: _per_sample(
+        lambda im, v: TF.adjust_saturation(im, 1 + v), x, _signed(level, 0.9, signs)
+    ),
+    "contrast": lambda x, level, signs: _per_sample(
+        lambda im, v: TF.adjust_contrast(im, 1 + v), x, _signed(level, 0.9, signs)
+    ),
+    "brightness": lambda x, level, signs: _per_sample(
+        lambda im, v: TF.adjust_brightness(im, 1 + v), x, _signed(level, 0.9, signs)
+    ),
+    "sharpness": lambda x, level, signs: _per_sample(
+        lambda im, v: TF.adjust_sharpness(im, 1 + v), x, _signed(level, 0.9, signs)
+    ),
     "shear_x": lambda x, level, signs: _per_sample(
-        lambda im, v: TF.affine(im, angle=0.0, translate=[0, 0], scale=1.0, shear=[v, 0.0]), x, _signed(level, 17.0, signs)),
+        lambda im, v: TF.affine(im, angle=0.0, translate=[0, 0], scale=1.0, shear=[v, 0.0]),
+        x,
+        _signed(level, 17.0, signs),
+    ),
     "shear_y": lambda x, level, signs: _per_sample(
-        lambda im, v: TF.affine(im, angle=0.0, translate=[0, 0], scale=1.0, shear=[0.0, v]), x, _signed(level, 17.0, signs)),
+        lambda im, v: TF.affine(im, angle=0.0, translate=[0, 0], scale=1.0, shear=[0.0, v]),
+        x,
+        _signed(level, 17.0, signs),
+    ),
     "translate_x": lambda x, level, signs: _per_sample(
         lambda im, v: TF.affine(im, angle=0.0, translate=[int(v * im.shape[-1]), 0], scale=1.0, shear=[0.0, 0.0]),
-        x, _signed(level, 0.45, signs)),
+        x,
+        _signed(level, 0.45, signs),
+    ),
     "translate_y": lambda x, level, signs: _per_sample(
         lambda im, v: TF.affine(im, angle=0.0, translate=[0, int(v * im.shape[-2])], scale=1.0, shear=[0.0, 0.0]),
-        x, _signed(level, 0.45, signs)),
+        x,
+        _signed(level, 0.45, signs),
+    ),
 }
 
 

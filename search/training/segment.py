@@ -6,6 +6,7 @@ store, never through the driver), trains to the next rung and returns its learni
 segment whose worker dies is re-run by Ray from the same checkpoint; failures of the trial itself
 (an exception, a NaN loss, running out of memory) come back as a result, not an exception.
 """
+
 from __future__ import annotations
 
 import os
@@ -20,7 +21,7 @@ import torch
 import layers
 
 from .data import DataSpec, load_dataset
-from .train import NonFiniteLoss, Trainer, TrainSpec, measure_latency
+from .trainer import NonFiniteLoss, Trainer, TrainSpec, measure_latency
 
 
 @dataclass(frozen=True)

@@ -12,21 +12,21 @@ and resize; everything after that is the same on-device path.
     cifar10/100  torchvision's format under a local ``root`` (never downloaded)
     imagefolder  ``root/train/<class>/*`` and optionally ``root/val/<class>/*`` (ImageNet layout)
 """
+
 from __future__ import annotations
 
 import functools
 import math
 import os
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from layers.registry import Registry
-from layers.schema import ConfigError, coerce_fields
+from layers import ConfigError, Registry, coerce_fields
 
 DATASETS: Registry = Registry("data set")
 
@@ -65,7 +65,7 @@ class DataInfo:
 @dataclass(frozen=True)
 class DataSource:
     info: Callable[[DataSpec], DataInfo]
-    load: Callable[[DataSpec], "Dataset"]
+    load: Callable[[DataSpec], Dataset]
     needs_root: bool = False
 
 
@@ -79,17 +79,22 @@ class Split:
     def __len__(self) -> int:
         return len(self.labels)
 
-    def to(self, device: torch.device | str) -> "Split":
+    def to(self, device: torch.device | str) -> Split:
         return Split(self.images.to(device, non_blocking=True), self.labels.to(device, non_blocking=True))
 
-    def batches(self, batch_size: int, device: torch.device, generator: torch.Generator | None = None,
-                drop_last: bool = False) -> Iterator[tuple[Tensor, Tensor]]:
+    def batches(
+        self, batch_size: int, device: torch.device, generator: torch.Generator | None = None, drop_last: bool = False
+    ) -> Iterator[tuple[Tensor, Tensor]]:
         """Batches of (uint8 images, labels) on ``device``; shuffled when a generator is given."""
         n = len(self)
-        order = None if generator is None else torch.randperm(n, generator=generator, device=generator.device).to(self.labels.device)
+        order = (
+            None
+            if generator is None
+            else torch.randperm(n, generator=generator, device=generator.device).to(self.labels.device)
+        )
         stop = n - n % batch_size if drop_last and n >= batch_size else n
         for start in range(0, stop, batch_size):
-            index = slice(start, start + batch_size) if order is None else order[start:start + batch_size]
+            index = slice(start, start + batch_size) if order is None else order[start : start + batch_size]
             yield self.images[index].to(device, non_blocking=True), self.labels[index].to(device, non_blocking=True)
 
 
@@ -102,17 +107,28 @@ class StreamingSplit:
     def __len__(self) -> int:
         return len(self.labels)
 
-    def to(self, device: torch.device | str) -> "StreamingSplit":
+    def to(self, device: torch.device | str) -> StreamingSplit:
         return self
 
-    def batches(self, batch_size: int, device: torch.device, generator: torch.Generator | None = None,
-                drop_last: bool = False) -> Iterator[tuple[Tensor, Tensor]]:
+    def batches(
+        self, batch_size: int, device: torch.device, generator: torch.Generator | None = None, drop_last: bool = False
+    ) -> Iterator[tuple[Tensor, Tensor]]:
         # The DataLoader shuffles with a CPU generator; derive one from the (device) generator given.
-        order = None if generator is None else torch.Generator().manual_seed(
-            int(torch.randint(1 << 62, (1,), generator=generator, device=generator.device)))
+        order = (
+            None
+            if generator is None
+            else torch.Generator().manual_seed(
+                int(torch.randint(1 << 62, (1,), generator=generator, device=generator.device))
+            )
+        )
         loader = torch.utils.data.DataLoader(
-            self.folder, batch_size=batch_size, shuffle=order is not None, generator=order,
-            num_workers=self.workers, drop_last=drop_last, pin_memory=device.type == "cuda",
+            self.folder,
+            batch_size=batch_size,
+            shuffle=order is not None,
+            generator=order,
+            num_workers=self.workers,
+            drop_last=drop_last,
+            pin_memory=device.type == "cuda",
         )
         for images, labels in loader:
             yield images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
@@ -227,8 +243,11 @@ def _cifar(spec: DataSpec, classes: int) -> Dataset:
         return torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous(), torch.tensor(ds.targets)
 
     train, val = _holdout(*tensors(train_set), spec)
-    mean, std = ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)) if classes == 10 else \
-        ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762))
+    mean, std = (
+        ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))
+        if classes == 10
+        else ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762))
+    )
     return Dataset(train, val, classes, (32, 32), mean, std, test=Split(*tensors(test_set)))
 
 
@@ -239,7 +258,9 @@ def load_imagefolder(spec: DataSpec) -> Dataset:
     train_root, val_root, size = _imagefolder_layout(spec)
     # Stored slightly larger than the training size so random crops have room (the 0.875 crop ratio).
     stored = math.ceil(size / 0.875)
-    transform = v2.Compose([v2.PILToTensor(), v2.Lambda(_rgb), v2.Resize(stored, antialias=True), v2.CenterCrop(stored)])
+    transform = v2.Compose(
+        [v2.PILToTensor(), v2.Lambda(_rgb), v2.Resize(stored, antialias=True), v2.CenterCrop(stored)]
+    )
     try:
         full = ImageFolder(str(train_root), transform=transform)
         test = ImageFolder(str(val_root), transform=transform) if val_root else None
@@ -250,12 +271,20 @@ def load_imagefolder(spec: DataSpec) -> Dataset:
     shape = (size, size)  # the model's input: train crops and eval centre crops of the stored images
 
     if len(full) * 3 * stored * stored > IN_MEMORY_LIMIT:
+
         def stream(folder, index: Tensor) -> StreamingSplit:
             return StreamingSplit(torch.utils.data.Subset(folder, index.tolist()), labels[index])
 
         test_split = StreamingSplit(test, torch.tensor(test.targets)) if test is not None else None
-        return Dataset(stream(full, train_idx), stream(full, val_idx), len(full.classes), shape,
-                       _IMAGENET_MEAN, _IMAGENET_STD, test_split)
+        return Dataset(
+            stream(full, train_idx),
+            stream(full, val_idx),
+            len(full.classes),
+            shape,
+            _IMAGENET_MEAN,
+            _IMAGENET_STD,
+            test_split,
+        )
 
     def in_memory(folder) -> Split:
         return Split(torch.stack([folder[i][0] for i in range(len(folder))]), torch.tensor(folder.targets))
@@ -263,8 +292,15 @@ def load_imagefolder(spec: DataSpec) -> Dataset:
     everything = in_memory(full)
     train = Split(everything.images[train_idx], labels[train_idx])
     val = Split(everything.images[val_idx], labels[val_idx])
-    return Dataset(train, val, len(full.classes), shape, _IMAGENET_MEAN, _IMAGENET_STD,
-                   in_memory(test) if test is not None else None)
+    return Dataset(
+        train,
+        val,
+        len(full.classes),
+        shape,
+        _IMAGENET_MEAN,
+        _IMAGENET_STD,
+        in_memory(test) if test is not None else None,
+    )
 
 
 def _rgb(image: Tensor) -> Tensor:

@@ -1,35 +1,40 @@
 """Export the best architectures: one folder each, ready for timm and for full training.
 
-    <out>/trial_00012/arch.yaml            the ArchConfig (timm: dynamic_backbone, arch=...)
-                      training.yaml        the recipe the trial was trained with
-                      weights.safetensors  the trained weights, when the run kept them
-                      README.md            a model card: figures, learning curve, provenance
+<out>/trial_00012/arch.yaml            the ArchConfig (timm: dynamic_backbone, arch=...)
+                  training.yaml        the recipe the trial was trained with
+                  weights.safetensors  the trained weights, when the run kept them
+                  README.md            a model card: figures, learning curve, provenance
 """
+
 from __future__ import annotations
 
 import dataclasses
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import optuna
 import yaml
 
-from layers import ArchConfig
-from layers.schema import build
+from layers import ArchConfig, build
 
-from . import store
+from ..records import COMPLETE, TrialRecord, pareto_front, weights_path
+from ..training.trainer import TrainSpec
 from .report import MARKDOWN, describe
-from .store import TrialRecord
-from .train import TrainSpec
 
 
 class ExportError(ValueError):
     """The selection names no exportable trial."""
 
 
-def select(records: Sequence[TrialRecord], directions: Sequence[str], *, pareto: bool = False,
-           top: int | None = None, trial: int | None = None) -> list[TrialRecord]:
+def select(
+    records: Sequence[TrialRecord],
+    directions: Sequence[str],
+    *,
+    pareto: bool = False,
+    top: int | None = None,
+    trial: int | None = None,
+) -> list[TrialRecord]:
     if trial is not None:
         chosen = [r for r in records if r.number == trial]
         if not chosen:
@@ -37,11 +42,11 @@ def select(records: Sequence[TrialRecord], directions: Sequence[str], *, pareto:
         if not chosen[0].arch:
             raise ExportError(f"trial {trial} has no architecture ({chosen[0].status})")
         return chosen
-    complete = [r for r in records if r.status == store.COMPLETE and r.values]
+    complete = [r for r in records if r.status == COMPLETE and r.values]
     if not complete:
         raise ExportError("the study has no complete trial yet")
     if pareto:
-        return store.pareto_front(records, directions)
+        return pareto_front(records, directions)
     return sorted(complete, key=lambda r: -r.accuracy)[:top]  # the most accurate, whatever the objectives
 
 
@@ -56,15 +61,21 @@ class Provenance:
     base_training: TrainSpec  # the space's recipe, before what each trial sampled
 
     @classmethod
-    def of(cls, study: optuna.Study, storage_label: str) -> "Provenance":
+    def of(cls, study: optuna.Study, storage_label: str) -> Provenance:
         attrs = study.user_attrs
         space = yaml.safe_load(attrs.get("space", "")) or {}
-        return cls(study.study_name, storage_label, attrs.get("space_file", "?"), list(study.metric_names or []),
-                   build(TrainSpec, space.get("training") or {}, "training"))
+        return cls(
+            study.study_name,
+            storage_label,
+            attrs.get("space_file", "?"),
+            list(study.metric_names or []),
+            build(TrainSpec, space.get("training") or {}, "training"),
+        )
 
 
-def export(study: optuna.Study, chosen: Sequence[TrialRecord], out: Path, *, results: Path,
-           storage_label: str) -> list[Path]:
+def export(
+    study: optuna.Study, chosen: Sequence[TrialRecord], out: Path, *, results: Path, storage_label: str
+) -> list[Path]:
     provenance = Provenance.of(study, storage_label)
     folders = []
     for record in chosen:
@@ -73,7 +84,7 @@ def export(study: optuna.Study, chosen: Sequence[TrialRecord], out: Path, *, res
         ArchConfig.from_dict(record.arch).save(folder / "arch.yaml")
         training = dataclasses.replace(provenance.base_training, **record.training)
         (folder / "training.yaml").write_text(yaml.safe_dump(dataclasses.asdict(training), sort_keys=False))
-        weights = store.weights_path(results, study.study_name, record.number)
+        weights = weights_path(results, study.study_name, record.number)
         if weights.exists():
             shutil.copyfile(weights, folder / "weights.safetensors")
         (folder / "README.md").write_text(model_card(provenance, record, training, weights.exists()))
@@ -85,9 +96,12 @@ def model_card(provenance: Provenance, record: TrialRecord, training: TrainSpec,
     figures = "\n".join(f"| {name} | {value:.4g} |" for name, value in zip(provenance.objectives, record.values or []))
     curve = "\n".join(f"| {epoch} | {accuracy:.4f} |" for epoch, accuracy in enumerate(record.curve, 1))
     summary = describe(record, MARKDOWN)
-    load = ('model = timm.create_model("dynamic_backbone", arch="arch.yaml", pretrained=True,\n'
-            '                          pretrained_cfg_overlay={"file": "weights.safetensors"})'
-            if has_weights else 'model = timm.create_model("dynamic_backbone", arch="arch.yaml")  # weights were not kept')
+    load = (
+        'model = timm.create_model("dynamic_backbone", arch="arch.yaml", pretrained=True,\n'
+        '                          pretrained_cfg_overlay={"file": "weights.safetensors"})'
+        if has_weights
+        else 'model = timm.create_model("dynamic_backbone", arch="arch.yaml")  # weights were not kept'
+    )
     return f"""# Trial {record.number} of study `{provenance.study_name}`
 
 - {summary}
@@ -123,7 +137,8 @@ python -m search train --arch trial_{record.number:05d} --dataset cifar10 --data
 
 ## Where it comes from
 
-Trial {record.number} of study `{provenance.study_name}` ({provenance.storage_label}), searched with `{provenance.space_file}`;
+Trial {record.number} of study `{provenance.study_name}` ({provenance.storage_label}),
+searched with `{provenance.space_file}`;
 trained for {training.epochs} epochs, batch {training.batch_size}, peak learning rate {training.peak_lr:.3g},
 weight decay {training.weight_decay}, label smoothing {training.label_smoothing} (`training.yaml`).
 """

@@ -3,6 +3,7 @@
 The map is |d out_centre / d input|, summed over channels and averaged over images; the paper
 uses it to argue that dynamic layers reach the whole image where a conv stack sees a window.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -34,6 +35,7 @@ def save_map(erf: Tensor, path: Path, scale: int = 8) -> None:
     # A black-red-yellow ramp: readable, and zero stays black.
     rgb = np.stack([np.clip(2 * level, 0, 1), np.clip(2 * level - 1, 0, 1), np.zeros_like(level)], axis=-1)
     picture = Image.fromarray((rgb * 255).astype(np.uint8)).resize(
-        (values.shape[1] * scale, values.shape[0] * scale), Image.NEAREST)
+        (values.shape[1] * scale, values.shape[0] * scale), Image.NEAREST
+    )
     path.parent.mkdir(parents=True, exist_ok=True)
     picture.save(path)

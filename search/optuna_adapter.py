@@ -1,0 +1,67 @@
+"""Everything the search needs from Optuna beyond its documented ask-and-tell API, in one place.
+
+The driver splits ``Study.ask`` in two steps that can each be retried through a database outage
+(a claim that writes, a handle that only reads), and it reads the parameters a queued trial was
+enqueued with. Optuna has no public call for either. Each use below says which internal
+behaviour it relies on and why; ``tests/test_optuna_adapter.py`` pins every one of them, so that
+an Optuna upgrade which changes one fails there rather than in the middle of a search.
+``pyproject.toml`` bounds optuna to the major version this module is written for.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import optuna
+from optuna.exceptions import UpdateFinishedTrialError
+from optuna.storages import BaseStorage
+from optuna.trial import FrozenTrial, TrialState
+
+#: The system attribute in which ``Study.enqueue_trial`` keeps a queued trial's parameters.
+#: Internal to Optuna (``Trial`` reads it back as ``_fixed_params``); pinned by a test.
+FIXED_PARAMS_KEY = "fixed_params"
+
+
+def claim_trial(storage: BaseStorage, study_id: int) -> int:
+    """The id of a trial this process now holds RUNNING: the oldest queued one, else a new one.
+
+    This is the writing half of ``Study.ask`` (its private ``_pop_waiting_trial_id`` followed by
+    ``create_new_trial``), rebuilt from public storage calls so that it can be retried alone: a
+    whole ``ask`` retried after the database failed between its write and its reads would claim
+    a second trial and leave the first RUNNING with no owner.
+    """
+    for waiting in storage.get_all_trials(study_id, deepcopy=False, states=(TrialState.WAITING,)):
+        trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, waiting.number)
+        try:
+            # False when another process moved it to RUNNING first: the database decides who won.
+            if storage.set_trial_state_values(trial_id, state=TrialState.RUNNING):
+                return trial_id
+        except UpdateFinishedTrialError:
+            continue
+    return storage.create_new_trial(study_id)
+
+
+def trial_handle(
+    storage: BaseStorage, study_name: str, trial_id: int, sampler: optuna.samplers.BaseSampler
+) -> optuna.Trial:
+    """A handle on a claimed RUNNING trial, as ``Study.ask`` returns it; only reads the database.
+
+    A fresh ``Study`` object per handle: ``Study`` caches the trial list per thread between asks
+    (and only ``ask`` itself clears that cache), so a long-lived one would show the sampler a
+    list without the trial just claimed or those other drivers have told since. The fresh study's
+    storage layer (Optuna's ``_CachedStorage``) writes a parameter only for a trial it has
+    already read, so the trials are read once before the handle is made.
+    """
+    study = optuna.load_study(study_name=study_name, storage=storage, sampler=sampler)
+    study.get_trials(deepcopy=False)
+    return optuna.Trial(study, trial_id)
+
+
+def queued_params(trial: FrozenTrial) -> dict[str, Any]:
+    """The parameters a trial has sampled, plus those it was queued with and has yet to sample.
+
+    A trial stopped between its claim and its sampling knows its queued parameters (a reference,
+    a retry) only as Optuna's internal ``fixed_params`` system attribute; retrying it from
+    ``trial.params`` alone would turn a reference into a random trial.
+    """
+    return {**trial.system_attrs.get(FIXED_PARAMS_KEY, {}), **trial.params}

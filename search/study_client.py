@@ -1,0 +1,116 @@
+"""The driver's one connection to its Optuna study: every read and write goes through ``retry``.
+
+A search runs for hours against a database that may restart under it. Every action here is
+retried through an outage for up to two minutes (``storage.with_retries``), and each is safe to
+repeat: a trial is claimed and then read back in two steps, attributes are written by trial id,
+and telling a told trial is a no-op. Callers never handle database failures themselves.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from . import optuna_adapter, records
+from .records import TrialRecord
+from .storage import open_storage, with_retries
+
+T = TypeVar("T")
+
+
+class StudyClient:
+    def __init__(
+        self, study: optuna.Study, storage: optuna.storages.BaseStorage, on_retry: Callable[[str], None] | None = None
+    ):
+        self.study, self.storage, self.on_retry = study, storage, on_retry
+        self.name = study.study_name
+        self.study_id = storage.get_study_id_from_name(self.name)
+
+    @classmethod
+    def open(
+        cls,
+        name: str,
+        url: str,
+        directions: Sequence[str],
+        sampler: optuna.samplers.BaseSampler,
+        on_retry: Callable[[str], None] | None = None,
+    ) -> tuple[StudyClient, bool]:
+        """The study, created if missing, and whether this process created it (several drivers may
+        start at once: the database's unique study name decides who was first)."""
+        storage = open_storage(url)
+
+        def retry(action: Callable[[], T], what: str) -> T:
+            return with_retries(action, what, on_retry=on_retry)
+
+        try:
+            study = retry(
+                lambda: optuna.create_study(
+                    study_name=name, storage=storage, sampler=sampler, directions=list(directions)
+                ),
+                "create the study",
+            )
+            created = True
+        except optuna.exceptions.DuplicatedStudyError:
+            study = retry(
+                lambda: optuna.load_study(study_name=name, storage=storage, sampler=sampler), "open the study"
+            )
+            created = False
+        return cls(study, storage, on_retry), created
+
+    def retry(self, action: Callable[[], T], what: str) -> T:
+        return with_retries(action, what, on_retry=self.on_retry)
+
+    # ------------------------------------------------------------------ reads
+    def trials(self, states: Sequence[TrialState] | None = None) -> list[FrozenTrial]:
+        return self.retry(lambda: self.study.get_trials(deepcopy=False, states=states), "read the trials")
+
+    def records(self) -> list[TrialRecord]:
+        return [TrialRecord.from_frozen(t) for t in self.trials()]
+
+    def user_attrs(self) -> dict[str, Any]:
+        return self.retry(lambda: self.study.user_attrs, "read the study's attributes")
+
+    def trial_id(self, number: int) -> int:
+        return self.retry(
+            lambda: self.storage.get_trial_id_from_study_id_trial_number(self.study_id, number), "read a trial"
+        )
+
+    # ------------------------------------------------------------------ writes
+    def claim(self) -> int:
+        """Hold a trial RUNNING (the oldest queued one, else a new one); returns its id."""
+        return self.retry(lambda: optuna_adapter.claim_trial(self.storage, self.study_id), "ask for a trial")
+
+    def handle(self, trial_id: int) -> optuna.Trial:
+        return self.retry(
+            lambda: optuna_adapter.trial_handle(self.storage, self.name, trial_id, self.study.sampler),
+            "ask for a trial",
+        )
+
+    def sample(self, trial_id: int, sample: Callable[[optuna.Trial], T]) -> T:
+        """``sample(handle)`` on a claimed trial; every suggestion is a database write.
+
+        A retry samples through a fresh handle, which knows the suggestions the database kept (one
+        whose reply was lost included), so none is written twice: Optuna refuses a second write.
+        """
+        return self.retry(
+            lambda: sample(optuna_adapter.trial_handle(self.storage, self.name, trial_id, self.study.sampler)),
+            "sample a trial",
+        )
+
+    def set_trial_attrs(self, trial_id: int, **attrs: Any) -> None:
+        for key, value in attrs.items():
+            self.retry(
+                lambda key=key, value=value: self.storage.set_trial_user_attr(trial_id, key, value), "record a trial"
+            )
+
+    def set_study_attr(self, key: str, value: Any) -> None:
+        self.retry(lambda: self.study.set_user_attr(key, value), "write a study attribute")
+
+    def enqueue(self, params: dict[str, Any], user_attrs: dict[str, Any]) -> None:
+        self.retry(lambda: self.study.enqueue_trial(params, user_attrs=user_attrs), "enqueue a trial")
+
+    def tell(self, number: int, status: str, values: list[float] | None) -> None:
+        self.retry(lambda: records.tell(self.study, number, status, values), "tell a trial")

@@ -1,0 +1,92 @@
+"""The shape of the code: no import cycle, ``search`` reaches ``layers`` through its top level only,
+and the command line parses its arguments without importing anything heavy."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGES = ("layers", "search")
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def project_imports(path: Path, modules: set[str]) -> set[str]:
+    """Project modules ``path`` imports, wherever the import statement sits (functions included).
+
+    ``from package import name`` imports the module ``package.name`` when there is one, and the
+    package itself otherwise."""
+    name = module_name(path)
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[: len(package.split(".")) - (node.level - 1)]
+                base = ".".join([*anchor, base] if base else anchor)
+            submodules = {f"{base}.{alias.name}" for alias in node.names} & modules
+            found.update(submodules or {base})
+    return {m for m in found if m in modules}
+
+
+def project_modules() -> dict[str, Path]:
+    return {module_name(p): p for package in PACKAGES for p in (ROOT / package).rglob("*.py")}
+
+
+def import_graph() -> dict[str, set[str]]:
+    modules = project_modules()
+    return {name: project_imports(path, set(modules)) - {name} for name, path in modules.items()}
+
+
+def test_no_import_cycle():
+    graph = import_graph()
+    state: dict[str, str] = {}
+    stack: list[str] = []
+
+    def visit(module: str) -> None:
+        state[module] = "open"
+        stack.append(module)
+        for target in sorted(graph[module]):
+            if state.get(target) == "open":
+                cycle = [*stack[stack.index(target) :], target]
+                raise AssertionError("import cycle: " + " -> ".join(cycle))
+            if target not in state:
+                visit(target)
+        stack.pop()
+        state[module] = "done"
+
+    for module in sorted(graph):
+        if module not in state:
+            visit(module)
+
+
+def test_search_uses_layers_through_its_top_level_only():
+    deep = set()
+    for path in (ROOT / "search").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("layers."):
+                deep.add(f"{module_name(path)}: from {node.module} import ...")
+            elif isinstance(node, ast.Import):
+                deep.update(f"{module_name(path)}: import {a.name}" for a in node.names if a.name.startswith("layers."))
+    assert deep == set()
+
+
+def test_help_imports_nothing_heavy():
+    probe = (
+        "import sys, contextlib, io\n"
+        "from search.cli import build_parser\n"
+        "with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):\n"
+        "    build_parser().parse_args(['--help'])\n"
+        "print(sorted(m for m in ('torch', 'optuna', 'sqlalchemy', 'pandas', 'ray') if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

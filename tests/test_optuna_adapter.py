@@ -1,0 +1,90 @@
+"""Pins every Optuna behaviour beyond the public API that ``search/optuna_adapter.py`` relies on.
+
+An Optuna upgrade that changes one of them fails here, by name, instead of in a running search.
+"""
+
+from __future__ import annotations
+
+import optuna
+import pytest
+from optuna.distributions import CategoricalDistribution
+from optuna.trial import TrialState
+
+from search import optuna_adapter
+from search.storage import open_storage
+
+
+@pytest.fixture
+def url(tmp_path) -> str:
+    return f"sqlite:///{tmp_path / 'adapter.db'}"
+
+
+@pytest.fixture
+def study(url) -> optuna.Study:
+    return optuna.create_study(study_name="pins", storage=open_storage(url), directions=["maximize", "minimize"])
+
+
+@pytest.fixture
+def ids(url, study) -> tuple[optuna.storages.BaseStorage, int]:
+    """A second connection to the study's database, as another process would have, and the study's id."""
+    storage = open_storage(url, create=False)
+    return storage, storage.get_study_id_from_name(study.study_name)
+
+
+def test_enqueued_parameters_live_in_the_fixed_params_system_attribute(study):
+    study.enqueue_trial({"mixer": "static"})
+    assert study.trials[0].system_attrs[optuna_adapter.FIXED_PARAMS_KEY] == {"mixer": "static"}
+
+
+def test_a_trial_handle_suggests_its_queued_parameters(study, ids):
+    """``Trial`` reads its fixed parameters from that attribute: a claimed reference stays itself."""
+    study.enqueue_trial({"mixer": "static"})
+    storage, study_id = ids
+    handle = optuna_adapter.trial_handle(
+        storage, study.study_name, optuna_adapter.claim_trial(storage, study_id), optuna.samplers.RandomSampler(seed=0)
+    )
+    assert handle.suggest_categorical("mixer", ["dynamic", "static", "attention"]) == "static"
+
+
+def test_queued_params_merge_what_was_queued_and_what_was_sampled(study):
+    study.enqueue_trial({"mixer": "static"})
+    trial = study.ask({"depth": optuna.distributions.IntDistribution(2, 4)})
+    assert optuna_adapter.queued_params(study.trials[trial.number]) == {
+        "mixer": "static",
+        "depth": trial.params["depth"],
+    }
+
+
+def test_a_claim_takes_the_oldest_queued_trial_then_creates_new_ones(study, ids):
+    study.enqueue_trial({"mixer": "static"})
+    study.enqueue_trial({"mixer": "attention"})
+    storage, study_id = ids
+    claimed = [storage.get_trial_number_from_id(optuna_adapter.claim_trial(storage, study_id)) for _ in range(3)]
+    assert claimed == [0, 1, 2]
+    assert [t.state for t in study.get_trials()] == [TrialState.RUNNING] * 3
+
+
+def test_a_queued_trial_another_process_took_is_not_claimed_again(study, ids):
+    study.enqueue_trial({"mixer": "static"})
+    study.ask()  # another process pops the queued trial first
+    storage, study_id = ids
+    assert storage.get_trial_number_from_id(optuna_adapter.claim_trial(storage, study_id)) == 1
+
+
+def test_a_handle_shows_the_sampler_the_trial_just_claimed(study, ids):
+    """A long-lived ``Study`` caches its trial list between asks; each handle gets a fresh one."""
+    seen: list[int] = []
+
+    class Spy(optuna.samplers.RandomSampler):
+        def sample_independent(self, study, trial, name, distribution):
+            seen.append(len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))))
+            return super().sample_independent(study, trial, name, distribution)
+
+    storage, study_id = ids
+    for expected in (1, 2):
+        handle = optuna_adapter.trial_handle(
+            storage, study.study_name, optuna_adapter.claim_trial(storage, study_id), Spy(seed=0)
+        )
+        handle.suggest_categorical("mixer", ["dynamic", "static"])
+        assert seen[-1] == expected
+    assert isinstance(handle.distributions["mixer"], CategoricalDistribution)
