@@ -38,7 +38,7 @@ from .early_stopping import RungResult, decide
 from .recovery import Recovery
 from .references import reference_params
 from .samplers import create_sampler
-from .space import SearchSpec, over_budget
+from .space import SearchSpec, budget_constraints, over_budget
 from .storage import check_storage, masked, redact
 from .study_client import StudyClient
 from .training.segment import SegmentJob, SegmentResult, run_segment
@@ -49,6 +49,9 @@ MAX_REJECTED_IN_A_ROW = 200
 #: Trial seeds are study_seed * SEED_STRIDE + trial number: a prime, so that the seeds of two
 #: studies whose seeds differ by one never collide for any realistic trial count.
 SEED_STRIDE = 100_003
+#: A training step costs its forward pass and a backward pass of about twice that: the usual
+#: convention for counting training compute from forward MACs.
+TRAIN_MACS_PER_FORWARD_MAC = 3
 
 
 class StudyMismatch(RuntimeError):
@@ -73,6 +76,7 @@ class Active:
     device: str = ""
     started: float = field(default_factory=time.time)
     compute_s: float = 0.0
+    train_macs: float = 0.0
     pending: Any = None  # ObjectRef of the segment in flight
     checkpoint: Any = None  # ObjectRef of the checkpoint to continue from
     paused_at: int | None = None  # a rung whose decision waits for earlier trials
@@ -224,7 +228,7 @@ class Driver:
             active.params = self.client.sample(trial_id, spec.sample)
             active.arch, active.training = spec.configs(active.params)
         except ConfigError as err:
-            return self._reject(active, f"invalid combination: {err}")
+            return self._reject(active, f"invalid combination: {err}", {"valid": 1.0})
         cost = complexity(active.arch)
         active.gmacs, active.mparams = cost.gmacs, cost.mparams
         over = over_budget(spec.budget, cost.gmacs, cost.params)
@@ -237,7 +241,9 @@ class Driver:
         record["summary"] = records.summary(record["arch"])
         if over:
             self.client.set_trial_attrs(trial_id, **record)
-            return self._reject(active, f"over budget: {over}")
+            return self._reject(
+                active, f"over budget: {over}", budget_constraints(spec.budget, cost.gmacs, cost.params)
+            )
         self.rejected_in_a_row = 0
         self.client.set_trial_attrs(trial_id, **records.started(**record))
         if spec.trials.count is not None and self._ahead_of(active.number) >= spec.trials.count:
@@ -248,8 +254,10 @@ class Driver:
             return
         self._submit(active)
 
-    def _reject(self, active: Active, reason: str) -> None:
+    def _reject(self, active: Active, reason: str, constraints: dict[str, float]) -> None:
+        """Settle a configuration that will not be trained; its constraints teach the sampler why."""
         active.status, active.reason = records.REJECTED, reason
+        self.client.constrain(active.trial_id, constraints)
         self.client.set_trial_attrs(active.trial_id, **records.outcome(records.REJECTED, reason=reason))
         self.display.log(f"trial {active.number} rejected: {reason}")
         self.rejected_in_a_row += 1
@@ -318,6 +326,7 @@ class Driver:
         active.curve += result.curve
         active.train_loss += result.train_loss
         active.compute_s += result.seconds
+        active.train_macs += TRAIN_MACS_PER_FORWARD_MAC * active.gmacs * 1e9 * result.images
         if result.latency_ms is not None:
             active.latency_ms, active.device = result.latency_ms, result.device
         self.client.set_trial_attrs(
@@ -327,6 +336,7 @@ class Driver:
             latency_ms=active.latency_ms,
             device=active.device,
             host=result.host,
+            train_macs=active.train_macs,
         )
         if result.failure:
             return self._finish(active, records.FAILED, reason=f"{result.failure_kind}: {result.failure}")

@@ -32,6 +32,11 @@ SURPLUS = "surplus"  # asked by one of several drivers after the budget was full
 COUNTED = (COMPLETE, PRUNED, FAILED)  # what the trial budget counts
 RETRIED = (INTERRUPTED, STALE)
 
+#: How each outcome is told to Optuna. A rejection is PRUNED, not FAIL: it is no crash, and TPE
+#: reads constraints (which a rejection carries) from COMPLETE and PRUNED trials only, while
+#: COMPLETE would need objective values a trial that never trained does not have.
+OPTUNA_STATE = {COMPLETE: TrialState.COMPLETE, PRUNED: TrialState.PRUNED, REJECTED: TrialState.PRUNED}
+
 
 @dataclass
 class TrialRecord:
@@ -51,6 +56,7 @@ class TrialRecord:
     curve: list[float] = field(default_factory=list)
     train_loss: list[float] = field(default_factory=list)
     wall_time_s: float | None = None
+    train_macs: float = 0.0  # training compute spent: 3 x forward MACs per image x images trained on
     reason: str | None = None
     reference: str | None = None
     seed: int | None = None
@@ -91,6 +97,7 @@ class TrialRecord:
             curve=attrs.get("curve", []),
             train_loss=attrs.get("train_loss", []),
             wall_time_s=attrs.get("wall_time_s"),
+            train_macs=attrs.get("train_macs", 0.0),
             reason=attrs.get("reason"),
             reference=attrs.get("reference"),
             seed=attrs.get("seed"),
@@ -174,4 +181,4 @@ def tell(study: optuna.Study, number: int, status: str, values: list[float] | No
     if status == COMPLETE:
         study.tell(number, values, skip_if_finished=True)
     else:
-        study.tell(number, state=TrialState.PRUNED if status == PRUNED else TrialState.FAIL, skip_if_finished=True)
+        study.tell(number, state=OPTUNA_STATE.get(status, TrialState.FAIL), skip_if_finished=True)

@@ -564,6 +564,17 @@ def _check_fixed_budget(spec: SearchSpec) -> None:
         raise ConfigError("budget", f"the space's only configuration is over budget: {over}")
 
 
+def budget_constraints(budget: BudgetSection, gmacs: float, params: int) -> dict[str, float]:
+    """How far a configuration is from each bound the budget sets, relative to the bound: positive
+    when over it. The sampler learns where the budget lies from these (Optuna's constraints)."""
+    out = {}
+    if budget.max_gmacs is not None:
+        out["max_gmacs"] = gmacs / budget.max_gmacs - 1.0
+    if budget.max_params is not None:
+        out["max_params"] = params / budget.max_params - 1.0
+    return out
+
+
 def over_budget(budget: BudgetSection, gmacs: float, params: int) -> str | None:
     """Why a configuration breaks the hard budget, or None."""
     if budget.max_gmacs is not None and gmacs > budget.max_gmacs:

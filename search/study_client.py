@@ -106,6 +106,13 @@ class StudyClient:
                 lambda key=key, value=value: self.storage.set_trial_user_attr(trial_id, key, value), "record a trial"
             )
 
+    def constrain(self, trial_id: int, constraints: dict[str, float]) -> None:
+        """Optuna constraints of a trial (feasible when all are <= 0), for samplers that learn them."""
+        for key, value in constraints.items():
+            self.retry(
+                lambda key=key, value=value: self.handle(trial_id).set_constraint(key, value), "record a constraint"
+            )
+
     def set_study_attr(self, key: str, value: Any) -> None:
         self.retry(lambda: self.study.set_user_attr(key, value), "write a study attribute")
 

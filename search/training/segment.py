@@ -43,6 +43,7 @@ class SegmentResult:
     curve: list[float] = field(default_factory=list)  # validation accuracy after each epoch run
     train_loss: list[float] = field(default_factory=list)
     seconds: float = 0.0
+    images: int = 0  # training images processed (with repeats): the segment's training compute
     latency_ms: float | None = None
     device: str = ""
     host: str = ""
@@ -69,6 +70,7 @@ def run_segment(job: SegmentJob, checkpoint: dict[str, Any] | None) -> tuple[Seg
             result.latency_ms = measure_latency(model, arch.in_chans, arch.img_size, device)
         for _ in range(job.start_epoch, job.stop_epoch):
             result.train_loss.append(trainer.train_epoch())
+            result.images += trainer.images_per_epoch
             result.curve.append(trainer.evaluate())
         final = job.stop_epoch >= job.training.epochs
         if final and job.return_weights:

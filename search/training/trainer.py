@@ -71,6 +71,7 @@ class Trainer:
         self.generator = torch.Generator(device=device).manual_seed(seed)
         self.optimizer = timm.optim.create_optimizer_v2(model, "adamw", lr=spec.peak_lr, weight_decay=spec.weight_decay)
         self.steps_per_epoch = max(1, len(self.train_split) // spec.batch_size)
+        self.images_per_epoch = min(len(self.train_split), self.steps_per_epoch * spec.batch_size)
         total = spec.epochs * self.steps_per_epoch
         warmup = round(spec.warmup_epochs * self.steps_per_epoch)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
