@@ -68,8 +68,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = sub.add_parser("train", help="train one architecture fully (checkpoints, resume)")
     train.add_argument("--arch", required=True, help="an exported folder or an architecture YAML")
-    train.add_argument("--dataset", required=True, help="digits, digit-pairs, cifar10, cifar100 or imagefolder")
-    train.add_argument("--data-root", help="local folder of cifar10/cifar100/imagefolder")
+    train.add_argument(
+        "--dataset", required=True, help="digits, digit-pairs, fashion-mnist, mnist, cifar10, cifar100 or imagefolder"
+    )
+    train.add_argument(
+        "--data-root", help="local folder of mnist/cifar10/cifar100/imagefolder (fashion-mnist: optional)"
+    )
     train.add_argument("--img-size", type=int, help="imagefolder: training image size")
     train.add_argument("--epochs", type=int, required=True)
     train.add_argument("--batch-size", type=int)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import pickle
 
 import numpy as np
@@ -12,6 +13,9 @@ from PIL import Image
 import layers
 import search.training.data as data_module
 from search.training.data import (
+    FASHION_MNIST,
+    FASHION_MNIST_ROOT,
+    MNIST_FILES,
     PAIR_CANVAS,
     DataError,
     DataSpec,
@@ -19,6 +23,7 @@ from search.training.data import (
     describe,
     load_dataset,
     make_pairs,
+    read_idx,
     split_indices,
 )
 from search.training.trainer import Trainer, TrainSpec
@@ -156,3 +161,97 @@ def test_missing_or_empty_roots_are_refused(tmp_path):
         describe(DataSpec(name="cifar10", root=str(tmp_path / "nope")))
     with pytest.raises(DataError, match="no class folders"):
         describe(DataSpec(name="imagefolder", root=str(tmp_path)))
+
+
+def test_training_subset_is_seeded_and_leaves_validation_whole():
+    full = load_dataset(DataSpec(name="digits"))
+    subset = load_dataset(DataSpec(name="digits", train_subset=300))
+    assert len(subset.train) == 300 and torch.equal(subset.val.labels, full.val.labels)
+    load_dataset.cache_clear()  # load it afresh: the same spec draws the same subset
+    assert torch.equal(load_dataset(DataSpec(name="digits", train_subset=300)).train.images, subset.train.images)
+    assert not torch.equal(
+        load_dataset(DataSpec(name="digits", train_subset=300, seed=1)).train.labels, subset.train.labels
+    )
+    # Every kept image is a training image: nothing leaks from validation.
+    train_rows = {bytes(image.flatten().tolist()) for image in full.train.images}
+    assert all(bytes(image.flatten().tolist()) in train_rows for image in subset.train.images)
+    assert len(load_dataset(DataSpec(name="digits", train_subset=10**6)).train) == len(full.train)
+
+
+def write_idx(path, array: np.ndarray, gzipped: bool) -> None:
+    """An IDX file of unsigned bytes, as MNIST's are written."""
+    payload = bytes((0, 0, 0x08, array.ndim)) + np.asarray(array.shape, ">u4").tobytes() + array.tobytes()
+    path.write_bytes(gzip.compress(payload) if gzipped else payload)
+
+
+def write_mnist_folder(root, sizes=(("train", 50), ("t10k", 20)), image=(12, 12)) -> None:
+    """The four files of the MNIST layout: train gzipped, test plain (folders mix them)."""
+    rng = np.random.default_rng(0)
+    root.mkdir(parents=True, exist_ok=True)
+    for split, count in sizes:
+        gzipped = split == "train"
+        suffix = ".gz" if gzipped else ""
+        images = rng.integers(0, 256, (count, *image), dtype=np.uint8)
+        write_idx(root / f"{split}-images-idx3-ubyte{suffix}", images, gzipped)
+        write_idx(root / f"{split}-labels-idx1-ubyte{suffix}", np.arange(count, dtype=np.uint8) % 10, gzipped)
+
+
+@pytest.mark.parametrize("gzipped", [True, False])
+def test_idx_reader_reads_what_was_written_and_refuses_bad_files(tmp_path, gzipped):
+    images = np.random.default_rng(0).integers(0, 256, (7, 5, 3), dtype=np.uint8)
+    path = tmp_path / "images"
+    write_idx(path, images, gzipped)
+    assert np.array_equal(read_idx(path, 3), images)
+    with pytest.raises(DataError, match="not an IDX file of 1-d unsigned bytes"):
+        read_idx(path, 1)  # an images file where labels are expected
+    payload = bytearray(bytes((0, 0, 0x0D, 1)) + np.asarray([4], ">u4").tobytes() + bytes(16))  # 4 floats
+    path.write_bytes(gzip.compress(payload) if gzipped else payload)
+    with pytest.raises(DataError, match="magic 00000d01, expected 00000801"):
+        read_idx(path, 1)
+    write_idx(path, images[:, :, :2], gzipped)
+    raw = gzip.decompress(path.read_bytes()) if gzipped else path.read_bytes()
+    truncated = raw[:-1]
+    path.write_bytes(gzip.compress(truncated) if gzipped else truncated)
+    with pytest.raises(DataError, match=r"holds 69 bytes of data, its header declares \(7, 5, 2\)"):
+        read_idx(path, 3)
+
+
+def test_mnist_reads_any_folder_in_the_mnist_layout(tmp_path):
+    write_mnist_folder(tmp_path / "kmnist")
+    spec = DataSpec(name="mnist", root=str(tmp_path / "kmnist"), val_fraction=0.2)
+    assert describe(spec).img_size == (12, 12)  # read from the headers
+    data = load_dataset(spec)
+    assert (len(data.train), len(data.val), len(data.test)) == (40, 10, 20)
+    assert data.train.images.shape == (40, 1, 12, 12) and data.train.images.dtype == torch.uint8
+    assert torch.equal(data.test.labels, torch.arange(20) % 10)
+    assert abs(data.mean[0] - 0.5) < 0.05 and abs(data.std[0] - 0.29) < 0.03  # uniform random pixels
+
+
+def test_mnist_files_that_disagree_are_refused(tmp_path):
+    write_mnist_folder(tmp_path, sizes=(("train", 50), ("t10k", 20)))
+    write_idx(tmp_path / "t10k-labels-idx1-ubyte", np.zeros(19, np.uint8), False)
+    with pytest.raises(DataError, match="20 test images but 19 test labels"):
+        describe(DataSpec(name="mnist", root=str(tmp_path)))
+
+
+def test_missing_idx_files_get_one_line_naming_the_package_and_the_path(tmp_path):
+    with pytest.raises(DataError) as err:
+        describe(DataSpec(name="fashion-mnist", root=str(tmp_path)))
+    message = str(err.value)
+    assert "\n" not in message and "apt-get install dataset-fashion-mnist" in message and str(tmp_path) in message
+    with pytest.raises(DataError, match=r"reads from a local folder: set data\.root"):
+        describe(DataSpec(name="mnist"))
+
+
+def test_fashion_mnist_from_the_debian_package():
+    """The files of Debian's dataset-fashion-mnist, which the README's test command installs."""
+    spec = DataSpec(name="fashion-mnist", val_fraction=0.1, seed=3)
+    assert describe(spec).img_size == (28, 28)
+    data = FASHION_MNIST.load(spec)
+    assert (len(data.train), len(data.val), len(data.test)) == (54_000, 6_000, 10_000)
+    assert data.train.images.shape[1:] == (1, 28, 28) and data.train.images.dtype == torch.uint8
+    assert torch.equal(data.test.labels.bincount(), torch.full((10,), 1000))  # the official test split
+    labels = torch.from_numpy(read_idx(FASHION_MNIST_ROOT / f"{MNIST_FILES['train_labels'][0]}.gz", 1)).long()
+    assert torch.equal(data.val.labels, labels[split_indices(60_000, 0.1, seed=3)[1]])  # the seeded split
+    assert torch.equal(data.train.labels.bincount() + data.val.labels.bincount(), torch.full((10,), 6000))
+    assert 0.27 < data.mean[0] < 0.30 and 0.34 < data.std[0] < 0.37  # the published 0.286 / 0.353

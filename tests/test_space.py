@@ -31,6 +31,15 @@ def test_default_space_loads():
     assert set(reference_params(spec)) == {"weightformer", "attention", "static"}
 
 
+def test_fashion_space_loads():
+    """The real-data CPU search: Debian's Fashion-MNIST files, a documented training subset, all references."""
+    spec = load_space(SPACES / "fashion.yaml")
+    assert spec.data.name == "fashion-mnist" and spec.data.root is None and spec.data.train_subset == 20_000
+    assert spec.data_info.img_size == (28, 28) and spec.trials.parallel == 2
+    assert "train_subset" in (SPACES / "fashion.yaml").read_text().split("\n\n")[0]  # said in the header
+    assert set(reference_params(spec)) == {"weightformer", "attention", "static"}
+
+
 def test_cifar_and_imagenet_spaces_load(tmp_path, monkeypatch):
     import torchvision.datasets.cifar as cifar
 

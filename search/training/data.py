@@ -9,13 +9,20 @@ and resize; everything after that is the same on-device path.
     digit-pairs  two of those glyphs at the two ends of an 8 x 40 canvas; the label is their sum
                  mod 10, so no single digit tells anything about it and only a model whose tokens
                  combine both ends can beat chance
+    fashion-mnist  Debian's ``dataset-fashion-mnist`` files (or the same IDX files under ``root``)
+    mnist        the four IDX files of the MNIST layout under ``root`` (MNIST, KMNIST, ...)
     cifar10/100  torchvision's format under a local ``root`` (never downloaded)
     imagefolder  ``root/train/<class>/*`` and optionally ``root/val/<class>/*`` (ImageNet layout)
+
+``train_subset`` keeps a seeded random subset of any data set's training split (the validation
+and test splits stay whole), for searches that must fit a small compute budget.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import gzip
 import math
 import os
 from collections.abc import Callable, Iterator
@@ -32,6 +39,7 @@ DATASETS: Registry = Registry("data set")
 
 # Images whose uint8 tensors would exceed this stay on disk and stream (bytes).
 IN_MEMORY_LIMIT = 4 << 30
+TRAIN_SUBSET_STREAM = 7919  # offset of the training subset's seed from the split's
 
 
 class DataError(ValueError):
@@ -46,11 +54,14 @@ class DataSpec:
     seed: int = 0
     img_size: int | None = None  # imagefolder: images are resized to this square size
     pairs: int = 6000  # digit-pairs: number of generated training canvases (validation: a sixth)
+    train_subset: int | None = None  # train on this many images of the training split (seeded); None: all
 
     def __post_init__(self) -> None:
         coerce_fields(self)
         if not 0.0 < self.val_fraction < 1.0:
             raise ConfigError("val_fraction", f"must be between 0 and 1, got {self.val_fraction}")
+        if self.train_subset is not None and self.train_subset < 1:
+            raise ConfigError("train_subset", f"must be at least 1 (or null for all), got {self.train_subset}")
 
 
 @dataclass(frozen=True)
@@ -82,6 +93,9 @@ class Split:
     def to(self, device: torch.device | str) -> Split:
         return Split(self.images.to(device, non_blocking=True), self.labels.to(device, non_blocking=True))
 
+    def subset(self, index: Tensor) -> Split:
+        return Split(self.images[index], self.labels[index])
+
     def batches(
         self, batch_size: int, device: torch.device, generator: torch.Generator | None = None, drop_last: bool = False
     ) -> Iterator[tuple[Tensor, Tensor]]:
@@ -109,6 +123,9 @@ class StreamingSplit:
 
     def to(self, device: torch.device | str) -> StreamingSplit:
         return self
+
+    def subset(self, index: Tensor) -> StreamingSplit:
+        return StreamingSplit(torch.utils.data.Subset(self.folder, index.tolist()), self.labels[index], self.workers)
 
     def batches(
         self, batch_size: int, device: torch.device, generator: torch.Generator | None = None, drop_last: bool = False
@@ -149,7 +166,12 @@ class Dataset:
 def load_dataset(spec: DataSpec) -> Dataset:
     """Load (once per process) the data set a spec names, with its seeded validation split."""
     source, _ = DATASETS.parse(spec.name)
-    return source.load(spec)
+    dataset = source.load(spec)
+    if spec.train_subset is None or spec.train_subset >= len(dataset.train):
+        return dataset
+    # Its own stream of the split's seed: the subset never depends on how the source drew its split.
+    order = torch.randperm(len(dataset.train), generator=torch.Generator().manual_seed(spec.seed + TRAIN_SUBSET_STREAM))
+    return dataclasses.replace(dataset, train=dataset.train.subset(order[: spec.train_subset].sort().values))
 
 
 def describe(spec: DataSpec) -> DataInfo:
@@ -251,6 +273,136 @@ def _cifar(spec: DataSpec, classes: int) -> Dataset:
     return Dataset(train, val, classes, (32, 32), mean, std, test=Split(*tensors(test_set)))
 
 
+IDX_UBYTE = 0x08  # the IDX type code of unsigned bytes, the only one the MNIST layout uses
+GZIP_MAGIC = b"\x1f\x8b"
+MNIST_FILES = {  # what each file of the MNIST layout holds: (file stem, IDX dimensions)
+    "train_images": ("train-images-idx3-ubyte", 3),
+    "train_labels": ("train-labels-idx1-ubyte", 1),
+    "test_images": ("t10k-images-idx3-ubyte", 3),
+    "test_labels": ("t10k-labels-idx1-ubyte", 1),
+}
+MNIST_CLASSES = 10
+FASHION_MNIST_ROOT = Path("/usr/share/datasets/fashion-mnist")  # Debian's dataset-fashion-mnist
+
+
+def _open_idx(path: Path):
+    """The file's bytes stream, gunzipped when it starts with gzip's magic (whatever its name)."""
+    with open(path, "rb") as f:
+        gzipped = f.read(2) == GZIP_MAGIC
+    return gzip.open(path, "rb") if gzipped else open(path, "rb")
+
+
+def _idx_shape(header: bytes, path: Path, ndim: int) -> tuple[int, ...]:
+    """The dimensions an IDX header declares, refusing anything but ``ndim`` dimensions of unsigned bytes."""
+    magic = bytes((0, 0, IDX_UBYTE, ndim))
+    if header[:4] != magic:
+        raise DataError(
+            f"{path} is not an IDX file of {ndim}-d unsigned bytes (magic {header[:4].hex()}, expected {magic.hex()})"
+        )
+    if len(header) < 4 + 4 * ndim:
+        raise DataError(f"{path} ends inside its IDX header")
+    return tuple(int(d) for d in np.frombuffer(header, ">u4", count=ndim, offset=4))
+
+
+def idx_shape(path: Path, ndim: int) -> tuple[int, ...]:
+    """The dimensions of an IDX file, reading its header only."""
+    try:
+        with _open_idx(path) as f:
+            return _idx_shape(f.read(4 + 4 * ndim), path, ndim)
+    except (OSError, EOFError) as err:  # a truncated or corrupt gzip stream
+        raise DataError(f"cannot read {path}: {err}") from None
+
+
+def read_idx(path: Path, ndim: int) -> np.ndarray:
+    """An IDX file (gzipped or plain) of ``ndim``-d unsigned bytes as a uint8 array of its declared shape."""
+    try:
+        with _open_idx(path) as f:
+            raw = f.read()
+    except (OSError, EOFError) as err:
+        raise DataError(f"cannot read {path}: {err}") from None
+    shape = _idx_shape(raw, path, ndim)
+    header = 4 + 4 * ndim
+    if len(raw) - header != math.prod(shape):
+        raise DataError(f"{path} holds {len(raw) - header} bytes of data, its header declares {shape}")
+    # A copy: torch wants writable memory, and the bytes object is read-only.
+    return np.frombuffer(raw, np.uint8, offset=header).reshape(shape).copy()
+
+
+def _pixel_stats(images: Tensor) -> tuple[tuple[float], tuple[float]]:
+    """Mean and std of uint8 pixels on the 0..1 scale, from their histogram (no float copy of the images)."""
+    counts = torch.bincount(images.flatten(), minlength=256).double()
+    levels = torch.arange(256, dtype=torch.float64) / 255
+    mean = float((counts * levels).sum() / counts.sum())
+    var = float((counts * (levels - mean) ** 2).sum() / counts.sum())
+    return (mean,), (math.sqrt(var),)
+
+
+@dataclass(frozen=True)
+class IdxLayout:
+    """A data set stored as the four IDX files of MNIST's layout, and where it is read from.
+
+    The official train / test split is kept: the seeded validation split is held out of the
+    training files, the test files become ``Dataset.test``.
+    """
+
+    name: str
+    default_root: Path | None  # read when data.root is not set
+    remedy: str  # what a user lacking the files should do, as the end of one sentence
+
+    def files(self, spec: DataSpec) -> dict[str, Path]:
+        folder = Path(spec.root).expanduser() if spec.root else self.default_root
+        found = {key: _gzipped_or_plain(folder / stem) for key, (stem, _) in MNIST_FILES.items()}
+        missing = [f"{MNIST_FILES[key][0]}[.gz]" for key, path in found.items() if path is None]
+        if missing:
+            raise DataError(f"{self.name}: no {', '.join(missing)} in {folder}: {self.remedy}")
+        return found
+
+    def info(self, spec: DataSpec) -> DataInfo:
+        """Checks every file's header, so a wrong or missing file is refused before any trial runs."""
+        shapes = {key: idx_shape(path, MNIST_FILES[key][1]) for key, path in self.files(spec).items()}
+        return DataInfo(_check_idx_shapes(shapes, self.name), 1, MNIST_CLASSES)
+
+    def load(self, spec: DataSpec) -> Dataset:
+        arrays = {key: read_idx(path, MNIST_FILES[key][1]) for key, path in self.files(spec).items()}
+        size = _check_idx_shapes({key: a.shape for key, a in arrays.items()}, self.name)
+        tensors = {key: torch.from_numpy(a) for key, a in arrays.items()}
+        for key in ("train_labels", "test_labels"):
+            if int(tensors[key].max()) >= MNIST_CLASSES:
+                raise DataError(
+                    f"{self.name}: {key.replace('_', ' ')} go up to {int(tensors[key].max())}, past {MNIST_CLASSES - 1}"
+                )
+        train_images = tensors["train_images"].unsqueeze(1)  # (N, 1, H, W)
+        train, val = _holdout(train_images, tensors["train_labels"].long(), spec)
+        test = Split(tensors["test_images"].unsqueeze(1), tensors["test_labels"].long())
+        mean, std = _pixel_stats(train.images)
+        return Dataset(train, val, MNIST_CLASSES, size, mean, std, test=test)
+
+
+def _gzipped_or_plain(path: Path) -> Path | None:
+    return next((p for p in (path.with_name(path.name + ".gz"), path) if p.is_file()), None)
+
+
+def _check_idx_shapes(shapes: dict[str, tuple[int, ...]], name: str) -> tuple[int, int]:
+    """The image size the four files agree on; a DataError naming the disagreement otherwise."""
+    for split in ("train", "test"):
+        images, labels = shapes[f"{split}_images"], shapes[f"{split}_labels"]
+        if images[0] != labels[0]:
+            raise DataError(f"{name}: {images[0]} {split} images but {labels[0]} {split} labels")
+    if shapes["train_images"][1:] != shapes["test_images"][1:]:
+        raise DataError(
+            f"{name}: train images are {shapes['train_images'][1:]}, test images {shapes['test_images'][1:]}"
+        )
+    return shapes["train_images"][1:]
+
+
+FASHION_MNIST = IdxLayout(
+    "fashion-mnist",
+    FASHION_MNIST_ROOT,
+    "apt-get install dataset-fashion-mnist (Debian's package), or set data.root to a folder holding them",
+)
+MNIST = IdxLayout("mnist", None, "data.root must hold the four IDX files of the MNIST layout")
+
+
 def load_imagefolder(spec: DataSpec) -> Dataset:
     from torchvision.datasets import ImageFolder
     from torchvision.transforms import v2
@@ -329,3 +481,6 @@ DATASETS.register("digit-pairs")(DataSource(lambda spec: DataInfo(PAIR_CANVAS, 1
 DATASETS.register("cifar10")(DataSource(lambda spec: DataInfo((32, 32), 3, 10), lambda spec: _cifar(spec, 10), True))
 DATASETS.register("cifar100")(DataSource(lambda spec: DataInfo((32, 32), 3, 100), lambda spec: _cifar(spec, 100), True))
 DATASETS.register("imagefolder")(DataSource(_imagefolder_info, load_imagefolder, True))
+# Both read local files; fashion-mnist has a default folder, so it does not need data.root.
+DATASETS.register("fashion-mnist")(DataSource(FASHION_MNIST.info, FASHION_MNIST.load))
+DATASETS.register("mnist")(DataSource(MNIST.info, MNIST.load, True))
