@@ -232,6 +232,9 @@ def test_mnist_files_that_disagree_are_refused(tmp_path):
     write_idx(tmp_path / "t10k-labels-idx1-ubyte", np.zeros(19, np.uint8), False)
     with pytest.raises(DataError, match="20 test images but 19 test labels"):
         describe(DataSpec(name="mnist", root=str(tmp_path)))
+    write_mnist_folder(tmp_path, sizes=(("t10k", 0),))
+    with pytest.raises(DataError, match="the test images file holds no images"):
+        describe(DataSpec(name="mnist", root=str(tmp_path)))
 
 
 def test_missing_idx_files_get_one_line_naming_the_package_and_the_path(tmp_path):
@@ -239,8 +242,9 @@ def test_missing_idx_files_get_one_line_naming_the_package_and_the_path(tmp_path
         describe(DataSpec(name="fashion-mnist", root=str(tmp_path)))
     message = str(err.value)
     assert "\n" not in message and "apt-get install dataset-fashion-mnist" in message and str(tmp_path) in message
-    with pytest.raises(DataError, match=r"reads from a local folder: set data\.root"):
-        describe(DataSpec(name="mnist"))
+    for check in (describe, load_dataset):  # a worker loading a spec never described says so too
+        with pytest.raises(DataError, match=r"reads from a local folder: set data\.root"):
+            check(DataSpec(name="mnist"))
 
 
 def test_fashion_mnist_from_the_debian_package():

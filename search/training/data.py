@@ -351,6 +351,8 @@ class IdxLayout:
 
     def files(self, spec: DataSpec) -> dict[str, Path]:
         folder = Path(spec.root).expanduser() if spec.root else self.default_root
+        if folder is None:
+            raise DataError(f"data set {self.name!r} reads from a local folder: set data.root")
         found = {key: _gzipped_or_plain(folder / stem) for key, (stem, _) in MNIST_FILES.items()}
         missing = [f"{MNIST_FILES[key][0]}[.gz]" for key, path in found.items() if path is None]
         if missing:
@@ -386,6 +388,8 @@ def _check_idx_shapes(shapes: dict[str, tuple[int, ...]], name: str) -> tuple[in
     """The image size the four files agree on; a DataError naming the disagreement otherwise."""
     for split in ("train", "test"):
         images, labels = shapes[f"{split}_images"], shapes[f"{split}_labels"]
+        if images[0] == 0:
+            raise DataError(f"{name}: the {split} images file holds no images")
         if images[0] != labels[0]:
             raise DataError(f"{name}: {images[0]} {split} images but {labels[0]} {split} labels")
     if shapes["train_images"][1:] != shapes["test_images"][1:]:
