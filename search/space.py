@@ -1,8 +1,8 @@
 """The YAML search space: one file describes a whole study, and is checked before anything runs.
 
     study:          {name, storage, seed}
-    data:           search.data.DataSpec       (name, root, val_fraction, ...)
-    training:       search.train.TrainSpec     (epochs, batch_size, lr, ..., augment: {...})
+    data:           search.training.data.DataSpec      (name, root, val_fraction, ...)
+    training:       search.training.trainer.TrainSpec  (epochs, batch_size, lr, ..., augment: {...})
     objectives:     {accuracy: maximize, gmacs: minimize}   (also params, latency)
     budget:         {max_gmacs, max_params}    hard limits, checked before any training
     trials:         {count, timeout_minutes, parallel, retries}
