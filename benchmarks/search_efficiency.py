@@ -241,17 +241,36 @@ def rejections_by_half(records: Sequence[TrialRecord]) -> tuple[float, float]:
 def figure(bands: dict[str, dict[str, list[float]]], grid: Sequence[float], path: Path, title: str) -> None:
     import plotly.graph_objects as go
 
-    colours = {"default": "#d62728", "random-full": "#1f77b4", "default-sampler-full": "#ff7f0e",
-               "random-stopping": "#2ca02c"}  # fmt: skip
+    colours = {
+        "default": "#d62728",
+        "random-full": "#1f77b4",
+        "default-sampler-full": "#ff7f0e",
+        "random-stopping": "#2ca02c",
+    }
     x = [c / 1e12 for c in grid]
     fig = go.Figure()
     for strategy, b in bands.items():
         colour = colours.get(strategy, "#7f7f7f")
-        fig.add_trace(go.Scatter(x=x + x[::-1], y=b["q3"] + b["q1"][::-1], fill="toself", opacity=0.2,
-                                 line=dict(width=0), fillcolor=colour, showlegend=False, hoverinfo="skip"))  # fmt: skip
+        fig.add_trace(
+            go.Scatter(
+                x=x + x[::-1],
+                y=b["q3"] + b["q1"][::-1],
+                fill="toself",
+                opacity=0.2,
+                line=dict(width=0),
+                fillcolor=colour,
+                showlegend=False,
+                hoverinfo="skip",
+            )
+        )
         fig.add_trace(go.Scatter(x=x, y=b["median"], name=strategy, line=dict(color=colour, width=3, shape="hv")))
-    fig.update_layout(title=title, xaxis_title="training compute (TMACs)", yaxis_title="hypervolume",
-                      template="plotly_white", height=520)  # fmt: skip
+    fig.update_layout(
+        title=title,
+        xaxis_title="training compute (TMACs)",
+        yaxis_title="hypervolume",
+        template="plotly_white",
+        height=520,
+    )
     fig.write_html(path, include_plotlyjs="cdn")
 
 
@@ -263,6 +282,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--workdir", type=Path, default=ROOT / "benchmarks" / ".work" / "search_efficiency")
     parser.add_argument("--out", type=Path, default=RESULTS, help="folder for the figures")
     parser.add_argument("--smoke", action="store_true", help="trivial trial body and a tiny budget: checks the code")
+    parser.add_argument(
+        "--only",
+        action="append",
+        choices=list(STRATEGIES),
+        help="only run these strategies' searches (repeatable), without the analysis",
+    )
     args = parser.parse_args(argv)
 
     segment = trivial_segment if args.smoke else None
@@ -274,11 +299,17 @@ def main(argv: list[str] | None = None) -> None:
         print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
     runs: dict[str, list[Run]] = {}
-    for strategy in STRATEGIES:
-        seeds = args.seeds if strategy in HEADLINE else args.ablation_seeds
-        for seed in range(seeds):
-            path = space_for(strategy, seed, args.workdir, budget)
-            runs.setdefault(strategy, []).append(run(path, args.workdir, segment or _real_segment(), log))
+    with cluster.connected(None, cpus=1, gpus=0):  # one Ray for every run: its workers stay warm
+        for strategy in args.only or STRATEGIES:
+            seeds = args.seeds if strategy in HEADLINE else args.ablation_seeds
+            for seed in range(seeds):
+                path = space_for(strategy, seed, args.workdir, budget)
+                runs.setdefault(strategy, []).append(run(path, args.workdir, segment or _real_segment(), log))
+        if args.only:
+            return
+        constraint_rates = _constraint_learning(
+            args.workdir, seeds=2 if args.smoke else 5, count=16 if args.smoke else 40, log=log
+        )
 
     limit = budget * 1e12
     grid = [limit * i / GRID_POINTS for i in range(GRID_POINTS + 1)]
@@ -292,37 +323,48 @@ def main(argv: list[str] | None = None) -> None:
     for strategy, rs in runs.items():
         finals = [hypervolume_at(c, limit) for c in curves[strategy]]
         within = [[r for r in run.records if _spent_before(run.records, r) < limit] for run in rs]
-        rows.append({
-            "strategy": strategy,
-            "seeds": len(rs),
-            "median hypervolume at equal compute": statistics.median(finals),
-            "spread (min-max)": f"{min(finals):.4g}-{max(finals):.4g}",
-            "trials (median)": statistics.median(len(w) for w in within),
-            "complete (median)": statistics.median(sum(r.status == COMPLETE for r in w) for w in within),
-            "trial-seconds (median)": statistics.median(sum(r.compute_s for r in w) for w in within),
-        })  # fmt: skip
+        rows.append(
+            {
+                "strategy": strategy,
+                "seeds": len(rs),
+                "median hypervolume at equal compute": statistics.median(finals),
+                "spread (min-max)": f"{min(finals):.4g}-{max(finals):.4g}",
+                "trials (median)": statistics.median(len(w) for w in within),
+                "complete (median)": statistics.median(sum(r.status == COMPLETE for r in w) for w in within),
+                "trial-seconds (median)": statistics.median(sum(r.compute_s for r in w) for w in within),
+            }
+        )
     correlations = rank_correlations([r for s in FULL_TRAINING for r in runs[s]])
     default_spec = load_space(space_for("default", 0, args.workdir, budget))
     replays = [replay_stopping(r, default_spec) for s in FULL_TRAINING for r in runs[s]]
-    constraint_rates = _constraint_learning(
-        args.workdir, seeds=2 if args.smoke else 5, count=16 if args.smoke else 40, log=log
-    )
 
     targets = []
     if reached is not None:
         fraction = reached / limit
         headline = f"the default reaches random search's final median hypervolume at {fraction:.2f} of its compute"
-        targets.append(Target("compute to reach random's final median hypervolume / random's compute",
-                              fraction, 0.50, at_most=True))  # fmt: skip
+        targets.append(
+            Target(
+                "compute to reach random's final median hypervolume / random's compute", fraction, 0.50, at_most=True
+            )
+        )
     else:
         fraction = None
-        headline = (f"the default never reaches random search's final median hypervolume within the same compute; "
-                    f"hypervolume ratio at equal compute: {default_final / random_final:.3f}")  # fmt: skip
-        targets.append(Target("median hypervolume, default / random, at equal compute",
-                              default_final / random_final, 1.0, at_most=False))  # fmt: skip
+        headline = (
+            f"the default never reaches random search's final median hypervolume within the same compute; "
+            f"hypervolume ratio at equal compute: {default_final / random_final:.3f}"
+        )
+        targets.append(
+            Target(
+                "median hypervolume, default / random, at equal compute",
+                default_final / random_final,
+                1.0,
+                at_most=False,
+            )
+        )
     first, second = (statistics.median(x) for x in zip(*constraint_rates))
-    targets.append(Target("rejections per finished trial, second half / first half", second / max(first, 1e-9),
-                          1.0, at_most=True))  # fmt: skip
+    targets.append(
+        Target("rejections per finished trial, second half / first half", second / max(first, 1e-9), 1.0, at_most=True)
+    )
     wall = time.time() - started
     correlation_lines = "\n".join(
         f"| {e} | {c['median_over_runs']:.2f} | {c['pooled']:.2f} |" for e, c in correlations.items()
@@ -357,7 +399,6 @@ def main(argv: list[str] | None = None) -> None:
         "bands": {"compute_tmacs": [g / 1e12 for g in grid], **bands},
         "wall_s": wall,
     }
-    cluster.shutdown()
     exit_with(write("search_efficiency", "Search efficiency", rows, targets, notes, folder=args.out, extra=extra))
 
 

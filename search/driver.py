@@ -33,7 +33,7 @@ from safetensors.torch import save_file
 from layers import ArchConfig, ConfigError, complexity
 
 from . import records
-from .cluster import connect
+from .cluster import connected
 from .display import Display, Snapshot
 from .early_stopping import RungResult, decide
 from .recovery import Recovery
@@ -139,7 +139,11 @@ class Driver:
         # Storage and cluster are checked before anything is written, so that a bad URL or address
         # leaves neither a database nor a results folder behind.
         check_storage(spec.study.storage)
-        connect(self.address, cpus=spec.resources.cpus, gpus=spec.resources.gpus)
+        with connected(self.address, cpus=spec.resources.cpus, gpus=spec.resources.gpus):
+            return self._run()
+
+    def _run(self) -> optuna.Study:
+        spec = self.spec
         created = self.open()
         records.results_dir(self.results, spec.study.name).mkdir(parents=True, exist_ok=True)
         self.recovery.beat(force=True)

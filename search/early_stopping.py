@@ -17,9 +17,10 @@ Everything here is pure: the driver gathers the rung tables and applies the deci
 
 from __future__ import annotations
 
-import bisect
 from collections.abc import Sequence
 from dataclasses import dataclass
+
+import numpy as np
 
 from .pareto import crowding_distances, nondominated_ranks
 
@@ -101,17 +102,13 @@ def decide(
 def estimate_final_accuracy(rung_accuracy: float, rung: int, complete_curves: Sequence[Sequence[float]]) -> float:
     """The final accuracy a trial stopped at ``rung`` would likely have reached.
 
-    A quantile map from the complete trials that went past the rung: the stopped trial's place
-    among their accuracies at the rung is mapped to the same place among their final accuracies.
-    Monotone, and free of any assumption on the shape of the learning curves.
+    A quantile map from the complete trials that went past the rung: the k-th lowest accuracy at
+    the rung maps to the k-th lowest final accuracy, linearly in between, and the ends hold beyond
+    them. Monotone, and free of any assumption on the shape of the learning curves.
     """
     pairs = [(max(curve[:rung]), curve[-1]) for curve in complete_curves if len(curve) > rung]
     if len(pairs) < MIN_PAIRS_FOR_ESTIMATE:
         return rung_accuracy
     at_rung = sorted(a for a, _ in pairs)
-    place = (bisect.bisect_left(at_rung, rung_accuracy) + bisect.bisect_right(at_rung, rung_accuracy)) / 2
     finals = sorted(f for _, f in pairs)
-    position = place / len(pairs) * (len(finals) - 1)
-    low = int(position)
-    high = min(low + 1, len(finals) - 1)
-    return finals[low] + (finals[high] - finals[low]) * (position - low)
+    return float(np.interp(rung_accuracy, at_rung, finals))

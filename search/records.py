@@ -149,6 +149,11 @@ def records(study: optuna.Study) -> list[TrialRecord]:
     return [TrialRecord.from_frozen(t) for t in study.get_trials(deepcopy=False)]
 
 
+def status_counts(all_records: Sequence[TrialRecord]) -> dict[str, int]:
+    """How many trials have each final status (complete, pruned, failed, rejected)."""
+    return {s: sum(r.status == s for r in all_records) for s in (COMPLETE, PRUNED, FAILED, REJECTED)}
+
+
 def pareto_front(all_records: Sequence[TrialRecord], directions: Sequence[str]) -> list[TrialRecord]:
     """The complete trials no other complete trial dominates, best first objective first."""
     complete = [r for r in all_records if r.status == COMPLETE and r.values]

@@ -301,6 +301,29 @@ class SearchSpec:
         return [p for p in self.params if not p.name.startswith("training.")]
 
 
+@dataclass(frozen=True)
+class RecordedSettings:
+    """The sections of a space that the report and the exports read back from a study (which
+    keeps its space file's text): they need no data set, so they load where the data is absent."""
+
+    training: TrainSpec
+    budget: BudgetSection
+    early_stopping: EarlyStoppingSection | None
+
+    @classmethod
+    def of(cls, data: Mapping[str, Any]) -> RecordedSettings:
+        stopping = data.get("early_stopping", {})
+        return cls(
+            build(TrainSpec, data.get("training") or {}, "training"),
+            build(BudgetSection, data.get("budget") or {}, "budget"),
+            None if stopping is False else build(EarlyStoppingSection, stopping or {}, "early_stopping"),
+        )
+
+    @classmethod
+    def of_study(cls, user_attrs: Mapping[str, Any]) -> RecordedSettings:
+        return cls.of(yaml.safe_load(user_attrs.get("space", "")) or {})
+
+
 # ---------------------------------------------------------------------- loading
 SECTIONS = (
     "study",
@@ -361,11 +384,7 @@ def _parse(source: str, text: str, data: dict, storage: str | None) -> SearchSpe
         raise ConfigError("data.root", str(err)) from None
     except ValueError as err:  # the registry refusing an unknown data set name
         raise ConfigError("data.name", str(err)) from None
-    training = build(TrainSpec, data.get("training") or {}, "training")
-    stopping_raw = data.get("early_stopping", {})
-    early_stopping = (
-        None if stopping_raw is False else build(EarlyStoppingSection, stopping_raw or {}, "early_stopping")
-    )
+    recorded = RecordedSettings.of(data)
     keep = data.get("keep_weights", "front")
     if keep not in KEEP_WEIGHTS:
         raise ConfigError("keep_weights", unknown_name_message("choice", keep, list(KEEP_WEIGHTS)))
@@ -377,12 +396,12 @@ def _parse(source: str, text: str, data: dict, storage: str | None) -> SearchSpe
         study=study,
         data=data_spec,
         data_info=info,
-        training=training,
+        training=recorded.training,
         objectives=_objectives(data.get("objectives", {"accuracy": "maximize", "gmacs": "minimize"})),
-        budget=build(BudgetSection, data.get("budget") or {}, "budget"),
+        budget=recorded.budget,
         trials=build(TrialsSection, data.get("trials") or {}, "trials"),
         sampler=sampler,
-        early_stopping=early_stopping,
+        early_stopping=recorded.early_stopping,
         resources=build(ResourcesSection, data.get("resources") or {}, "resources"),
         keep_weights=keep,
         params=_params(data["space"]),

@@ -79,6 +79,16 @@ def postgres_url() -> str:
     return url
 
 
+@pytest.fixture(scope="session")
+def local_ray():
+    """One local Ray for every in-process search of the session: a search leaves running a Ray it
+    did not start, so each one skips Ray's start-up and finds its workers warm."""
+    from search.cluster import connected
+
+    with connected(None, cpus=1, gpus=0) as totals:
+        yield totals
+
+
 @pytest.fixture
 def unique_name() -> str:
     return f"t{uuid.uuid4().hex[:10]}"

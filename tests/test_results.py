@@ -71,7 +71,7 @@ def test_report_renders_in_a_real_browser(searched):
         page.goto(report.as_uri())
         page.wait_for_selector(".js-plotly-plot .scatterlayer .point", timeout=30_000)
         plots = page.locator(".js-plotly-plot")
-        assert plots.count() == 6
+        assert plots.count() == 7
         for i in range(plots.count()):  # every plot drew something
             assert plots.nth(i).locator(".point, .bars path, .scatterlayer path.js-line").count() > 0
         assert page.locator("table tbody tr").count() >= 1  # the front's table
