@@ -1,7 +1,7 @@
 """Search quality, through the driver with a trial body that trains nothing (``tests/fakes.py``):
 early stopping prunes exactly what its rule names and never a reference, rejections teach the
-sampler where the budget lies, resumed and concurrent drivers never repeat a configuration, and
-the efficiency benchmark's code runs end to end."""
+sampler where the budget lies, a resumed driver never repeats a configuration (two drivers on one
+study: tests/test_faults.py), and the efficiency benchmark's code runs end to end."""
 
 from __future__ import annotations
 
@@ -9,13 +9,20 @@ import json
 import os
 import signal
 import statistics
-import subprocess
-import sys
 from pathlib import Path
 
 import optuna
 import pytest
-from conftest import counted, load_study, sqlite_url, write_space
+from conftest import (
+    WIDE_SPACE,
+    counted,
+    load_study,
+    records_of,
+    repeated_configurations,
+    sqlite_url,
+    start_fake_driver,
+    write_space,
+)
 
 from search.display import Display
 from search.driver import Driver
@@ -23,20 +30,12 @@ from search.early_stopping import RungResult, decide
 from search.records import COMPLETE, PRUNED, REJECTED, TrialRecord, objective_values
 from search.records import records as read_records
 from search.space import load_space
-from search.storage import StorageError
 from tests.fakes import curve_segment
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.usefixtures("local_ray")
 
-SPACE = {  # large enough that two trials sampling the same configuration by chance is out of the question
-    "patch_size": 2,
-    "num_heads": 2,
-    "mixer": {"choices": ["dynamic", "attention", "static"]},
-    "embed_dim": {"choices": [16, 24, 32]},
-    "depth": {"low": 2, "high": 4},
-    "training.lr": {"low": 1.0e-3, "high": 1.0e-2, "log": True},
-}
+SPACE = WIDE_SPACE
 
 
 def search(folder: Path, **sections) -> list[TrialRecord]:
@@ -125,42 +124,12 @@ def test_rejections_reach_the_sampler_as_constraints_and_grow_rarer(tmp_path):
     assert early >= 0.25 and late <= 0.6 * early, (early, late)
 
 
-def repeated(records: list[TrialRecord]) -> list[tuple[int, int]]:
-    """Pairs of trials that tried the same configuration, a retry and what it retries aside."""
-    seen: dict[str, int] = {}
-    pairs = []
-    for record in records:
-        if not record.params or record.retry_of is not None:
-            continue
-        key = json.dumps(record.params, sort_keys=True)
-        if key in seen:
-            pairs.append((seen[key], record.number))
-        seen.setdefault(key, record.number)
-    return pairs
-
-
-def start_fake_driver(space: Path, results: Path) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "tests.fakes", str(space), str(results)],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-
-
 def test_a_killed_and_resumed_driver_repeats_no_configuration(tmp_path):
-    space = write_space(tmp_path, space=SPACE, trials={"count": 24, "parallel": 2}, training={"epochs": 6})
+    space = write_space(tmp_path, space=SPACE, trials={"count": 24, "parallel": 2}, training={"epochs": 2})
     url = sqlite_url(tmp_path)
 
-    def done() -> int:
-        try:
-            return len(counted(read_records(load_study(url))))
-        except (KeyError, StorageError):  # no database, or no study, yet
-            return 0
-
     driver = start_fake_driver(space, tmp_path / "results")
-    while done() < 8:
+    while len(counted(records_of(url))) < 6:
         assert driver.poll() is None, driver.stdout.read()
     os.kill(driver.pid, signal.SIGKILL)
     driver.wait()
@@ -168,23 +137,7 @@ def test_a_killed_and_resumed_driver_repeats_no_configuration(tmp_path):
     Driver(load_space(space), results=tmp_path / "results", display=Display(quiet=True), segment=curve_segment).run()
     records = read_records(load_study(url))
     assert len(counted(records)) == 24 and max(r.number for r in records) > before + 4  # the resumed run sampled
-    assert repeated(records) == []
-
-
-def test_two_drivers_on_one_postgres_study_repeat_no_configuration(tmp_path, postgres_url, unique_name):
-    space = write_space(
-        tmp_path,
-        name=unique_name,
-        study={"name": unique_name, "storage": postgres_url},
-        space=SPACE,
-        trials={"count": 16, "parallel": 1},
-        training={"epochs": 3},
-    )
-    drivers = [start_fake_driver(space, tmp_path / "results") for _ in range(2)]
-    assert [d.wait(timeout=300) for d in drivers] == [0, 0], [d.stdout.read() for d in drivers]
-    study = load_study(postgres_url, unique_name)
-    assert len({t.user_attrs.get("driver") for t in study.trials if t.state.is_finished()}) == 2
-    assert repeated(read_records(study)) == []
+    assert repeated_configurations(records) == []
 
 
 def test_the_efficiency_benchmark_runs_end_to_end(tmp_path):
