@@ -241,7 +241,7 @@ def erf(args: argparse.Namespace) -> int:
 
 @command("run")
 def run(args: argparse.Namespace) -> int:
-    from .cluster import ClusterError, shutdown
+    from .cluster import ClusterError
     from .display import Display
     from .driver import Driver, StudyMismatch
     from .space import load_space
@@ -256,8 +256,6 @@ def run(args: argparse.Namespace) -> int:
     except StorageError as err:
         origin = "--storage" if args.storage else f"study.storage in {args.space}"
         return _usage_error(f"{err} ({origin})")
-    finally:
-        shutdown()
     return EXIT_OK
 
 

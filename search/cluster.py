@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
+from collections.abc import Iterator
 from urllib.parse import urlparse
 
 import ray
@@ -61,6 +63,14 @@ def _check_reachable(address: str, timeout: float = 5.0) -> None:
         raise ClusterError(f"cannot reach the Ray cluster at {address}: {err.strerror or err}") from None
 
 
-def shutdown() -> None:
-    if ray.is_initialized():
-        ray.shutdown()
+@contextlib.contextmanager
+def connected(address: str | None, *, cpus: float, gpus: float) -> Iterator[dict[str, float]]:
+    """``connect`` for the length of a ``with`` block; Ray is stopped at its end only if the block
+    started it, so that a search run inside a program already using Ray (a notebook, a test
+    session, a benchmark running many searches) leaves that Ray running."""
+    started = not ray.is_initialized()
+    try:
+        yield connect(address, cpus=cpus, gpus=gpus)
+    finally:
+        if started and ray.is_initialized():
+            ray.shutdown()

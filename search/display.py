@@ -12,7 +12,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from .records import COMPLETE, COUNTED, FAILED, PRUNED, REJECTED, RUNNING, TrialRecord, pareto_front
+from .records import COMPLETE, COUNTED, FAILED, PRUNED, REJECTED, RUNNING, TrialRecord, pareto_front, status_counts
 
 if TYPE_CHECKING:
     from .space import SearchSpec
@@ -33,11 +33,7 @@ class Snapshot:
     def of(
         cls, records: list[TrialRecord], spec: SearchSpec, elapsed_s: float, running: int, finished_this_run: int
     ) -> Snapshot:
-        counts = dict.fromkeys((COMPLETE, PRUNED, FAILED, REJECTED), 0)
-        for record in records:
-            if record.status in counts:
-                counts[record.status] += 1
-        counts[RUNNING] = running
+        counts = {**status_counts(records), RUNNING: running}
         on_front = pareto_front(records, spec.directions)
         timeout = spec.trials.timeout_minutes * 60 if spec.trials.timeout_minutes else None
         return cls(

@@ -17,6 +17,7 @@ each ask, and so the sequence of configurations, then depends on the seed alone,
 
 from __future__ import annotations
 
+import secrets
 import signal
 import time
 import uuid
@@ -32,12 +33,12 @@ from safetensors.torch import save_file
 from layers import ArchConfig, ConfigError, complexity
 
 from . import records
-from .cluster import connect
+from .cluster import connected
 from .display import Display, Snapshot
 from .early_stopping import RungResult, decide
 from .recovery import Recovery
 from .references import reference_params
-from .samplers import create_sampler
+from .samplers import create_sampler, trial_seed
 from .space import SearchSpec, budget_constraints, over_budget
 from .storage import check_storage, masked, redact
 from .study_client import StudyClient
@@ -46,9 +47,6 @@ from .training.trainer import TrainSpec
 
 #: Stop asking after this many rejections in a row: the budget and the space barely overlap.
 MAX_REJECTED_IN_A_ROW = 200
-#: Trial seeds are study_seed * SEED_STRIDE + trial number: a prime, so that the seeds of two
-#: studies whose seeds differ by one never collide for any realistic trial count.
-SEED_STRIDE = 100_003
 #: A training step costs its forward pass and a backward pass of about twice that: the usual
 #: convention for counting training compute from forward MACs.
 TRAIN_MACS_PER_FORWARD_MAC = 3
@@ -65,7 +63,8 @@ class Active:
     trial_id: int
     number: int
     params: dict[str, Any]
-    seed: int
+    seed: int  # of its training; its sampling is seeded with trial_seed(study seed, number)
+    reference: str | None = None  # reference trials always run to the end
     arch: ArchConfig | None = None
     training: TrainSpec | None = None
     gmacs: float = 0.0
@@ -115,9 +114,8 @@ class Driver:
     def open(self) -> bool:
         """Open (or create) the study; returns whether this driver created it."""
         spec = self.spec
-        sampler = create_sampler(spec.sampler.name, spec.study.seed, spec.sampler.options)
         self.client, created = StudyClient.open(
-            spec.study.name, spec.study.storage, spec.directions, sampler, on_retry=self.display.log
+            spec.study.name, spec.study.storage, spec.directions, on_retry=self.display.log
         )
         study = self.client.study
         stored = records.directions(study)
@@ -141,7 +139,11 @@ class Driver:
         # Storage and cluster are checked before anything is written, so that a bad URL or address
         # leaves neither a database nor a results folder behind.
         check_storage(spec.study.storage)
-        connect(self.address, cpus=spec.resources.cpus, gpus=spec.resources.gpus)
+        with connected(self.address, cpus=spec.resources.cpus, gpus=spec.resources.gpus):
+            return self._run()
+
+    def _run(self) -> optuna.Study:
+        spec = self.spec
         created = self.open()
         records.results_dir(self.results, spec.study.name).mkdir(parents=True, exist_ok=True)
         self.recovery.beat(force=True)
@@ -180,6 +182,12 @@ class Driver:
         spec = self.spec
         if spec.trials.timeout_minutes is not None and time.time() - self.started > 60 * spec.trials.timeout_minutes:
             return False
+        if spec.trials.max_train_tmacs is not None:
+            # What the trials have spent so far, running ones included: they finish what they
+            # started, so a study ends a little past its compute budget, never short of it.
+            spent = sum(r.train_macs for r in self.client.records())
+            if spent >= spec.trials.max_train_tmacs * 1e12:
+                return False
         if spec.trials.count is None:
             return True
         return self._ahead_of(None) < spec.trials.count
@@ -220,12 +228,15 @@ class Driver:
         trial_id = self.client.claim()
         number = self.client.retry(lambda: self.client.storage.get_trial_number_from_id(trial_id), "read a trial")
         attrs = self.client.retry(lambda: self.client.storage.get_trial_user_attrs(trial_id), "read a trial")
-        seed = attrs.get("seed", (spec.study.seed or 0) * SEED_STRIDE + number)
-        active = Active(trial_id, number, {}, seed)
+        # A retry keeps the seed it was first trained with; an unseeded study draws one.
+        seed = attrs.get("seed", trial_seed(spec.study.seed, number))
+        seed = secrets.randbelow(2**31) if seed is None else seed
+        active = Active(trial_id, number, {}, seed, reference=attrs.get("reference"))
         self.active.append(active)
         self.client.set_trial_attrs(trial_id, driver=self.id, seed=seed)
+        sampler = create_sampler(spec.sampler.name, trial_seed(spec.study.seed, number), spec.sampler.options)
         try:
-            active.params = self.client.sample(trial_id, spec.sample)
+            active.params = self.client.sample(trial_id, sampler, spec.sample)
             active.arch, active.training = spec.configs(active.params)
         except ConfigError as err:
             return self._reject(active, f"invalid combination: {err}", {"valid": 1.0})
@@ -345,18 +356,18 @@ class Driver:
                 path = records.weights_path(self.results, self.spec.study.name, active.number)
                 path.parent.mkdir(parents=True, exist_ok=True)
                 save_file(result.weights, str(path))
-            return self._finish(active, records.COMPLETE, values=self._objective_values(active))
+            return self._finish(active, records.COMPLETE, values=self._objective_values(active, active.curve[-1]))
         active.paused_at = active.epochs_done
         self._decide(active)
 
-    def _objective_values(self, active: Active) -> list[float]:
-        measures = {
-            "accuracy": active.curve[-1],
-            "gmacs": active.gmacs,
-            "params": active.mparams,
-            "latency": active.latency_ms or 0.0,
-        }
-        return [measures[o.name] for o in self.spec.objectives]
+    def _objective_values(self, active: Active | records.TrialRecord, accuracy: float) -> list[float]:
+        return records.objective_values(
+            [o.name for o in self.spec.objectives],
+            accuracy=accuracy,
+            gmacs=active.gmacs,
+            mparams=active.mparams,
+            latency_ms=active.latency_ms,
+        )
 
     # ------------------------------------------------------------------ early stopping
     def _decide_paused(self) -> None:
@@ -369,13 +380,23 @@ class Driver:
         rung = active.paused_at
         if any(a.number < active.number and a.status is None and a.epochs_done < rung for a in self.active):
             return  # an earlier trial of ours has yet to reach this rung: decide once it has
+        active.paused_at = None
+        if active.reference is not None:
+            return self._submit(active)
+        stopping = self.spec.early_stopping
         earlier = [
-            RungResult(r.number, max(r.curve[:rung]), r.gmacs)
+            RungResult(r.number, tuple(self._objective_values(r, max(r.curve[:rung]))))
             for r in self.client.records()
             if r.number < active.number and r.gmacs is not None and len(r.curve) >= rung
         ]
-        decision = decide(rung, RungResult(active.number, max(active.curve[:rung]), active.gmacs), earlier)
-        active.paused_at = None
+        decision = decide(
+            rung,
+            RungResult(active.number, tuple(self._objective_values(active, max(active.curve[:rung])))),
+            earlier,
+            reduction=stopping.reduction,
+            min_trials=stopping.min_trials,
+            directions=self.spec.directions,
+        )
         if decision.go_on:
             self._submit(active)
         else:

@@ -1,8 +1,9 @@
 """Everything the search needs from Optuna beyond its documented ask-and-tell API, in one place.
 
 The driver splits ``Study.ask`` in two steps that can each be retried through a database outage
-(a claim that writes, a handle that only reads), and it reads the parameters a queued trial was
-enqueued with. Optuna has no public call for either. Each use below says which internal
+(a claim that writes, a handle that only reads), it reads the parameters a queued trial was
+enqueued with, and it shows samplers early-stopped trials as what they revealed (``SamplerView``).
+Optuna has no public call for any of these. Each use below says which internal
 behaviour it relies on and why; ``tests/test_optuna_adapter.py`` pins every one of them, so that
 an Optuna upgrade which changes one fails there rather than in the middle of a search.
 ``pyproject.toml`` bounds optuna to the major version this module is written for.
@@ -10,6 +11,8 @@ an Optuna upgrade which changes one fails there rather than in the middle of a s
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Callable, Container
 from typing import Any
 
 import optuna
@@ -65,3 +68,34 @@ def queued_params(trial: FrozenTrial) -> dict[str, Any]:
     ``trial.params`` alone would turn a reference into a random trial.
     """
     return {**trial.system_attrs.get(FIXED_PARAMS_KEY, {}), **trial.params}
+
+
+class SamplerView:
+    """A study as a sampler sees it: the same study, with its trials passed through ``transform``.
+
+    Optuna's samplers (TPE, NSGA-II, GP) read the trial list through the private
+    ``Study._get_trials``, so that is the method this view overrides; everything else is the
+    study's own. Only reads go through the view: a sampler's writes (``before_trial``,
+    ``after_trial``) get the real study.
+    """
+
+    def __init__(self, study: optuna.Study, transform: Callable[[optuna.Study, list[FrozenTrial]], list[FrozenTrial]]):
+        self._study, self._transform = study, transform
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._study, name)
+
+    def _get_trials(
+        self, deepcopy: bool = True, states: Container[TrialState] | None = None, use_cache: bool = False
+    ) -> list[FrozenTrial]:
+        trials = self._transform(self._study, self._study._get_trials(deepcopy=False, use_cache=use_cache))
+        if states is not None:
+            trials = [t for t in trials if t.state in states]
+        return copy.deepcopy(trials) if deepcopy else trials
+
+    def get_trials(self, deepcopy: bool = True, states: Container[TrialState] | None = None) -> list[FrozenTrial]:
+        return self._get_trials(deepcopy, states)
+
+    @property
+    def trials(self) -> list[FrozenTrial]:
+        return self.get_trials()

@@ -57,6 +57,7 @@ class TrialRecord:
     train_loss: list[float] = field(default_factory=list)
     wall_time_s: float | None = None
     train_macs: float = 0.0  # training compute spent: 3 x forward MACs per image x images trained on
+    compute_s: float = 0.0  # seconds its segments ran on workers
     reason: str | None = None
     reference: str | None = None
     seed: int | None = None
@@ -98,6 +99,7 @@ class TrialRecord:
             train_loss=attrs.get("train_loss", []),
             wall_time_s=attrs.get("wall_time_s"),
             train_macs=attrs.get("train_macs", 0.0),
+            compute_s=attrs.get("compute_s", 0.0),
             reason=attrs.get("reason"),
             reference=attrs.get("reference"),
             seed=attrs.get("seed"),
@@ -147,11 +149,24 @@ def records(study: optuna.Study) -> list[TrialRecord]:
     return [TrialRecord.from_frozen(t) for t in study.get_trials(deepcopy=False)]
 
 
+def status_counts(all_records: Sequence[TrialRecord]) -> dict[str, int]:
+    """How many trials have each final status (complete, pruned, failed, rejected)."""
+    return {s: sum(r.status == s for r in all_records) for s in (COMPLETE, PRUNED, FAILED, REJECTED)}
+
+
 def pareto_front(all_records: Sequence[TrialRecord], directions: Sequence[str]) -> list[TrialRecord]:
     """The complete trials no other complete trial dominates, best first objective first."""
     complete = [r for r in all_records if r.status == COMPLETE and r.values]
     chosen = [complete[i] for i in front([r.values for r in complete], directions)]
     return sorted(chosen, key=lambda r: -r.values[0] if directions[0] == "maximize" else r.values[0])
+
+
+def objective_values(
+    objectives: Sequence[str], *, accuracy: float, gmacs: float, mparams: float, latency_ms: float | None
+) -> list[float]:
+    """A trial's values for the study's objectives, in their order."""
+    measures = {"accuracy": accuracy, "gmacs": gmacs, "params": mparams, "latency": latency_ms or 0.0}
+    return [measures[name] for name in objectives]
 
 
 def started(**attrs: Any) -> dict[str, Any]:

@@ -1,16 +1,39 @@
-"""Optuna samplers by name. Multi-objective TPE (multivariate, grouped for conditional spaces,
-constant liar for parallel trials) is the default."""
+"""Optuna samplers by name, each seeded per trial and shown what early-stopped trials revealed.
+
+Multi-objective TPE (multivariate, grouped for conditional spaces, constant liar for parallel
+trials) is the default. Two things are added around every sampler:
+
+* Per-trial randomness. A trial's sampler is seeded from the study seed and the trial's number
+  (``trial_seed``), not once per driver: a resumed driver, or a second driver on the same study,
+  continues where the study stands instead of replaying the random sequence from its start,
+  while two uninterrupted runs with one seed still try the same configurations in order.
+* Partial results. Optuna's samplers read a PRUNED trial as "worse than every complete trial"
+  (TPE) or not at all (NSGA-II, GP). An early-stopped trial did show something at its rung, so
+  the sampler sees it as complete, with the final accuracy its rung accuracy predicts
+  (``early_stopping.estimate_final_accuracy``) and its real costs. This view exists only for the
+  sampler: the study, the fronts, the plots and the hypervolume never see the estimate.
+  Rejected trials stay PRUNED with their constraints, which is how TPE learns infeasibility.
+"""
 
 from __future__ import annotations
 
+import copy
 import warnings
 from typing import Any
 
 import optuna
+from optuna.trial import FrozenTrial, TrialState
 
 from layers import Registry
 
+from . import records
+from .early_stopping import estimate_final_accuracy
+from .optuna_adapter import SamplerView
+
 SAMPLERS: Registry = Registry("sampler")
+#: Trial seeds are study_seed * SEED_STRIDE + trial number: a prime, so that the trials of two
+#: studies whose seeds differ by one never share a seed for any realistic trial count.
+SEED_STRIDE = 100_003
 
 
 @SAMPLERS.register("tpe")
@@ -34,11 +57,67 @@ def gp(seed: int | None, options: dict[str, Any]) -> optuna.samplers.BaseSampler
     return optuna.samplers.GPSampler(seed=seed, **options)
 
 
+def trial_seed(study_seed: int | None, number: int) -> int | None:
+    """The seed of trial ``number``: its sampling and its training. None for an unseeded study."""
+    return None if study_seed is None else study_seed * SEED_STRIDE + number
+
+
 def create_sampler(name: str, seed: int | None, options: dict[str, Any]) -> optuna.samplers.BaseSampler:
+    """The named sampler, seeded, wrapped so that it learns from early-stopped trials."""
     factory, _ = SAMPLERS.parse(name)
     with warnings.catch_warnings():  # multivariate/group/constant_liar are flagged experimental
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         try:
-            return factory(seed, options)
+            return PartialResultsSampler(factory(seed, options))
         except TypeError as err:
             raise ValueError(f"sampler {name!r}: bad option ({err})") from None
+
+
+def seen_by_sampler(study: optuna.Study, trials: list[FrozenTrial]) -> list[FrozenTrial]:
+    """``trials`` with every early-stopped one turned complete, valued by what its rung predicts."""
+    objectives = list(study.metric_names or [])
+    complete_curves = [
+        t.user_attrs["curve"] for t in trials if t.state == TrialState.COMPLETE and t.user_attrs.get("curve")
+    ]
+    seen = []
+    for trial in trials:
+        record = records.TrialRecord.from_frozen(trial)
+        if trial.state != TrialState.PRUNED or record.status != records.PRUNED or not record.curve or not objectives:
+            seen.append(trial)
+            continue
+        estimate = estimate_final_accuracy(max(record.curve), len(record.curve), complete_curves)
+        shown = copy.copy(trial)
+        shown.state = TrialState.COMPLETE
+        shown.values = records.objective_values(
+            objectives, accuracy=estimate, gmacs=record.gmacs, mparams=record.mparams, latency_ms=record.latency_ms
+        )
+        seen.append(shown)
+    return seen
+
+
+class PartialResultsSampler(optuna.samplers.BaseSampler):
+    """Any sampler, reading the study through ``seen_by_sampler``."""
+
+    def __init__(self, base: optuna.samplers.BaseSampler):
+        self.base = base
+
+    def _view(self, study: optuna.Study) -> SamplerView:
+        return SamplerView(study, seen_by_sampler)
+
+    def infer_relative_search_space(self, study, trial):
+        return self.base.infer_relative_search_space(self._view(study), trial)
+
+    def sample_relative(self, study, trial, search_space):
+        return self.base.sample_relative(self._view(study), trial, search_space)
+
+    def sample_independent(self, study, trial, param_name, param_distribution):
+        return self.base.sample_independent(self._view(study), trial, param_name, param_distribution)
+
+    def before_trial(self, study, trial):
+        self.base.before_trial(study, trial)
+
+    def after_trial(self, study, trial, state, values):
+        self.base.after_trial(study, trial, state, values)
+
+    def reseed_rng(self):
+        self.base.reseed_rng()

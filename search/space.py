@@ -1,8 +1,8 @@
 """The YAML search space: one file describes a whole study, and is checked before anything runs.
 
     study:          {name, storage, seed}
-    data:           search.data.DataSpec       (name, root, val_fraction, ...)
-    training:       search.train.TrainSpec     (epochs, batch_size, lr, ..., augment: {...})
+    data:           search.training.data.DataSpec      (name, root, val_fraction, ...)
+    training:       search.training.trainer.TrainSpec  (epochs, batch_size, lr, ..., augment: {...})
     objectives:     {accuracy: maximize, gmacs: minimize}   (also params, latency)
     budget:         {max_gmacs, max_params}    hard limits, checked before any training
     trials:         {count, timeout_minutes, parallel, retries}
@@ -52,7 +52,8 @@ from layers import (
 )
 
 from .defaults import DEFAULT_STORAGE
-from .samplers import SAMPLERS
+from .early_stopping import rung_epochs
+from .samplers import SAMPLERS, create_sampler
 from .training.data import DataError, DataInfo, DataSpec, describe
 from .training.trainer import TrainSpec
 
@@ -105,13 +106,16 @@ class BudgetSection:
 class TrialsSection:
     count: int | None = 20  # trials that finish, are pruned, or fail on their own
     timeout_minutes: float | None = None  # no new trial starts after this much wall-clock time
+    max_train_tmacs: float | None = None  # no new trial starts once the trials have spent this much training compute
     parallel: int = 1
     retries: int = 2  # re-runs of a trial whose worker process died
 
     def __post_init__(self) -> None:
         coerce_fields(self)
-        if self.count is None and self.timeout_minutes is None:
-            raise ConfigError("count", "set count, timeout_minutes or both: the study needs an end")
+        if self.count is None and self.timeout_minutes is None and self.max_train_tmacs is None:
+            raise ConfigError("count", "set count, timeout_minutes or max_train_tmacs: the study needs an end")
+        if self.max_train_tmacs is not None and self.max_train_tmacs <= 0:
+            raise ConfigError("max_train_tmacs", "must be positive")
         if self.count is not None and self.count < 1:
             raise ConfigError("count", "must be at least 1")
         if self.timeout_minutes is not None and self.timeout_minutes <= 0:
@@ -133,29 +137,39 @@ class SamplerSection:
             SAMPLERS.validate(self.name)
         except ValueError as err:
             raise ConfigError("name", str(err)) from None
+        try:
+            create_sampler(self.name, 0, self.options)  # refuses unknown options now, not mid-run
+        except ValueError as err:
+            raise ConfigError("options", str(err)) from None
 
 
 @dataclass(frozen=True)
 class EarlyStoppingSection:
-    """Rungs at min_epochs * reduction^k epochs; at each, trials dominated on (accuracy so far,
-    GMACs) by an earlier trial at the same rung are stopped."""
+    """Successive halving at rungs (see ``early_stopping.py``): at each rung the best 1/reduction
+    of the trials that reached it go on. Rungs are the explicit ``rungs`` (epochs), or
+    ``min_epochs * reduction^k``; either way only those below a trial's own epoch count apply."""
 
-    min_epochs: int = 1
+    rungs: tuple[int, ...] | None = None
+    min_epochs: int | None = None  # default 1, when rungs are not given
     reduction: int = 2
+    min_trials: int = 4  # earlier trials that must have reached a rung before a trial can be stopped there
 
     def __post_init__(self) -> None:
         coerce_fields(self)
-        if self.min_epochs < 1:
+        if self.rungs is not None:
+            if self.min_epochs is not None:
+                raise ConfigError("rungs", "give rungs or min_epochs, not both")
+            if not self.rungs or any(r < 1 for r in self.rungs) or list(self.rungs) != sorted(set(self.rungs)):
+                raise ConfigError("rungs", f"expected increasing epochs of at least 1, got {list(self.rungs)}")
+        if self.min_epochs is not None and self.min_epochs < 1:
             raise ConfigError("min_epochs", "must be at least 1")
         if self.reduction < 2:
             raise ConfigError("reduction", "must be at least 2")
+        if self.min_trials < 1:
+            raise ConfigError("min_trials", "must be at least 1")
 
-    def rungs(self, epochs: int) -> tuple[int, ...]:
-        out, rung = [], self.min_epochs
-        while rung < epochs:
-            out.append(rung)
-            rung *= self.reduction
-        return tuple(out)
+    def rungs_for(self, epochs: int) -> tuple[int, ...]:
+        return rung_epochs(epochs, rungs=self.rungs, min_epochs=self.min_epochs or 1, reduction=self.reduction)
 
 
 @dataclass(frozen=True)
@@ -255,7 +269,7 @@ class SearchSpec:
 
     def rungs(self, epochs: int) -> tuple[int, ...]:
         """The early-stopping rungs of a trial that trains ``epochs`` epochs (sampled or not)."""
-        return self.early_stopping.rungs(epochs) if self.early_stopping else ()
+        return self.early_stopping.rungs_for(epochs) if self.early_stopping else ()
 
     def sample(self, trial: optuna.Trial) -> dict[str, Any]:
         """The active parameters' values for one trial (fixed ones included)."""
@@ -285,6 +299,29 @@ class SearchSpec:
 
     def arch_params(self) -> list[Param]:
         return [p for p in self.params if not p.name.startswith("training.")]
+
+
+@dataclass(frozen=True)
+class RecordedSettings:
+    """The sections of a space that the report and the exports read back from a study (which
+    keeps its space file's text): they need no data set, so they load where the data is absent."""
+
+    training: TrainSpec
+    budget: BudgetSection
+    early_stopping: EarlyStoppingSection | None
+
+    @classmethod
+    def of(cls, data: Mapping[str, Any]) -> RecordedSettings:
+        stopping = data.get("early_stopping", {})
+        return cls(
+            build(TrainSpec, data.get("training") or {}, "training"),
+            build(BudgetSection, data.get("budget") or {}, "budget"),
+            None if stopping is False else build(EarlyStoppingSection, stopping or {}, "early_stopping"),
+        )
+
+    @classmethod
+    def of_study(cls, user_attrs: Mapping[str, Any]) -> RecordedSettings:
+        return cls.of(yaml.safe_load(user_attrs.get("space", "")) or {})
 
 
 # ---------------------------------------------------------------------- loading
@@ -347,11 +384,7 @@ def _parse(source: str, text: str, data: dict, storage: str | None) -> SearchSpe
         raise ConfigError("data.root", str(err)) from None
     except ValueError as err:  # the registry refusing an unknown data set name
         raise ConfigError("data.name", str(err)) from None
-    training = build(TrainSpec, data.get("training") or {}, "training")
-    stopping_raw = data.get("early_stopping", {})
-    early_stopping = (
-        None if stopping_raw is False else build(EarlyStoppingSection, stopping_raw or {}, "early_stopping")
-    )
+    recorded = RecordedSettings.of(data)
     keep = data.get("keep_weights", "front")
     if keep not in KEEP_WEIGHTS:
         raise ConfigError("keep_weights", unknown_name_message("choice", keep, list(KEEP_WEIGHTS)))
@@ -363,12 +396,12 @@ def _parse(source: str, text: str, data: dict, storage: str | None) -> SearchSpe
         study=study,
         data=data_spec,
         data_info=info,
-        training=training,
+        training=recorded.training,
         objectives=_objectives(data.get("objectives", {"accuracy": "maximize", "gmacs": "minimize"})),
-        budget=build(BudgetSection, data.get("budget") or {}, "budget"),
+        budget=recorded.budget,
         trials=build(TrialsSection, data.get("trials") or {}, "trials"),
         sampler=sampler,
-        early_stopping=early_stopping,
+        early_stopping=recorded.early_stopping,
         resources=build(ResourcesSection, data.get("resources") or {}, "resources"),
         keep_weights=keep,
         params=_params(data["space"]),

@@ -19,6 +19,9 @@ from .records import TrialRecord
 from .storage import open_storage, with_retries
 
 T = TypeVar("T")
+#: The study's own sampler never samples: every trial gets a sampler of its own (see samplers.py).
+#: Optuna still calls one when a trial is told or a handle is made, so it is the cheapest there is.
+_NOT_SAMPLING = optuna.samplers.RandomSampler()
 
 
 class StudyClient:
@@ -31,12 +34,7 @@ class StudyClient:
 
     @classmethod
     def open(
-        cls,
-        name: str,
-        url: str,
-        directions: Sequence[str],
-        sampler: optuna.samplers.BaseSampler,
-        on_retry: Callable[[str], None] | None = None,
+        cls, name: str, url: str, directions: Sequence[str], on_retry: Callable[[str], None] | None = None
     ) -> tuple[StudyClient, bool]:
         """The study, created if missing, and whether this process created it (several drivers may
         start at once: the database's unique study name decides who was first)."""
@@ -48,14 +46,14 @@ class StudyClient:
         try:
             study = retry(
                 lambda: optuna.create_study(
-                    study_name=name, storage=storage, sampler=sampler, directions=list(directions)
+                    study_name=name, storage=storage, sampler=_NOT_SAMPLING, directions=list(directions)
                 ),
                 "create the study",
             )
             created = True
         except optuna.exceptions.DuplicatedStudyError:
             study = retry(
-                lambda: optuna.load_study(study_name=name, storage=storage, sampler=sampler), "open the study"
+                lambda: optuna.load_study(study_name=name, storage=storage, sampler=_NOT_SAMPLING), "open the study"
             )
             created = False
         return cls(study, storage, on_retry), created
@@ -83,21 +81,21 @@ class StudyClient:
         """Hold a trial RUNNING (the oldest queued one, else a new one); returns its id."""
         return self.retry(lambda: optuna_adapter.claim_trial(self.storage, self.study_id), "ask for a trial")
 
-    def handle(self, trial_id: int) -> optuna.Trial:
+    def handle(self, trial_id: int, sampler: optuna.samplers.BaseSampler | None = None) -> optuna.Trial:
+        """A handle on a claimed trial; ``sampler`` samples its parameters (none needed to write)."""
         return self.retry(
-            lambda: optuna_adapter.trial_handle(self.storage, self.name, trial_id, self.study.sampler),
+            lambda: optuna_adapter.trial_handle(self.storage, self.name, trial_id, sampler or _NOT_SAMPLING),
             "ask for a trial",
         )
 
-    def sample(self, trial_id: int, sample: Callable[[optuna.Trial], T]) -> T:
-        """``sample(handle)`` on a claimed trial; every suggestion is a database write.
+    def sample(self, trial_id: int, sampler: optuna.samplers.BaseSampler, sample: Callable[[optuna.Trial], T]) -> T:
+        """``sample(handle)`` on a claimed trial with ``sampler``; every suggestion is a database write.
 
         A retry samples through a fresh handle, which knows the suggestions the database kept (one
         whose reply was lost included), so none is written twice: Optuna refuses a second write.
         """
         return self.retry(
-            lambda: sample(optuna_adapter.trial_handle(self.storage, self.name, trial_id, self.study.sampler)),
-            "sample a trial",
+            lambda: sample(optuna_adapter.trial_handle(self.storage, self.name, trial_id, sampler)), "sample a trial"
         )
 
     def set_trial_attrs(self, trial_id: int, **attrs: Any) -> None:

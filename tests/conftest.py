@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 import uuid
 from pathlib import Path
 
@@ -11,9 +14,11 @@ import pytest
 import yaml
 
 from search.records import COUNTED, TrialRecord
-from search.storage import open_storage
+from search.records import records as read_records
+from search.storage import StorageError, open_storage
 
 POSTGRES_ENV = "DWS_TEST_POSTGRES_URL"
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def sqlite_url(folder: Path) -> str:
@@ -28,6 +33,57 @@ def load_study(url: str, name: str = "tiny") -> optuna.Study:
 def counted(records: list[TrialRecord]) -> list[TrialRecord]:
     """The trials the budget counts."""
     return [r for r in records if r.status in COUNTED]
+
+
+#: A space where two trials sampling the same configuration by chance is out of the question
+#: (the learning rate is continuous): any repeat is the search's doing.
+WIDE_SPACE = {
+    "patch_size": 2,
+    "num_heads": 2,
+    "mixer": {"choices": ["dynamic", "attention", "static"]},
+    "embed_dim": {"choices": [16, 24, 32]},
+    "depth": {"low": 2, "high": 4},
+    "training.lr": {"low": 1.0e-3, "high": 1.0e-2, "log": True},
+}
+
+
+def repeated_configurations(records: list[TrialRecord]) -> list[tuple[int, int]]:
+    """Pairs of trials that tried the same configuration, a retry and what it retries aside."""
+    seen: dict[str, int] = {}
+    pairs = []
+    for record in records:
+        if not record.params or record.retry_of is not None:
+            continue
+        key = json.dumps(record.params, sort_keys=True)
+        if key in seen:
+            pairs.append((seen[key], record.number))
+        seen.setdefault(key, record.number)
+    return pairs
+
+
+def start_driver(space: Path, results: Path) -> subprocess.Popen:
+    """The real command line in a process of its own, training for real."""
+    return _popen([sys.executable, "-m", "search", "run", "--space", str(space), "--results", str(results), "--quiet"])
+
+
+def start_fake_driver(space: Path, results: Path, speed: str = "slow") -> subprocess.Popen:
+    """A driver in a process of its own whose trials train nothing (``tests/fakes.py``): for the
+    checks of what the driver does when it, or the database, is cut short."""
+    return _popen([sys.executable, "-m", "tests.fakes", str(space), str(results), speed])
+
+
+def _popen(command: list[str]) -> subprocess.Popen:
+    return subprocess.Popen(
+        command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+    )
+
+
+def records_of(url: str, name: str = "tiny") -> list[TrialRecord]:
+    """The study's trials as records; none while its database or study does not exist yet."""
+    try:
+        return read_records(load_study(url, name))
+    except (KeyError, StorageError):
+        return []
 
 
 def write_space(folder: Path, name: str = "tiny", **sections) -> Path:
@@ -77,6 +133,26 @@ def postgres_url() -> str:
     finally:
         engine.dispose()
     return url
+
+
+def fake_search(space: Path, results: Path) -> None:
+    """Run the search a space file describes, with a trial body that trains nothing."""
+    from search.display import Display
+    from search.driver import Driver
+    from search.space import load_space
+    from tests.fakes import curve_segment
+
+    Driver(load_space(space), results=results, display=Display(quiet=True), segment=curve_segment).run()
+
+
+@pytest.fixture(scope="session")
+def local_ray():
+    """One local Ray for every in-process search of the session: a search leaves running a Ray it
+    did not start, so each one skips Ray's start-up and finds its workers warm."""
+    from search.cluster import connected
+
+    with connected(None, cpus=1, gpus=0) as totals:
+        yield totals
 
 
 @pytest.fixture

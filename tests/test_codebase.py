@@ -1,15 +1,25 @@
 """The shape of the code: no import cycle, ``search`` reaches ``layers`` through its top level only,
-and the command line parses its arguments without importing anything heavy."""
+the command line parses its arguments without importing anything heavy, and every file the code,
+tests and documents cite exists."""
 
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("layers", "search")
+#: The repository's own folders: a path that starts with one of them is a citation of a file here.
+CITED_FOLDERS = ("benchmarks", "docs", "layers", "search", "spaces", "tests")
+#: ``folder/.../name.ext``, not inside a longer path (``results/search/...`` is no citation).
+CITED_PATH = re.compile(
+    r"(?<![\w./-])(?:" + "|".join(CITED_FOLDERS) + r")/[\w./-]*\.(?:py|md|yaml|yml|json|png|toml|txt|csv|html)\b"
+)
+#: A bare module file name in double backquotes, as docstrings write it: a module beside the citing one.
+CITED_SIBLING = re.compile(r"``(\w+\.py)``")
 
 
 def module_name(path: Path) -> str:
@@ -90,3 +100,30 @@ def test_help_imports_nothing_heavy():
     )
     out = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def citing_files() -> list[Path]:
+    """The top-level documents and every .py and .md file in the repository's own folders (what runs
+    write under results/ is not the repository's)."""
+    inside = [path for folder in CITED_FOLDERS for path in (ROOT / folder).rglob("*") if path.suffix in (".py", ".md")]
+    return [*ROOT.glob("*.md"), *inside]
+
+
+def cited_files() -> dict[str, set[str]]:
+    """Each file path cited anywhere, and the files that cite it."""
+    cited: dict[str, set[str]] = {}
+    for source in citing_files():
+        text, where = source.read_text(), str(source.relative_to(ROOT))
+        paths = CITED_PATH.findall(text)
+        if source.suffix == ".py":
+            paths += [str(source.parent.relative_to(ROOT) / name) for name in CITED_SIBLING.findall(text)]
+        for path in paths:
+            cited.setdefault(path, set()).add(where)
+    return cited
+
+
+def test_every_cited_file_exists():
+    cited = cited_files()
+    assert "docs/design.md" in cited  # the pattern finds what the code cites
+    missing = {path: sorted(by) for path, by in cited.items() if not (ROOT / path).is_file()}
+    assert missing == {}

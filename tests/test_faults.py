@@ -19,41 +19,37 @@ from pathlib import Path
 import optuna
 import pytest
 import torch
-from conftest import counted, load_study, sqlite_url, write_space
+from conftest import (
+    WIDE_SPACE,
+    counted,
+    fake_search,
+    load_study,
+    records_of,
+    repeated_configurations,
+    sqlite_url,
+    start_driver,
+    start_fake_driver,
+    write_space,
+)
 from sqlalchemy.engine import make_url
 
 from search.cli import main
+from search.driver import Driver
 from search.records import COMPLETE, FAILED, INTERRUPTED, RETRIED, RUNNING, STALE, TrialRecord, tell
-from search.records import records as read_records
 from search.results.report import build_report
+from search.space import load_space
 from search.storage import open_storage
 from search.training.data import DataSpec
 from search.training.segment import SegmentJob, run_segment
 from search.training.trainer import Trainer, TrainSpec
+from tests.fakes import SLOW_EPOCH_S, slow_curve_segment
+
+pytestmark = pytest.mark.usefixtures("local_ray")
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 # ---------------------------------------------------------------------- helpers
-def records(url: str, name: str = "tiny") -> list[TrialRecord]:
-    try:
-        return read_records(load_study(url, name))
-    except Exception:  # no database or no study yet
-        return []
-
-
-def start_driver(space: Path, results: Path, **popen) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "search", "run", "--space", str(space), "--results", str(results), "--quiet"],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-        **popen,
-    )
-
-
 def wait_for(predicate, timeout: float, what: str, process: subprocess.Popen | None = None) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
@@ -117,12 +113,19 @@ def test_a_nan_loss_is_reported_as_such():
 
 
 # ---------------------------------------------------------------------- killed workers
+def training_workers() -> set[int]:
+    """Process ids of the Ray workers running a real trial on this machine."""
+    found = subprocess.run(["pgrep", "-f", "^ray::run_segment"], capture_output=True, text=True).stdout
+    return {int(pid) for pid in found.split()}
+
+
 def kill_a_worker_once(stop: threading.Event, killed: list[int]) -> None:
-    """SIGKILL the first Ray worker seen training a trial, once it has run for a moment."""
+    """SIGKILL the first Ray worker seen running a (fake) trial, once it has run for a moment."""
     while not stop.is_set() and not killed:
-        found = subprocess.run(["pgrep", "-f", "^ray::run_segment"], capture_output=True, text=True).stdout.split()
+        found = subprocess.run(["pgrep", "-f", f"^ray::{slow_curve_segment.__name__}"], capture_output=True,
+                               text=True).stdout.split()  # fmt: skip
         if found:
-            time.sleep(1.0)
+            time.sleep(SLOW_EPOCH_S)
             os.kill(int(found[0]), signal.SIGKILL)
             killed.append(int(found[0]))
         time.sleep(0.1)
@@ -130,28 +133,18 @@ def kill_a_worker_once(stop: threading.Event, killed: list[int]) -> None:
 
 @pytest.mark.parametrize("retries", [2, 0])
 def test_a_worker_killed_mid_trial_is_retried(tmp_path, retries):
-    space = write_space(
-        tmp_path,
-        data={"name": "digit-pairs", "pairs": 2000},
-        training={"epochs": 2},
-        trials={"count": 3, "parallel": 2, "retries": retries},
-        space={
-            "patch_size": 4,
-            "num_heads": 2,
-            "mixer": {"choices": ["static", "attention"]},
-            "embed_dim": {"choices": [16, 32]},
-        },
-    )
+    space = write_space(tmp_path, training={"epochs": 3}, trials={"count": 3, "parallel": 2, "retries": retries})
     stop, killed = threading.Event(), []
     killer = threading.Thread(target=kill_a_worker_once, args=(stop, killed))
     killer.start()
     try:
-        assert main(["run", "--space", str(space), "--results", str(tmp_path / "results"), "--quiet"]) == 0
+        driver = Driver(load_space(space), results=tmp_path / "results", segment=slow_curve_segment)
+        driver.run()
     finally:
         stop.set()
         killer.join()
     assert killed, "no worker was killed"
-    recs = records(sqlite_url(tmp_path))
+    recs = records_of(sqlite_url(tmp_path))
     check_accounting(recs, 3)
     failed = [r for r in recs if r.status == FAILED]
     if retries:
@@ -163,55 +156,36 @@ def test_a_worker_killed_mid_trial_is_retried(tmp_path, retries):
 # ---------------------------------------------------------------------- killed drivers
 def test_the_driver_killed_at_several_points_loses_nothing(tmp_path):
     budget = 6
-    space = write_space(
-        tmp_path,
-        data={"name": "digit-pairs", "pairs": 2000},
-        training={"epochs": 2},
-        trials={"count": budget, "parallel": 2},
-        space={
-            "patch_size": 4,
-            "num_heads": 2,
-            "mixer": {"choices": ["static", "attention", "dynamic"]},
-            "embed_dim": {"choices": [16, 32]},
-        },
-    )
+    space = write_space(tmp_path, training={"epochs": 2}, trials={"count": budget, "parallel": 2})
     url = sqlite_url(tmp_path)
     kill_points = [
-        ("a trial running", lambda: any(r.status == RUNNING for r in records(url))),
-        ("2 trials done", lambda: len(counted(records(url))) >= 2),
-        ("4 trials done", lambda: len(counted(records(url))) >= 4),
+        ("a trial running", lambda: any(r.status == RUNNING for r in records_of(url))),
+        ("2 trials done", lambda: len(counted(records_of(url))) >= 2),
+        ("4 trials done", lambda: len(counted(records_of(url))) >= 4),
     ]
     for what, ready in kill_points:
-        driver = start_driver(space, tmp_path / "results")
+        driver = start_fake_driver(space, tmp_path / "results")
         wait_for(ready, 240, what, driver)
-        before = {r.number: (r.status, r.values) for r in counted(records(url))}
+        before = {r.number: (r.status, r.values) for r in counted(records_of(url))}
         os.kill(driver.pid, signal.SIGKILL)
         driver.wait()
-        after = {r.number: (r.status, r.values) for r in records(url)}
+        after = {r.number: (r.status, r.values) for r in records_of(url)}
         for number, outcome in before.items():  # everything finished before the kill is still there, unchanged
             assert after[number] == outcome
-    assert main(["run", "--space", str(space), "--results", str(tmp_path / "results"), "--quiet"]) == 0
-    recs = records(url)
+    fake_search(space, tmp_path / "results")
+    recs = records_of(url)
     check_accounting(recs, budget)
     assert any(r.status == STALE for r in recs)  # the kills did catch trials mid-run
 
 
 def test_ctrl_c_stops_cleanly_and_a_rerun_resumes(tmp_path):
-    space = write_space(
-        tmp_path,
-        data={"name": "digit-pairs", "pairs": 2000},
-        training={"epochs": 3},
-        trials={"count": 3, "parallel": 2},
-        space={
-            "patch_size": 4,
-            "num_heads": 2,
-            "mixer": {"choices": ["static", "attention"]},
-            "embed_dim": {"choices": [16, 32]},
-        },
-    )
+    # The real command line (its exit code and message are what is checked), with trials long
+    # enough to be caught running; the rerun only needs its bookkeeping, so it trains nothing.
+    space = write_space(tmp_path, training={"epochs": 40}, trials={"count": 3, "parallel": 2})
     url = sqlite_url(tmp_path)
+    others = training_workers()  # trials other programs on this machine may be running
     driver = start_driver(space, tmp_path / "results")
-    wait_for(lambda: sum(r.status == RUNNING for r in records(url)) >= 2, 120, "two running trials", driver)
+    wait_for(lambda: sum(r.status == RUNNING for r in records_of(url)) >= 2, 120, "two running trials", driver)
     time.sleep(1.0)
     started = time.monotonic()
     os.killpg(driver.pid, signal.SIGINT)  # what a terminal's Ctrl-C does: the whole process group
@@ -219,13 +193,13 @@ def test_ctrl_c_stops_cleanly_and_a_rerun_resumes(tmp_path):
     assert time.monotonic() - started < 30  # stopping does not wait for the trials to finish
     assert driver.returncode == 130, out
     assert "Traceback" not in out and "run the same command again to resume" in out
-    recs = records(url)
+    recs = records_of(url)
     interrupted = [r for r in recs if r.status == INTERRUPTED]
     assert interrupted and all(r.reason == "interrupted" and r.state == "FAIL" for r in interrupted)
     assert not any(r.state == "RUNNING" for r in recs)
-    assert subprocess.run(["pgrep", "-f", "^ray::run_segment"], capture_output=True).returncode != 0  # trials stopped
-    assert main(["run", "--space", str(space), "--results", str(tmp_path / "results"), "--quiet"]) == 0
-    check_accounting(records(url), 3)
+    assert training_workers() - others == set()  # its trials stopped with it
+    fake_search(space, tmp_path / "results")
+    check_accounting(records_of(url), 3)
 
 
 # ---------------------------------------------------------------------- databases
@@ -272,57 +246,46 @@ def named_space(tmp_path: Path, name: str, url: str, **sections) -> Path:
 
 
 def test_dropped_connections_and_an_outage_are_survived(tmp_path, postgres_url, unique_name):
-    space = named_space(
-        tmp_path,
-        unique_name,
-        postgres_url,
-        data={"name": "digit-pairs", "pairs": 2000},
-        training={"epochs": 2},
-        trials={"count": 4, "parallel": 2},
-        space={
-            "patch_size": 4,
-            "num_heads": 2,
-            "mixer": {"choices": ["static", "attention"]},
-            "embed_dim": {"choices": [16, 32]},
-        },
-    )
-    driver = start_driver(space, tmp_path / "results")
+    space = named_space(tmp_path, unique_name, postgres_url, training={"epochs": 2}, trials={"count": 4, "parallel": 2})
+    driver = start_fake_driver(space, tmp_path / "results")
     database = make_url(postgres_url).database
-    wait_for(lambda: len(counted(records(postgres_url, unique_name))) >= 1, 240, "a finished trial", driver)
+    wait_for(lambda: len(counted(records_of(postgres_url, unique_name))) >= 1, 240, "a finished trial", driver)
     assert drop_connections(postgres_url, database) > 0  # the driver's connections go away under it
-    wait_for(lambda: len(counted(records(postgres_url, unique_name))) >= 2, 240, "two finished trials", driver)
+    wait_for(lambda: len(counted(records_of(postgres_url, unique_name))) >= 2, 240, "two finished trials", driver)
     outage(postgres_url, database, seconds=6)  # then the database refuses everyone for a while
     out, _ = driver.communicate(timeout=300)
     assert driver.returncode == 0, out
     assert "database unavailable" in out  # it waited and retried rather than failing
-    check_accounting(records(postgres_url, unique_name), 4)
+    check_accounting(records_of(postgres_url, unique_name), 4)
 
 
 def test_two_drivers_share_one_postgres_study(tmp_path, postgres_url, unique_name):
-    space = named_space(tmp_path, unique_name, postgres_url, training={"epochs": 2}, trials={"count": 8, "parallel": 1})
-    drivers = [start_driver(space, tmp_path / "results") for _ in range(2)]
+    space = named_space(tmp_path, unique_name, postgres_url, space=WIDE_SPACE, training={"epochs": 3},
+                        trials={"count": 12, "parallel": 1})  # fmt: skip
+    drivers = [start_fake_driver(space, tmp_path / "results", speed="fast") for _ in range(2)]
     outputs = [d.communicate(timeout=400)[0] for d in drivers]
     assert [d.returncode for d in drivers] == [0, 0], outputs
-    recs = records(postgres_url, unique_name)
+    recs = records_of(postgres_url, unique_name)
     numbers = [r.number for r in recs]
     assert len(numbers) == len(set(numbers))
-    check_accounting(recs, 8)  # the total budget, not 8 each
+    check_accounting(recs, 12)  # the total budget, not 12 each
     drivers_seen = {
         t.user_attrs.get("driver") for t in load_study(postgres_url, unique_name).trials if t.state.is_finished()
     }
     assert len(drivers_seen) == 2  # both did work
     references = [r.reference for r in recs if r.reference and r.retry_of is None]
     assert sorted(references) == sorted(set(references))  # the references were enqueued once
+    assert repeated_configurations(recs) == []  # each driver samples where the study stands, not from its seed
 
 
 def test_four_parallel_trials_and_a_reader_never_lock_sqlite(tmp_path):
     space = write_space(tmp_path, trials={"count": 8, "parallel": 4}, resources={"cpus": 0.5}, training={"epochs": 3})
     url = sqlite_url(tmp_path)
-    driver = start_driver(space, tmp_path / "results")
+    driver = start_fake_driver(space, tmp_path / "results")
     errors, reads = [], 0
     while driver.poll() is None:  # a second process reads (and builds the report) all along
         try:
-            if records(url):
+            if records_of(url):
                 build_report(load_study(url), tmp_path / "report.html", storage_label="sqlite")
                 reads += 1
         except Exception as err:
@@ -332,7 +295,7 @@ def test_four_parallel_trials_and_a_reader_never_lock_sqlite(tmp_path):
     assert driver.returncode == 0, out
     assert "database is locked" not in out and not any("locked" in e for e in errors), errors
     assert reads > 3
-    check_accounting(records(url), 8)
+    check_accounting(records_of(url), 8)
 
 
 def _open_when_told(url: str, go, failures) -> None:
@@ -396,8 +359,7 @@ def outbound_address() -> str | None:
 
 
 def test_the_dashboard_listens_on_loopback_only(tmp_path):
-    space = write_space(tmp_path, trials={"count": 1, "parallel": 1}, training={"epochs": 1})
-    assert main(["run", "--space", str(space), "--results", str(tmp_path / "results"), "--quiet"]) == 0
+    fake_search(write_space(tmp_path, trials={"count": 1, "parallel": 1}, training={"epochs": 1}), tmp_path / "results")
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -590,7 +552,7 @@ def drop_the_second_parameter_write(storage, reply_lost: bool) -> list[str]:
 def test_an_outage_while_sampling_is_retried_and_writes_each_parameter_once(tmp_path, reply_lost):
     driver = idle_driver(tmp_path)
     attempts = drop_the_second_parameter_write(driver.client.storage, reply_lost)
-    params = driver.client.sample(driver.client.claim(), driver.spec.sample)
+    params = driver.client.sample(driver.client.claim(), optuna.samplers.RandomSampler(seed=0), driver.spec.sample)
     stored = driver.client.study.trials[0].params
     searched = {p.name for p in driver.spec.params if not p.fixed and p.active(params)}
     assert stored == {name: params[name] for name in searched}  # every suggestion kept, as returned

@@ -88,3 +88,22 @@ def test_a_handle_shows_the_sampler_the_trial_just_claimed(study, ids):
         handle.suggest_categorical("mixer", ["dynamic", "static"])
         assert seen[-1] == expected
     assert isinstance(handle.distributions["mixer"], CategoricalDistribution)
+
+
+@pytest.mark.parametrize("name", ["tpe", "nsga2", "gp"])
+def test_samplers_read_the_trials_through_get_trials(name, monkeypatch):
+    """``SamplerView`` overrides ``Study._get_trials``: if a sampler read trials another way, it
+    would bypass the view, and early-stopped trials would silently count as worthless again."""
+    from search import samplers
+
+    seen: list[int] = []
+    monkeypatch.setattr(samplers, "seen_by_sampler", lambda study, trials: seen.append(len(trials)) or trials)
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    for x in (0.1, 0.4, 0.7, 0.9):
+        study.enqueue_trial({"x": x})
+        trial = study.ask()
+        study.tell(trial, [trial.suggest_float("x", 0.0, 1.0), 1.0])
+    options = {"tpe": {"n_startup_trials": 2}, "gp": {"n_startup_trials": 2}, "nsga2": {"population_size": 2}}
+    study.sampler = samplers.create_sampler(name, 0, options[name])
+    study.ask().suggest_float("x", 0.0, 1.0)
+    assert seen and max(seen) == 5  # the four told trials and the one being sampled, all through the view

@@ -26,6 +26,8 @@ from search.cli import main
 from search.records import COMPLETE, TrialRecord
 from search.results.erf import effective_receptive_field
 
+pytestmark = pytest.mark.usefixtures("local_ray")
+
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "test-artifacts"
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -71,7 +73,7 @@ def test_report_renders_in_a_real_browser(searched):
         page.goto(report.as_uri())
         page.wait_for_selector(".js-plotly-plot .scatterlayer .point", timeout=30_000)
         plots = page.locator(".js-plotly-plot")
-        assert plots.count() == 6
+        assert plots.count() == 7
         for i in range(plots.count()):  # every plot drew something
             assert plots.nth(i).locator(".point, .bars path, .scatterlayer path.js-line").count() > 0
         assert page.locator("table tbody tr").count() >= 1  # the front's table
@@ -243,29 +245,14 @@ def test_full_training_can_start_from_exported_weights_on_another_data_set(searc
     assert trained["head.weight"].shape[0] == 3 and trained["patch_embed.weight"].shape[1] == 3
 
 
-def train_cmd(arch: Path, out: Path, *extra: str) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "search",
-        "train",
-        "--arch",
-        str(arch),
-        "--dataset",
-        "digit-pairs",
-        "--epochs",
-        "4",
-        "--batch-size",
-        "32",
-        "--out",
-        str(out),
-        *extra,
-    ]
+def train_cmd(arch: Path, out: Path) -> list[str]:
+    return [sys.executable, "-m", "search", "train", "--arch", str(arch), "--dataset", "digits", "--epochs", "6",
+            "--batch-size", "16", "--out", str(out)]  # fmt: skip
 
 
 def test_full_training_resumes_after_interruption(tmp_path):
     arch = tmp_path / "arch.yaml"
-    layers.ArchConfig(patch_size=4, embed_dim=32, depth=3, every=1, offset=0, num_heads=2).save(arch)
+    layers.ArchConfig(patch_size=2, embed_dim=16, depth=2, every=1, offset=0).save(arch)
     straight = subprocess.run(train_cmd(arch, tmp_path / "straight"), cwd=ROOT, capture_output=True, text=True)
     assert straight.returncode == 0, straight.stderr
     interrupted = subprocess.Popen(
@@ -286,7 +273,7 @@ def test_full_training_resumes_after_interruption(tmp_path):
     b = load_file(str(tmp_path / "resumed" / "weights.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)  # the interruption changed nothing
     metrics = json.loads((tmp_path / "resumed" / "metrics.json").read_text())
-    assert len(metrics["curve"]) == 4
+    assert len(metrics["curve"]) == 6
 
 
 def test_training_evaluates_at_another_size(tmp_path):

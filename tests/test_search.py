@@ -1,15 +1,21 @@
-"""The search end to end: a real local Ray, real SQLite and PostgreSQL, the real command line."""
+"""The search end to end: a real local Ray, real SQLite and PostgreSQL, the real command line.
+
+Two searches train for real; the checks of orchestration alone (resume, failures, budget,
+seeding, objectives) run a trial body that trains nothing (``tests/fakes.py``)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import optuna
-from conftest import counted, load_study, sqlite_url, write_space
+import pytest
+from conftest import counted, fake_search, load_study, sqlite_url, write_space
 
 from search.cli import main
 from search.records import COMPLETE, FAILED, PRUNED, REJECTED, TrialRecord
 from search.records import records as read_records
+
+pytestmark = pytest.mark.usefixtures("local_ray")
 
 
 def statuses(study: optuna.Study) -> list[str]:
@@ -63,7 +69,7 @@ def test_three_trial_search_on_postgresql(tmp_path, postgres_url, unique_name):
 
 def test_running_again_resumes_and_counts_what_is_done(tmp_path):
     space = write_space(tmp_path, trials={"count": 2, "parallel": 1})
-    assert run_cli(space, tmp_path) == 0
+    fake_search(space, tmp_path / "results")
     url = sqlite_url(tmp_path)
 
     def finished() -> list[dict]:
@@ -71,17 +77,17 @@ def test_running_again_resumes_and_counts_what_is_done(tmp_path):
 
     first = finished()
     assert len(first) == 2
-    assert run_cli(space, tmp_path) == 0  # the budget is already spent: nothing new
+    fake_search(space, tmp_path / "results")  # the budget is already spent: nothing new
     assert finished() == first
     space.write_text(space.read_text().replace("count: 2", "count: 4"))
-    assert run_cli(space, tmp_path) == 0
+    fake_search(space, tmp_path / "results")
     study = load_study(url)
     assert [t.params for t in study.trials[:2]] == first
     assert statuses(study).count(COMPLETE) + statuses(study).count(PRUNED) == 4
 
 
 def test_a_failing_trial_does_not_stop_the_study(tmp_path):
-    # A learning rate of 1e9 makes the static model's loss NaN in its first steps.
+    # A learning rate of 1e9 makes the static model's loss NaN in its first steps (in tests/fakes.py too).
     space = write_space(
         tmp_path,
         trials={"count": 4, "parallel": 2},
@@ -93,7 +99,7 @@ def test_a_failing_trial_does_not_stop_the_study(tmp_path):
             "training.lr": {"value": 1.0e9, "when": {"mixer": "static"}},
         },
     )
-    assert run_cli(space, tmp_path) == 0
+    fake_search(space, tmp_path / "results")
     study = load_study(sqlite_url(tmp_path))
     records = read_records(study)
     failed = [r for r in records if r.status == FAILED]
@@ -115,7 +121,7 @@ def test_configurations_over_budget_are_rejected_before_training(tmp_path):
             "depth": {"low": 2, "high": 3},
         },
     )
-    assert run_cli(space, tmp_path) == 0
+    fake_search(space, tmp_path / "results")
     records = read_records(load_study(sqlite_url(tmp_path)))
     rejected = [r for r in records if r.status == REJECTED]
     assert rejected
@@ -134,19 +140,21 @@ def test_seeded_runs_try_the_same_configurations(tmp_path):
         folder.mkdir()
         space = write_space(
             folder,
-            trials={"count": 8, "parallel": 2},
-            early_stopping={"min_epochs": 1},
+            trials={"count": 12, "parallel": 2},
+            training={"epochs": 4},
+            early_stopping={"min_epochs": 1, "min_trials": 2},
             sampler={"name": "tpe", "options": {"n_startup_trials": 4}},
         )
-        assert run_cli(space, folder) == 0
+        fake_search(space, folder / "results")
         runs.append([(t.params, TrialRecord.from_frozen(t).status) for t in load_study(sqlite_url(folder)).trials])
     assert runs[0] == runs[1]
     assert len({str(p) for p, _ in runs[0]}) > 4  # not one configuration over and over
+    assert {s for _, s in runs[0]} >= {COMPLETE, PRUNED}  # timing could have changed the decisions too
 
 
 def test_a_study_with_other_objectives_is_not_mixed_up(tmp_path, capsys):
     space = write_space(tmp_path, trials={"count": 1, "parallel": 1}, training={"epochs": 1})
-    assert run_cli(space, tmp_path) == 0
+    fake_search(space, tmp_path / "results")
     other = write_space(
         tmp_path,
         trials={"count": 1, "parallel": 1},

@@ -14,11 +14,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import optuna
-import yaml
 
-from layers import ArchConfig, build
+from layers import ArchConfig
 
 from ..records import COMPLETE, TrialRecord, pareto_front, weights_path
+from ..space import RecordedSettings
 from ..training.trainer import TrainSpec
 from .report import MARKDOWN, describe
 
@@ -63,13 +63,12 @@ class Provenance:
     @classmethod
     def of(cls, study: optuna.Study, storage_label: str) -> Provenance:
         attrs = study.user_attrs
-        space = yaml.safe_load(attrs.get("space", "")) or {}
         return cls(
             study.study_name,
             storage_label,
             attrs.get("space_file", "?"),
             list(study.metric_names or []),
-            build(TrainSpec, space.get("training") or {}, "training"),
+            RecordedSettings.of_study(attrs).training,
         )
 
 
@@ -83,7 +82,7 @@ def export(
         folder.mkdir(parents=True, exist_ok=True)
         ArchConfig.from_dict(record.arch).save(folder / "arch.yaml")
         training = dataclasses.replace(provenance.base_training, **record.training)
-        (folder / "training.yaml").write_text(yaml.safe_dump(dataclasses.asdict(training), sort_keys=False))
+        training.save(folder / "training.yaml")
         weights = weights_path(results, study.study_name, record.number)
         if weights.exists():
             shutil.copyfile(weights, folder / "weights.safetensors")

@@ -1,13 +1,15 @@
 """The HTML report of a study: one self-contained file (plotly inlined), readable offline.
 
 Sections: accuracy against GMACs, parameters and latency with each Pareto front drawn; the
-hypervolume as trials accumulate; which parameters matter for accuracy; how each front
-architecture's GMACs grow with resolution (the fitted exponent tells linear from quadratic); a
-table of the front.
+hypervolume by trial and by training compute; whether accuracy at the early-stopping rungs
+predicts final accuracy; which parameters matter for accuracy, with bootstrap intervals; how
+each front architecture's GMACs grow with resolution (the fitted exponent tells linear from
+quadratic); a table of the front.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import html
 import math
 from collections.abc import Sequence
@@ -18,17 +20,24 @@ import optuna
 import plotly.graph_objects as go
 import plotly.io as pio
 from plotly.offline import get_plotlyjs
+from plotly.subplots import make_subplots
 
 from layers import ArchConfig, complexity
 
 from ..pareto import front
-from ..records import COMPLETE, FAILED, PRUNED, REJECTED, TrialRecord, pareto_front
+from ..records import COMPLETE, FAILED, PRUNED, REJECTED, TrialRecord, pareto_front, status_counts
 from ..records import directions as study_directions
 from ..records import records as read_records
+from ..space import BudgetSection, RecordedSettings
+from .efficiency import hypervolume_curve, reference_point
 
 PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#7f7f7f"]
 REFERENCE_SYMBOL = {"weightformer": "star", "attention": "diamond", "static": "square"}
 SCALES = (1, 2, 3, 4)  # input sizes, as multiples of the searched one, for the scaling plot
+TRUST_THRESHOLD = 0.5  # below this rank correlation, decisions at a rung are close to guesses
+MIN_TRIALS_FOR_CORRELATION = 4
+BOOTSTRAP_RESAMPLES = 30  # importance intervals: enough for a 5-95 % range, cheap enough to redraw live
+BOOTSTRAP_TREES = 60
 
 
 # (bold, line break) in the two places a trial is described: plot hover text and model cards.
@@ -143,32 +152,133 @@ def tradeoff_figure(records: Sequence[TrialRecord], x: str, x_title: str) -> go.
     return fig
 
 
-def hypervolume_figure(study: optuna.Study) -> go.Figure | None:
-    directions = study_directions(study)
-    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+@dataclasses.dataclass(frozen=True)
+class Section:
+    title: str
+    note: str
+    figure: go.Figure | None
+    warning: str | None = None  # shown above the figure, in red
+
+
+def hypervolume_section(
+    records: Sequence[TrialRecord], objectives: list[str], directions: list[str], budget: BudgetSection
+) -> Section:
+    """Hypervolume by trial and by training compute, from one reference point (``efficiency``)."""
+    title = "Hypervolume as trials and compute accumulate"
+    reference = reference_point(objectives, dataclasses.asdict(budget))
+    note = (
+        "The volume of objective space the complete trials dominate, against the trials run (left) and the "
+        "training compute they spent (right: 3 x forward MACs per image x images trained on). "
+    )
+    complete = [r.values for r in records if r.status == COMPLETE and r.values]
     if not complete:
-        return None
-    worst = [
-        min(t.values[i] for t in complete) if d == "maximize" else max(t.values[i] for t in complete)
-        for i, d in enumerate(directions)
-    ]
-    # The reference point sits just beyond the worst value of each objective.
-    reference = [
-        w - abs(w) * 0.1 - 1e-9 if d == "maximize" else w + abs(w) * 0.1 + 1e-9 for w, d in zip(worst, directions)
-    ]
-    fig = optuna.visualization.plot_hypervolume_history(study, reference_point=reference)
-    fig.update_layout(title=None, height=380, template="plotly_white")
-    return fig
+        return Section(title, note, None)
+    if reference is None:
+        # No bound known before the run: the worst value seen, 10 % further out. It moves as
+        # trials arrive, so compare such curves within one study only.
+        worst = [
+            min(v[i] for v in complete) if d == "maximize" else max(v[i] for v in complete)
+            for i, d in enumerate(directions)
+        ]
+        reference = [w - abs(w) * 0.1 if d == "maximize" else w + abs(w) * 0.1 for w, d in zip(worst, directions)]
+        note += "The space fixes no bound for every objective: the reference point is the worst value seen, +10 %."
+    else:
+        fixed = ", ".join(f"{name} {value:g}" for name, value in zip(objectives, reference))
+        note += f"Reference point, fixed by the space before the run: {fixed}."
+    curve = hypervolume_curve(records, reference, directions)
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("by trial", "by training compute"))
+    for column, x in ((1, [p.trial for p in curve]), (2, [p.compute / 1e12 for p in curve])):
+        fig.add_trace(
+            go.Scatter(
+                x=x,
+                y=[p.hypervolume for p in curve],
+                mode="lines+markers",
+                line_shape="hv",
+                showlegend=False,
+                marker_color="#1f77b4",
+            ),
+            row=1,
+            col=column,
+        )
+    fig.update_xaxes(title_text="trial number", row=1, col=1)
+    fig.update_xaxes(title_text="training compute (TMACs)", row=1, col=2)
+    fig.update_yaxes(title_text="hypervolume", row=1, col=1)
+    fig.update_layout(height=380, template="plotly_white")
+    return Section(title, note, fig)
 
 
-def importance_figure(records: Sequence[TrialRecord]) -> go.Figure | None:
-    """Random-forest importance of each parameter for final accuracy, conditional ones included."""
+def rung_correlations(records: Sequence[TrialRecord], epochs: Sequence[int]) -> dict[int, tuple[float, int]]:
+    """Spearman correlation of the best accuracy up to each epoch with the final accuracy, over the
+    complete trials that trained past it, with how many there were (epochs with too few: left out)."""
+    from scipy.stats import spearmanr
+
+    out = {}
+    for epoch in epochs:
+        curves = [r.curve for r in records if r.status == COMPLETE and len(r.curve) > epoch]
+        if len(curves) >= MIN_TRIALS_FOR_CORRELATION:
+            result = spearmanr([max(c[:epoch]) for c in curves], [c[-1] for c in curves])
+            out[epoch] = (float(np.nan_to_num(result.statistic)), len(curves))
+    return out
+
+
+def trust_section(records: Sequence[TrialRecord], settings: RecordedSettings) -> Section:
+    """Whether accuracy at the rungs predicts the final accuracy, which early stopping assumes."""
+    title = "Can the early stopping be trusted?"
+    epochs = settings.training.epochs
+    stopping = settings.early_stopping
+    rungs = stopping.rungs_for(epochs) if stopping else tuple(range(1, epochs))
+    note = (
+        "Early stopping ranks trials by their accuracy at a rung, so it keeps the winners only if that accuracy "
+        "ranks trials as their final accuracy does. Bars: the rank correlation (Spearman) of the best accuracy "
+        "up to each rung with the final accuracy, over complete trials (survivors of the rungs, which flatters "
+        "it). " + ("" if stopping else "This study used no early stopping: the bars show where rungs could be placed.")
+    )
+    correlations = rung_correlations(records, rungs)
+    if not correlations:
+        return Section(title, note, None)
+    weak = {e: rho for e, (rho, _) in correlations.items() if rho < TRUST_THRESHOLD}
+    warning = None
+    if stopping and weak:
+        listed = ", ".join(f"epoch {e} ({rho:.2f})" for e, rho in weak.items())
+        warning = (
+            f"Warning: at {listed} the rank correlation is below {TRUST_THRESHOLD}: stopping decisions there "
+            "are close to guesses and may stop the best trials. Place the rungs later (early_stopping.rungs)."
+        )
+    fig = go.Figure(
+        go.Bar(
+            x=[str(e) for e in correlations],
+            y=[rho for rho, _ in correlations.values()],
+            marker_color=["#d62728" if rho < TRUST_THRESHOLD else "#2ca02c" for rho, _ in correlations.values()],
+            text=[f"{rho:.2f} (n={n})" for rho, n in correlations.values()],
+            textposition="outside",
+            cliponaxis=False,
+        )
+    )
+    fig.add_hline(y=TRUST_THRESHOLD, line_dash="dash", line_color="#888")
+    fig.update_layout(
+        xaxis_title="rung (epoch)",
+        yaxis_title="rank correlation with final accuracy",
+        yaxis_range=[-1, 1.15],
+        height=340,
+        template="plotly_white",
+    )
+    return Section(title, note, fig, warning)
+
+
+def importance_section(records: Sequence[TrialRecord]) -> Section:
+    """Random-forest importance of each parameter for final accuracy, with bootstrap intervals."""
     from sklearn.ensemble import RandomForestRegressor
 
+    title = "Parameter importance for accuracy"
     complete = [r for r in records if r.status == COMPLETE and r.params]
     names = sorted({k for r in complete for k in r.params})
+    note = (
+        "Which choices explain the final accuracy of complete trials (random forest; a conditional parameter "
+        f"counts its absence too). Bars: median over {BOOTSTRAP_RESAMPLES} bootstrap resamples of the trials; "
+        "whiskers: their 5-95 % range. Where whiskers overlap, the data cannot rank those parameters."
+    )
     if len(complete) < 5 or not names:
-        return None
+        return Section(title, note, None)
     columns, owner = [], []
     for name in names:
         values = [r.params.get(name) for r in complete]
@@ -183,19 +293,31 @@ def importance_figure(records: Sequence[TrialRecord]) -> go.Figure | None:
                 owner.append(name)
     features = np.nan_to_num(np.array(columns).T, nan=-1.0)
     target = np.array([r.curve[-1] for r in complete])
-    forest = RandomForestRegressor(n_estimators=300, random_state=0, min_samples_leaf=1).fit(features, target)
-    importance = dict.fromkeys(names, 0.0)
-    for name, value in zip(owner, forest.feature_importances_):
-        importance[name] += float(value)
-    ranked = sorted(importance.items(), key=lambda kv: kv[1])
-    fig = go.Figure(go.Bar(x=[v for _, v in ranked], y=[k for k, _ in ranked], orientation="h", marker_color="#1f77b4"))
+    rng = np.random.default_rng(0)
+    samples = np.zeros((BOOTSTRAP_RESAMPLES, len(names)))
+    for b in range(BOOTSTRAP_RESAMPLES):
+        rows = rng.integers(0, len(complete), len(complete))
+        forest = RandomForestRegressor(n_estimators=BOOTSTRAP_TREES, random_state=b).fit(features[rows], target[rows])
+        for name, value in zip(owner, forest.feature_importances_):
+            samples[b, names.index(name)] += float(value)
+    low, median, high = np.percentile(samples, [5, 50, 95], axis=0)
+    order = np.argsort(median)
+    fig = go.Figure(
+        go.Bar(
+            x=median[order],
+            y=[names[i] for i in order],
+            orientation="h",
+            marker_color="#1f77b4",
+            error_x=dict(type="data", symmetric=False, array=(high - median)[order], arrayminus=(median - low)[order]),
+        )
+    )
     fig.update_layout(
-        xaxis_title=f"importance for accuracy ({len(complete)} complete trials, random forest)",
-        height=max(300, 26 * len(ranked)),
+        xaxis_title=f"importance for accuracy ({len(complete)} complete trials)",
+        height=max(300, 26 * len(names)),
         template="plotly_white",
         margin=dict(l=200),
     )
-    return fig
+    return Section(title, note, fig)
 
 
 def scaling_exponent(arch: ArchConfig) -> tuple[list[int], list[float], float]:
@@ -277,48 +399,43 @@ def build_report(study: optuna.Study, path: Path, *, storage_label: str) -> Path
     objectives = list(study.metric_names or [f"objective {i}" for i in range(len(study.directions))])
     directions = study_directions(study)
     on_front = pareto_front(records, directions)
-    counts = {s: sum(r.status == s for r in records) for s in (COMPLETE, PRUNED, FAILED, REJECTED)}
-    sections: list[tuple[str, str, go.Figure | None]] = [
-        (
+    counts = status_counts(records)
+    settings = RecordedSettings.of_study(study.user_attrs)
+    scaling, exponents = scaling_figure(on_front)
+    sections = [
+        Section(
             "Accuracy against GMACs",
             "Each point is a trial: complete trials solid, pruned ones faded at their accuracy "
             "when stopped. Stars, diamonds and squares are the reference trials.",
             tradeoff_figure(records, "gmacs", "GMACs per image"),
         ),
-        ("Accuracy against parameters", "", tradeoff_figure(records, "mparams", "parameters (millions)")),
-        (
+        Section("Accuracy against parameters", "", tradeoff_figure(records, "mparams", "parameters (millions)")),
+        Section(
             "Accuracy against measured latency",
             "Inference of one image on the trial's own device.",
             tradeoff_figure(records, "latency_ms", "latency (ms)"),
         ),
-        (
-            "Hypervolume as trials accumulate",
-            "The volume of objective space the front dominates.",
-            hypervolume_figure(study),
-        ),
-        (
-            "Parameter importance for accuracy",
-            "Which choices explain the final accuracy of complete trials; a "
-            "conditional parameter counts its absence too.",
-            importance_figure(records),
-        ),
-    ]
-    scaling, exponents = scaling_figure(on_front)
-    sections.append(
-        (
+        hypervolume_section(records, objectives, directions, settings.budget),
+        trust_section(records, settings),
+        importance_section(records),
+        Section(
             "GMACs against resolution for the front",
             "An exponent near 1 is linear in the number of tokens; softmax attention's grows towards 2.",
             scaling,
-        )
-    )
+        ),
+    ]
     body = []
-    for index, (title, note, fig) in enumerate(sections):
+    for index, section in enumerate(sections):
         content = (
-            pio.to_html(fig, full_html=False, include_plotlyjs=False, div_id=f"plot{index}")
-            if fig is not None
+            pio.to_html(section.figure, full_html=False, include_plotlyjs=False, div_id=f"plot{index}")
+            if section.figure is not None
             else '<p class="empty">Not enough complete trials yet.</p>'
         )
-        body.append(f"<section><h2>{html.escape(title)}</h2><p>{html.escape(note)}</p>{content}</section>")
+        warning = f'<p class="warning">{html.escape(section.warning)}</p>' if section.warning else ""
+        body.append(
+            f"<section><h2>{html.escape(section.title)}</h2><p>{html.escape(section.note)}</p>"
+            f"{warning}{content}</section>"
+        )
     body.append(f"<section><h2>The Pareto front</h2>{front_table(on_front, objectives, exponents)}</section>")
     summary = (
         f"{len(records)} trials: {counts[COMPLETE]} complete, {counts[PRUNED]} pruned, "
@@ -333,6 +450,7 @@ section {{ margin-bottom: 2.5rem; }} h2 {{ border-bottom: 1px solid #ddd; paddin
 table {{ border-collapse: collapse; width: 100%; font-size: .9rem; }}
 th, td {{ border: 1px solid #ddd; padding: .3rem .5rem; text-align: left; }} th {{ background: #f3f3f3; }}
 .empty {{ color: #888; font-style: italic; }}
+.warning {{ color: #b00020; font-weight: 600; }}
 </style>
 <script type="text/javascript">{get_plotlyjs()}</script>
 </head><body>

@@ -10,7 +10,6 @@ fixed size whatever the number of tokens, so the same model runs at any input si
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 from collections.abc import Callable
@@ -19,14 +18,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from safetensors.torch import load_file, save_file
 
 import layers
-from layers import build
 
 from .data import DataSpec, describe, load_dataset
-from .trainer import Trainer, TrainSpec
+from .trainer import Trainer, TrainSpec, cpu_weights
 
 
 @dataclass(frozen=True)
@@ -42,7 +39,7 @@ def read_arch(path: str | Path) -> ArchSource:
         if not (path / "arch.yaml").exists():
             raise FileNotFoundError(f"{path} holds no arch.yaml (expected an exported folder)")
         recipe_file, weights = path / "training.yaml", path / "weights.safetensors"
-        recipe = build(TrainSpec, yaml.safe_load(recipe_file.read_text()), "training") if recipe_file.exists() else None
+        recipe = TrainSpec.load(recipe_file) if recipe_file.exists() else None
         return ArchSource(layers.ArchConfig.load(path / "arch.yaml"), recipe, weights if weights.exists() else None)
     return ArchSource(layers.ArchConfig.load(path), None, None)
 
@@ -63,7 +60,7 @@ def train_architecture(
     arch = source.arch.replace(img_size=info.img_size, in_chans=info.in_chans, num_classes=info.num_classes)
     out.mkdir(parents=True, exist_ok=True)
     arch.save(out / "arch.yaml")
-    (out / "training.yaml").write_text(yaml.safe_dump(dataclasses.asdict(training), sort_keys=False))
+    training.save(out / "training.yaml")
     torch.manual_seed(seed)
     model = layers.create_model(arch)
     if init_weights and source.weights is not None:
@@ -95,9 +92,7 @@ def train_architecture(
     if eval_size is not None:
         metrics["eval_size"] = list(eval_size)
         metrics["val_accuracy_at_eval_size"] = trainer.evaluate(img_size=eval_size)
-    save_file(
-        {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(out / "weights.safetensors")
-    )
+    save_file(cpu_weights(model), str(out / "weights.safetensors"))
     metrics_file.write_text(json.dumps(metrics, indent=2))
     return metrics
 

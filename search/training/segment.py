@@ -21,7 +21,7 @@ import torch
 import layers
 
 from .data import DataSpec, load_dataset
-from .trainer import NonFiniteLoss, Trainer, TrainSpec, measure_latency
+from .trainer import NonFiniteLoss, Trainer, TrainSpec, cpu_weights, measure_latency
 
 
 @dataclass(frozen=True)
@@ -74,7 +74,7 @@ def run_segment(job: SegmentJob, checkpoint: dict[str, Any] | None) -> tuple[Seg
             result.curve.append(trainer.evaluate())
         final = job.stop_epoch >= job.training.epochs
         if final and job.return_weights:
-            result.weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+            result.weights = cpu_weights(model)
         next_checkpoint = None if final else _to_cpu(trainer.state_dict())
     except NonFiniteLoss as err:
         result.failure, result.failure_kind, next_checkpoint = str(err), "nan", None

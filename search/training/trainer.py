@@ -7,17 +7,20 @@ training resumes after an interruption.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import timm.optim
 import torch
 import torch.nn.functional as F
+import yaml
 from torch import nn
 
-from layers import ConfigError, coerce_fields
+from layers import ConfigError, build, coerce_fields
 
 from .augment import AugmentSpec, BatchAugment
 from .data import Dataset, Split, StreamingSplit
@@ -54,6 +57,14 @@ class TrainSpec:
     @property
     def peak_lr(self) -> float:
         return self.lr * self.batch_size / self.lr_reference_batch if self.lr_reference_batch else self.lr
+
+    def save(self, path: Path) -> None:
+        """Write the recipe as YAML (``training.yaml`` of an export or a training run)."""
+        path.write_text(yaml.safe_dump(dataclasses.asdict(self), sort_keys=False))
+
+    @classmethod
+    def load(cls, path: Path) -> TrainSpec:
+        return build(cls, yaml.safe_load(path.read_text()) or {}, "training")
 
 
 class NonFiniteLoss(RuntimeError):
@@ -141,6 +152,11 @@ class Trainer:
         self.scaler.load_state_dict(state["scaler"])
         self.generator.set_state(state["generator"].cpu())  # set_state takes a CPU tensor, even for CUDA
         self.epoch = state["epoch"]
+
+
+def cpu_weights(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The model's weights as contiguous CPU tensors, as safetensors writes them."""
+    return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
 
 
 def _warmup_cosine(step: int, warmup: int, total: int, floor: float) -> float:
