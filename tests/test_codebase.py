@@ -127,3 +127,11 @@ def test_every_cited_file_exists():
     assert "docs/design.md" in cited  # the pattern finds what the code cites
     missing = {path: sorted(by) for path, by in cited.items() if not (ROOT / path).is_file()}
     assert missing == {}
+
+
+def test_ci_runs_exactly_the_readme_test_command():
+    readme = (ROOT / "README.md").read_text()
+    block = readme.split("Install and run the tests", 1)[1].split("```bash\n", 1)[1].split("\n```", 1)[0]
+    ci = (ROOT / ".ci" / "run").read_text().strip().splitlines()[-1]
+    assert ci == block.strip()
+    assert "ruff format --check . && ruff check . && python -m pytest" in ci  # lint first, then the tests
