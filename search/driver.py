@@ -32,7 +32,9 @@ from safetensors.torch import save_file
 from layers import ArchConfig, ConfigError, complexity
 
 from . import records
+from .artifacts import STORE_ATTR
 from .cluster import connect
+from .dashboard import DashboardWriter
 from .display import Display, Snapshot
 from .early_stopping import RungResult, decide
 from .recovery import Recovery
@@ -133,6 +135,9 @@ class Driver:
             self.client.retry(lambda: study.set_metric_names(wanted), "name the objectives")
         self.client.set_study_attr("space", redact(spec.text, spec.study.storage))
         self.client.set_study_attr("space_file", spec.source)
+        self.dashboard = DashboardWriter(self.client, spec, self.results, self.display.log)
+        self.client.set_study_attr(STORE_ATTR, str(self.dashboard.folder))
+        self.client.before_tell = self.dashboard.before_tell
         self.recovery = Recovery(self.client, self.id, self.display.log)
         return created
 
@@ -156,6 +161,7 @@ class Driver:
             while True:
                 self.recovery.beat()
                 self.recovery.reconcile_now_and_then()
+                self.dashboard.now_and_then()
                 self._collect(timeout=0.25)
                 self._decide_paused()
                 self._ask_more()
@@ -171,6 +177,7 @@ class Driver:
         finally:
             self.display.stop(self._snapshot())
             self._finish_weights()
+        self.dashboard.run_ended(publish=not interrupted)
         if interrupted:
             raise KeyboardInterrupt
         return self.client.study

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import os
+import sys
 import uuid
 from pathlib import Path
 
 import optuna
 import pytest
+import ray.cloudpickle
+import torch
 import yaml
 
 from search.records import COUNTED, TrialRecord
 from search.storage import open_storage
+from search.training.segment import SegmentJob, SegmentResult
 
 POSTGRES_ENV = "DWS_TEST_POSTGRES_URL"
 
@@ -82,3 +86,28 @@ def postgres_url() -> str:
 @pytest.fixture
 def unique_name() -> str:
     return f"t{uuid.uuid4().hex[:10]}"
+
+
+# Ray's workers cannot import this file (tests/ is not on their path): ship its functions by value.
+ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+
+def quick_segment(job: SegmentJob, checkpoint) -> tuple[SegmentResult, None]:
+    """A trial body that trains nothing, for tests that need finished trials rather than training.
+
+    Accuracy grows with the epoch and the width; a static model fails as if it had raised, so
+    that a study holds failed trials to tell apart from rejected ones; the last segment returns
+    weights when asked to."""
+    if job.arch.get("mixer") == "static":
+        return SegmentResult(failure="RuntimeError('a deliberate failure')", failure_kind="exception"), None
+    epochs = range(job.start_epoch, job.stop_epoch)
+    final = job.stop_epoch >= job.training.epochs
+    return SegmentResult(
+        curve=[round(0.2 + 0.1 * e + job.arch["embed_dim"] / 200 + job.arch["depth"] / 50, 4) for e in epochs],
+        train_loss=[2.3 / (e + 1) for e in epochs],
+        seconds=0.01,
+        images=1000,
+        latency_ms=0.5,
+        device="quick",
+        weights={"w": torch.full((4,), float(job.seed))} if final and job.return_weights else None,
+    ), None

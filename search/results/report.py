@@ -272,13 +272,45 @@ def front_table(on_front: Sequence[TrialRecord], objectives: Sequence[str], expo
     )
 
 
+Section = tuple[str, str, go.Figure | None]  # title, a note under it, the figure (None: not enough data yet)
+
+
+def html_page(title: str, kind: str, summary: str, sections: Sequence[Section], tail: str = "") -> str:
+    """One self-contained page (plotly inlined, nothing fetched): a heading, a summary line, one
+    section per figure, then ``tail`` (HTML)."""
+    body = []
+    for index, (heading, note, fig) in enumerate(sections):
+        content = (
+            pio.to_html(fig, full_html=False, include_plotlyjs=False, div_id=f"plot{index}")
+            if fig is not None
+            else '<p class="empty">Not enough complete trials yet.</p>'
+        )
+        body.append(f"<section><h2>{html.escape(heading)}</h2><p>{html.escape(note)}</p>{content}</section>")
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}: {html.escape(kind)}</title>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 2rem auto; max-width: 1100px; color: #222; }}
+section {{ margin-bottom: 2.5rem; }} h2 {{ border-bottom: 1px solid #ddd; padding-bottom: .3rem; }}
+table {{ border-collapse: collapse; width: 100%; font-size: .9rem; }}
+th, td {{ border: 1px solid #ddd; padding: .3rem .5rem; text-align: left; }} th {{ background: #f3f3f3; }}
+.empty {{ color: #888; font-style: italic; }}
+</style>
+<script type="text/javascript">{get_plotlyjs()}</script>
+</head><body>
+<h1>{html.escape(title)}</h1>
+<p>{html.escape(summary)}</p>
+{"".join(body)}{tail}
+</body></html>
+"""
+
+
 def build_report(study: optuna.Study, path: Path, *, storage_label: str) -> Path:
     records = read_records(study)
     objectives = list(study.metric_names or [f"objective {i}" for i in range(len(study.directions))])
     directions = study_directions(study)
     on_front = pareto_front(records, directions)
     counts = {s: sum(r.status == s for r in records) for s in (COMPLETE, PRUNED, FAILED, REJECTED)}
-    sections: list[tuple[str, str, go.Figure | None]] = [
+    sections: list[Section] = [
         (
             "Accuracy against GMACs",
             "Each point is a trial: complete trials solid, pruned ones faded at their accuracy "
@@ -311,36 +343,13 @@ def build_report(study: optuna.Study, path: Path, *, storage_label: str) -> Path
             scaling,
         )
     )
-    body = []
-    for index, (title, note, fig) in enumerate(sections):
-        content = (
-            pio.to_html(fig, full_html=False, include_plotlyjs=False, div_id=f"plot{index}")
-            if fig is not None
-            else '<p class="empty">Not enough complete trials yet.</p>'
-        )
-        body.append(f"<section><h2>{html.escape(title)}</h2><p>{html.escape(note)}</p>{content}</section>")
-    body.append(f"<section><h2>The Pareto front</h2>{front_table(on_front, objectives, exponents)}</section>")
     summary = (
         f"{len(records)} trials: {counts[COMPLETE]} complete, {counts[PRUNED]} pruned, "
         f"{counts[FAILED]} failed, {counts[REJECTED]} rejected. Storage: {storage_label}. "
         f"Objectives: {', '.join(f'{n} ({d})' for n, d in zip(objectives, directions))}."
     )
-    document = f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>{html.escape(study.study_name)}: search report</title>
-<style>
-body {{ font-family: system-ui, sans-serif; margin: 2rem auto; max-width: 1100px; color: #222; }}
-section {{ margin-bottom: 2.5rem; }} h2 {{ border-bottom: 1px solid #ddd; padding-bottom: .3rem; }}
-table {{ border-collapse: collapse; width: 100%; font-size: .9rem; }}
-th, td {{ border: 1px solid #ddd; padding: .3rem .5rem; text-align: left; }} th {{ background: #f3f3f3; }}
-.empty {{ color: #888; font-style: italic; }}
-</style>
-<script type="text/javascript">{get_plotlyjs()}</script>
-</head><body>
-<h1>{html.escape(study.study_name)}</h1>
-<p>{html.escape(summary)}</p>
-{"".join(body)}
-</body></html>
-"""
+    front_section = f"<section><h2>The Pareto front</h2>{front_table(on_front, objectives, exponents)}</section>"
+    document = html_page(study.study_name, "search report", summary, sections, front_section)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(document)
     return path
