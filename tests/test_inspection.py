@@ -4,6 +4,7 @@ trial, the learning-curve image, and a dashboard's view of several studies' arti
 from __future__ import annotations
 
 import io
+import math
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,7 @@ from optuna.artifacts.exceptions import ArtifactNotFound
 from search.artifacts import StoreUnion, dashboard_store
 from search.notes import NOTE_CURVE_COLUMNS, study_note, trial_note
 from search.records import COMPLETE, FAILED, INTERRUPTED, PRUNED, REJECTED, TrialRecord
-from search.results.curve import ACCURACY, LOSS, SIZE, draw_curve
+from search.results.curve import ACCURACY, LOSS, MARGIN, SIZE, draw_curve
 from search.space import load_space
 
 SPACE = load_space(Path(__file__).resolve().parent.parent / "spaces" / "dynamic.yaml")
@@ -114,6 +115,12 @@ def test_the_learning_curve_image_draws_both_curves():
     assert image.size == SIZE
     colours = {colour for _, colour in image.getcolors(maxcolors=SIZE[0] * SIZE[1])}
     assert ACCURACY in colours and LOSS in colours
+    # Values that blew up are left out, not drawn as lines along the axes; the loss axis scales to
+    # the finite values, so the last loss sits at its top.
+    blown = draw_curve([0.2, math.nan], [math.inf, 1.0], "trial 2: failed")
+    left, right, middle = MARGIN[0], SIZE[0] - MARGIN[2], SIZE[1] // 2
+    assert blown.getpixel((left, middle)) != ACCURACY and blown.getpixel((right, middle)) != LOSS
+    assert blown.getpixel((right, MARGIN[1])) == LOSS
 
 
 def test_a_dashboard_reads_each_studys_artifacts_from_its_own_store(tmp_path):

@@ -8,6 +8,8 @@ largest value) against epochs.
 
 from __future__ import annotations
 
+import functools
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -22,10 +24,15 @@ MAX_EPOCH_LABELS = 8
 MAX_EPOCHS_MARKED = 40  # beyond this, a dot per epoch would hide the line
 
 
+@functools.cache
+def _font() -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
+    return ImageFont.load_default(size=FONT_SIZE)  # Pillow's own font: nothing to find on the system
+
+
 def draw_curve(accuracy: Sequence[float], train_loss: Sequence[float], title: str) -> Image.Image:
     image = Image.new("RGB", SIZE, "white")
     draw = ImageDraw.Draw(image)
-    font = ImageFont.load_default(size=FONT_SIZE)
+    font = _font()
     left, top, right, bottom = MARGIN[0], MARGIN[1], SIZE[0] - MARGIN[2], SIZE[1] - MARGIN[3]
     epochs = max(len(accuracy), len(train_loss), 1)
 
@@ -38,7 +45,7 @@ def draw_curve(accuracy: Sequence[float], train_loss: Sequence[float], title: st
     for tick in ACCURACY_TICKS:
         draw.line([(left, y(tick)), (right, y(tick))], fill=GRID)
         draw.text((left - 6, y(tick)), f"{tick:g}", fill=ACCURACY, font=font, anchor="rm")
-    loss_top = max(train_loss, default=0.0) or 1.0
+    loss_top = max((v for v in train_loss if math.isfinite(v)), default=0.0) or 1.0
     for tick in (0.0, 0.5, 1.0):
         draw.text((right + 6, y(tick)), f"{tick * loss_top:.3g}", fill=LOSS, font=font, anchor="lm")
     step = max(1, -(-epochs // MAX_EPOCH_LABELS))  # ceil: at most MAX_EPOCH_LABELS labels
@@ -48,7 +55,8 @@ def draw_curve(accuracy: Sequence[float], train_loss: Sequence[float], title: st
     draw.rectangle([left, top, right, bottom], outline=INK)
     draw.text(((left + right) / 2, SIZE[1] - 2), "epoch", fill=INK, font=font, anchor="mb")
     for values, scale, color in ((train_loss, loss_top, LOSS), (accuracy, 1.0, ACCURACY)):
-        points = [(x(epoch), y(value / scale)) for epoch, value in enumerate(values, 1)]
+        # A non-finite value (a loss that blew up) has no place on the axes: the line skips it.
+        points = [(x(epoch), y(value / scale)) for epoch, value in enumerate(values, 1) if math.isfinite(value)]
         if len(points) > 1:
             draw.line(points, fill=color, width=2)
         for px, py in points if len(points) <= MAX_EPOCHS_MARKED else ():
@@ -61,5 +69,5 @@ def draw_curve(accuracy: Sequence[float], train_loss: Sequence[float], title: st
 
 def save_curve(accuracy: Sequence[float], train_loss: Sequence[float], title: str, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    draw_curve(accuracy, train_loss, title).save(path, optimize=True)
+    draw_curve(accuracy, train_loss, title).save(path)
     return path
