@@ -120,6 +120,8 @@ class Display:
             self.live_view.update(self.render(snapshot), refresh=True)
             self.live_view.stop()
             self.live_view = None
+            if not self.console.is_terminal:  # rich ends the view's last line on a terminal only
+                self.console.line()
         else:
             c = snapshot.counts
             self.log(
