@@ -84,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument(
         "--out", default=f"{DEFAULT_RESULTS}/compare.html", help="HTML file to write (default: %(default)s)"
     )
-    dashboard = study_command("dashboard", "serve the study with optuna-dashboard")
+    dashboard = study_command("dashboard", "serve the study with optuna-dashboard, its notes and artifacts included")
     dashboard.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
     dashboard.add_argument("--port", type=int, default=8080)
     results = study_command("results", "write the trial table")
