@@ -1,8 +1,9 @@
-"""Command line: ``python -m search <command>``.
+"""Command line: python -m search <command>.
 
     run        run (or resume) the search a space file describes
     report     write the study's HTML report (plots, importance, scaling, front table)
-    dashboard  serve the study with optuna-dashboard
+    compare    put the fronts of several studies, and their hypervolume against compute, side by side
+    dashboard  serve the study with optuna-dashboard, its notes and artifacts included
     results    write the trial table as csv, parquet or json
     export     write the best architectures as folders (config, weights, model card)
     train      train one architecture fully, with checkpoints and resume
@@ -34,7 +35,12 @@ def command(name: str):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m search", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m search",
+        description="Search attention-free vision architectures whose weights are predicted from the input: "
+        "run a search, then inspect, compare and export what it found.",
+        epilog=__doc__.strip().splitlines()[-1],
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run or resume the search a space file describes")
     run.add_argument("--space", default="spaces/dynamic.yaml", help="the YAML space (default: %(default)s)")
@@ -43,6 +49,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--address", help="join this Ray cluster (host:port, ray://host:port or auto) instead of a local Ray"
     )
     run.add_argument("--results", default=DEFAULT_RESULTS, help="folder for weights and reports (default: %(default)s)")
+    run.add_argument(
+        "--artifacts",
+        help="artifact store folder overriding the space's study.artifacts (default: results/<study>/artifacts); "
+        "a shared mount lets drivers on several machines share it",
+    )
     run.add_argument("--quiet", action="store_true", help="log lines instead of the live display")
 
     def study_command(name: str, help: str) -> argparse.ArgumentParser:
@@ -53,7 +64,27 @@ def build_parser() -> argparse.ArgumentParser:
         return command
 
     study_command("report", "write results/<study>/report.html")
-    dashboard = study_command("dashboard", "serve the study with optuna-dashboard")
+    compare = sub.add_parser(
+        "compare", help="the fronts of several studies, and their hypervolume against training compute, side by side"
+    )
+    compare.add_argument(
+        "--study",
+        action="append",
+        required=True,
+        metavar="NAME[@STORAGE_URL]",
+        help="a study, in --storage unless @STORAGE_URL follows its name; give --study once per study",
+    )
+    compare.add_argument("--storage", default=DEFAULT_STORAGE, help="storage of the studies given by name alone")
+    compare.add_argument(
+        "--reference",
+        metavar="V1,V2,...",
+        help="the hypervolume's reference point, one value per objective "
+        "(default: accuracy 0 and the loosest of the studies' budget bounds)",
+    )
+    compare.add_argument(
+        "--out", default=f"{DEFAULT_RESULTS}/compare.html", help="HTML file to write (default: %(default)s)"
+    )
+    dashboard = study_command("dashboard", "serve the study with optuna-dashboard, its notes and artifacts included")
     dashboard.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
     dashboard.add_argument("--port", type=int, default=8080)
     results = study_command("results", "write the trial table")
@@ -99,18 +130,20 @@ def _size(text: str) -> tuple[int, int]:
 
 
 def _load_study(args: argparse.Namespace):
+    return _open_study(args.study, args.storage)
+
+
+def _open_study(name: str, url: str):
     import optuna
 
     from .storage import StorageError, masked, open_storage
 
-    storage = open_storage(args.storage, create=False)
+    storage = open_storage(url, create=False)
     try:
-        return optuna.load_study(study_name=args.study, storage=storage)
+        return optuna.load_study(study_name=name, storage=storage)
     except KeyError:
         names = [s.study_name for s in optuna.get_all_study_summaries(storage)]
-        raise StorageError(
-            f"no study {args.study!r} in {masked(args.storage)}; studies there: {', '.join(names) or 'none'}"
-        ) from None
+        raise StorageError(f"no study {name!r} in {masked(url)}; studies there: {', '.join(names) or 'none'}") from None
 
 
 @command("report")
@@ -127,17 +160,52 @@ def report(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+@command("compare")
+def compare(args: argparse.Namespace) -> int:
+    from .results.compare import Compared, CompareError, build_comparison, parse_reference, parse_study
+    from .storage import masked
+
+    try:
+        refs = [parse_study(text, args.storage) for text in args.study]
+        names = [ref.name for ref in refs]
+        studies = [
+            Compared.of(
+                _open_study(ref.name, ref.storage),
+                ref.name if names.count(ref.name) == 1 else f"{ref.name} ({masked(ref.storage)})",
+                masked(ref.storage),
+            )
+            for ref in refs
+        ]
+        reference = parse_reference(args.reference, studies[0].objectives) if args.reference else None
+        print(build_comparison(studies, reference, Path(args.out)))
+    except CompareError as err:
+        return _usage_error(err)
+    return EXIT_OK
+
+
 @command("dashboard")
 def dashboard(args: argparse.Namespace) -> int:
+    import optuna
     import optuna_dashboard
 
+    from .artifacts import STORE_ATTR, dashboard_store
     from .storage import open_storage
 
     study = _load_study(args)
+    storage = open_storage(args.storage, create=False)
+    recorded = {
+        s.study_name: s.user_attrs[STORE_ATTR]
+        for s in optuna.get_all_study_summaries(storage, include_best_trial=False)
+        if STORE_ATTR in s.user_attrs
+    }
+    store = dashboard_store(study.study_name, recorded, Path(args.results))
     print(
-        f"optuna-dashboard for study {study.study_name!r}: http://{args.host}:{args.port}/ (Ctrl-C to stop)", flush=True
+        f"optuna-dashboard for study {study.study_name!r}: http://{args.host}:{args.port}/dashboard/studies/"
+        f"{storage.get_study_id_from_name(study.study_name)} (artifacts in {store.folders[0]}; "
+        "Ctrl-C to stop)",
+        flush=True,
     )
-    optuna_dashboard.run_server(open_storage(args.storage, create=False), host=args.host, port=args.port)
+    optuna_dashboard.run_server(storage, host=args.host, port=args.port, artifact_store=store)
     return EXIT_OK
 
 
@@ -242,12 +310,12 @@ def erf(args: argparse.Namespace) -> int:
 @command("run")
 def run(args: argparse.Namespace) -> int:
     from .cluster import ClusterError
-    from .display import Display
+    from .display import Display, next_steps
     from .driver import Driver, StudyMismatch
     from .space import load_space
     from .storage import StorageError
 
-    spec = load_space(args.space, storage=args.storage)
+    spec = load_space(args.space, storage=args.storage, artifacts=args.artifacts)
     driver = Driver(spec, results=Path(args.results), address=args.address, display=Display(quiet=args.quiet))
     try:
         driver.run()
@@ -256,6 +324,7 @@ def run(args: argparse.Namespace) -> int:
     except StorageError as err:
         origin = "--storage" if args.storage else f"study.storage in {args.space}"
         return _usage_error(f"{err} ({origin})")
+    print(next_steps(spec.study.name, spec.study.storage, Path(args.results), DEFAULT_STORAGE, DEFAULT_RESULTS))
     return EXIT_OK
 
 

@@ -16,6 +16,20 @@ import ray
 WORKER_ENV = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(1 << 40)}
 
 
+class _DropTokenNotice(logging.Filter):
+    """Ray's notice that a new local cluster uses token authentication, its safe default: nothing to
+    act on, and the one foreign line among ``--quiet``'s log lines. Its warning that authentication
+    is off, which does matter, still shows."""
+
+    LOGGER = "ray._private.authentication.authentication_token_setup"
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Token authentication is enabled")
+
+
+_TOKEN_NOTICE_FILTER = _DropTokenNotice()
+
+
 class ClusterError(RuntimeError):
     """Ray cannot be started or reached, or cannot give a trial the resources it asks for."""
 
@@ -23,6 +37,7 @@ class ClusterError(RuntimeError):
 def connect(address: str | None, *, cpus: float, gpus: float) -> dict[str, float]:
     """Start or join Ray and check that one trial's resources exist; returns the cluster's totals."""
     if not ray.is_initialized():
+        logging.getLogger(_DropTokenNotice.LOGGER).addFilter(_TOKEN_NOTICE_FILTER)  # adding it twice is a no-op
         if address and address != "auto":
             _check_reachable(address)
         try:

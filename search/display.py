@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from rich.console import Console, Group
@@ -12,7 +13,19 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from .records import COMPLETE, COUNTED, FAILED, PRUNED, REJECTED, RUNNING, TrialRecord, pareto_front, status_counts
+from .records import (
+    COMPLETE,
+    COUNTED,
+    FAILED,
+    PRUNED,
+    REJECTED,
+    RUNNING,
+    TrialRecord,
+    pareto_front,
+    results_dir,
+    status_counts,
+)
+from .storage import masked
 
 if TYPE_CHECKING:
     from .space import SearchSpec
@@ -114,6 +127,8 @@ class Display:
             self.live_view.update(self.render(snapshot), refresh=True)
             self.live_view.stop()
             self.live_view = None
+            if not self.console.is_terminal:  # rich ends the view's last line on a terminal only
+                self.console.line()
         else:
             c = snapshot.counts
             self.log(
@@ -149,6 +164,26 @@ class Display:
             tag = f" [{record.reference}]" if record.reference else ""
             table.add_row(str(record.number), Text(record.label + tag), *(f"{v:.4g}" for v in record.values))
         return Group(header, table)
+
+
+def next_steps(study: str, storage: str, results: Path, default_storage: str, default_results: str) -> str:
+    """Where a finished run left its results, and the commands that look at them next.
+
+    The commands repeat ``--storage`` and ``--results`` only where the run used other than the
+    defaults, and show the storage masked (a password is never printed)."""
+    folder = results_dir(results, study)
+    found = sorted(p.name + ("/" if p.is_dir() else "") for p in folder.iterdir()) if folder.exists() else []
+    where = f" --storage {masked(storage)}" if storage != default_storage else ""
+    where += f" --results {results}" if str(results) != default_results else ""
+    return "\n".join(
+        [
+            f"results of study {study!r}: {folder}/" + (f" ({', '.join(found)})" if found else ""),
+            "next:",
+            f"  python -m search report --study {study}{where}",
+            f"  python -m search dashboard --study {study}{where}",
+            f"  python -m search export --study {study}{where} --pareto --out {folder / 'export'}",
+        ]
+    )
 
 
 def _values(record: TrialRecord) -> str:

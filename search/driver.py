@@ -33,7 +33,9 @@ from safetensors.torch import save_file
 from layers import ArchConfig, ConfigError, complexity
 
 from . import records
+from .artifacts import STORE_ATTR
 from .cluster import connected
+from .dashboard import DashboardWriter
 from .display import Display, Snapshot
 from .early_stopping import RungResult, decide
 from .recovery import Recovery
@@ -131,6 +133,9 @@ class Driver:
             self.client.retry(lambda: study.set_metric_names(wanted), "name the objectives")
         self.client.set_study_attr("space", redact(spec.text, spec.study.storage))
         self.client.set_study_attr("space_file", spec.source)
+        self.dashboard = DashboardWriter(self.client, spec, self.results, self.display.log)
+        self.client.set_study_attr(STORE_ATTR, str(self.dashboard.folder))
+        self.client.before_tell = self.dashboard.before_tell
         self.recovery = Recovery(self.client, self.id, self.display.log)
         return created
 
@@ -158,6 +163,7 @@ class Driver:
             while True:
                 self.recovery.beat()
                 self.recovery.reconcile_now_and_then()
+                self.dashboard.now_and_then()
                 self._collect(timeout=0.25)
                 self._decide_paused()
                 self._ask_more()
@@ -173,6 +179,7 @@ class Driver:
         finally:
             self.display.stop(self._snapshot())
             self._finish_weights()
+        self.dashboard.run_ended(publish=not interrupted)
         if interrupted:
             raise KeyboardInterrupt
         return self.client.study

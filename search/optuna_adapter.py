@@ -1,9 +1,11 @@
-"""Everything the search needs from Optuna beyond its documented ask-and-tell API, in one place.
+"""Everything the search needs from Optuna (and optuna-dashboard) beyond their documented APIs, in one place.
 
 The driver splits ``Study.ask`` in two steps that can each be retried through a database outage
 (a claim that writes, a handle that only reads), it reads the parameters a queued trial was
 enqueued with, and it shows samplers early-stopped trials as what they revealed (``SamplerView``).
-Optuna has no public call for any of these. Each use below says which internal
+Optuna has no public call for any of these. For the dashboard, artifacts are recorded in the
+order a retry needs, and the study's artifacts are replaced as optuna-dashboard deletes them.
+Each use below says which internal
 behaviour it relies on and why; ``tests/test_optuna_adapter.py`` pins every one of them, so that
 an Optuna upgrade which changes one fails there rather than in the middle of a search.
 ``pyproject.toml`` bounds optuna to the major version this module is written for.
@@ -12,10 +14,14 @@ an Optuna upgrade which changes one fails there rather than in the middle of a s
 from __future__ import annotations
 
 import copy
+import dataclasses
+import json
+import mimetypes
 from collections.abc import Callable, Container
 from typing import Any
 
 import optuna
+from optuna.artifacts import ArtifactMeta
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState
@@ -23,6 +29,13 @@ from optuna.trial import FrozenTrial, TrialState
 #: The system attribute in which ``Study.enqueue_trial`` keeps a queued trial's parameters.
 #: Internal to Optuna (``Trial`` reads it back as ``_fixed_params``); pinned by a test.
 FIXED_PARAMS_KEY = "fixed_params"
+
+#: Where ``optuna.artifacts.upload_artifact`` records an artifact: a system attribute of its trial
+#: or study named this prefix + the artifact's id, holding its ``ArtifactMeta`` as JSON.
+ARTIFACT_KEY_PREFIX = "artifacts:"
+#: How optuna-dashboard deletes an artifact: Optuna cannot delete a system attribute, so the
+#: dashboard overwrites the artifact's with JSON null, and lists only the others.
+DELETED_ARTIFACT = json.dumps(None)
 
 
 def claim_trial(storage: BaseStorage, study_id: int) -> int:
@@ -99,3 +112,42 @@ class SamplerView:
     @property
     def trials(self) -> list[FrozenTrial]:
         return self.get_trials()
+
+
+def note_handle(study: optuna.Study, trial_id: int) -> optuna.Trial:
+    """A ``Trial`` for optuna-dashboard's ``save_note``, which takes one but only reads its ids.
+
+    Notes are study system attributes, so a finished trial takes one too. ``study`` should carry
+    a ``RandomSampler``: the constructor calls the sampler's ``before_trial``, which must not
+    act on a trial that is not being sampled.
+    """
+    return optuna.Trial(study, trial_id)
+
+
+def attach_artifact(storage: BaseStorage, study_id: int, trial_id: int | None, artifact_id: str, filename: str) -> None:
+    """Record an artifact already written to the store, as ``optuna.artifacts.upload_artifact``
+    records one. That function records before it writes the file: a retry after a lost reply
+    would leave a record without a file. Here the file comes first and the record can be repeated.
+    """
+    mimetype, encoding = mimetypes.guess_type(filename)
+    meta = ArtifactMeta(artifact_id, filename, mimetype or "application/octet-stream", encoding)
+    value = json.dumps(dataclasses.asdict(meta))
+    if trial_id is None:
+        storage.set_study_system_attr(study_id, ARTIFACT_KEY_PREFIX + artifact_id, value)
+    else:
+        storage.set_trial_system_attr(trial_id, ARTIFACT_KEY_PREFIX + artifact_id, value)
+
+
+def listed_artifacts(system_attrs: dict[str, Any]) -> list[ArtifactMeta]:
+    """The artifacts recorded in a trial's or study's system attributes, deleted ones left out
+    (``optuna.artifacts.get_all_artifact_meta`` would fail on those)."""
+    return [
+        ArtifactMeta(**json.loads(value))
+        for key, value in system_attrs.items()
+        if key.startswith(ARTIFACT_KEY_PREFIX) and value != DELETED_ARTIFACT
+    ]
+
+
+def forget_study_artifact(storage: BaseStorage, study_id: int, artifact_id: str) -> None:
+    """Delete a study artifact's record as optuna-dashboard does (the file is the store's business)."""
+    storage.set_study_system_attr(study_id, ARTIFACT_KEY_PREFIX + artifact_id, DELETED_ARTIFACT)

@@ -79,6 +79,10 @@ class TrialRecord:
         """Mixer, plus the predictor for dynamic ones: how plots colour the trials."""
         return label(self.arch) if self.arch else "?"
 
+    @property
+    def summary(self) -> str:
+        return summary(self.arch) if self.arch else "?"
+
     @classmethod
     def from_frozen(cls, trial: FrozenTrial) -> TrialRecord:
         attrs = trial.user_attrs

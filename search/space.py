@@ -1,13 +1,13 @@
 """The YAML search space: one file describes a whole study, and is checked before anything runs.
 
-    study:          {name, storage, seed}
+    study:          {name, storage, seed, artifacts}
     data:           search.training.data.DataSpec      (name, root, val_fraction, ...)
     training:       search.training.trainer.TrainSpec  (epochs, batch_size, lr, ..., augment: {...})
     objectives:     {accuracy: maximize, gmacs: minimize}   (also params, latency)
     budget:         {max_gmacs, max_params}    hard limits, checked before any training
-    trials:         {count, timeout_minutes, parallel, retries}
+    trials:         {count, timeout_minutes, max_train_tmacs, parallel, retries}
     sampler:        tpe | nsga2 | random | gp, or {name, options}
-    early_stopping: {min_epochs, reduction} or false
+    early_stopping: {rungs or min_epochs, reduction, min_trials} or false
     resources:      {cpus, gpus} per trial (fractions allowed)
     keep_weights:   front | all | none
     space:          parameters, by config path:
@@ -79,6 +79,7 @@ class StudySection:
     name: str
     storage: str = DEFAULT_STORAGE
     seed: int | None = 0  # null: each run samples differently
+    artifacts: str | None = None  # the artifact store's folder; None: results/<name>/artifacts
 
     def __post_init__(self) -> None:
         coerce_fields(self)
@@ -340,8 +341,32 @@ SECTIONS = (
 )
 
 
-def load_space(path: str | Path, *, storage: str | None = None) -> SearchSpec:
-    """Read and check a space file; ``storage`` overrides the file's storage URL."""
+class DuplicateKey(yaml.YAMLError):
+    def __init__(self, key: Any, first_line: int, second_line: int):
+        super().__init__(f"duplicate key {key!r}")
+        self.key, self.first_line, self.second_line = key, first_line, second_line
+
+
+class UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a mapping that gives one key twice: PyYAML's own keeps the
+    last value silently, so a second ``epochs:`` further down a section would quietly win."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # keys a merge (<<) brings in may be overridden: that is what merging is for
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            with contextlib.suppress(TypeError):  # an unhashable key: the safe loader refuses it itself
+                if key in seen:
+                    raise DuplicateKey(key, seen[key], line)
+                seen[key] = line
+        return super().construct_mapping(node, deep)
+
+
+def load_space(path: str | Path, *, storage: str | None = None, artifacts: str | None = None) -> SearchSpec:
+    """Read and check a space file; ``storage`` and ``artifacts`` override the file's study section."""
     source = str(path)
     try:
         text = Path(path).read_text()
@@ -350,7 +375,14 @@ def load_space(path: str | Path, *, storage: str | None = None) -> SearchSpec:
     except (IsADirectoryError, PermissionError, UnicodeDecodeError) as err:
         raise SpaceError(source, "", f"cannot be read: {err}") from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=UniqueKeyLoader)  # the safe loader, stricter
+    except DuplicateKey as err:
+        raise SpaceError(
+            source,
+            "",
+            f"key {err.key!r} is given twice in one mapping, on lines {err.first_line} and {err.second_line}: "
+            "keep one (YAML would silently use the last)",
+        ) from None
     except yaml.YAMLError as err:
         where = getattr(err, "problem_mark", None)
         line = f" (line {where.line + 1}, column {where.column + 1})" if where else ""
@@ -362,12 +394,12 @@ def load_space(path: str | Path, *, storage: str | None = None) -> SearchSpec:
             source, "", f"must be a mapping of sections ({', '.join(SECTIONS)}), got {type(data).__name__}"
         )
     try:
-        return _parse(source, text, data, storage)
+        return _parse(source, text, data, storage, artifacts)
     except ConfigError as err:
         raise SpaceError(source, err.path, err.reason) from None
 
 
-def _parse(source: str, text: str, data: dict, storage: str | None) -> SearchSpec:
+def _parse(source: str, text: str, data: dict, storage: str | None, artifacts: str | None) -> SearchSpec:
     for key in data:
         if key not in SECTIONS:
             raise ConfigError(str(key), unknown_name_message("section", key, list(SECTIONS)))
@@ -377,6 +409,8 @@ def _parse(source: str, text: str, data: dict, storage: str | None) -> SearchSpe
     study = build(StudySection, data["study"], "study")
     if storage:
         study = dataclasses.replace(study, storage=storage)
+    if artifacts:
+        study = dataclasses.replace(study, artifacts=artifacts)
     data_spec = build(DataSpec, data.get("data") or {}, "data")
     try:
         info = describe(data_spec)

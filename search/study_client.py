@@ -12,6 +12,8 @@ from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import optuna
+import optuna_dashboard
+from optuna.artifacts import ArtifactMeta
 from optuna.trial import FrozenTrial, TrialState
 
 from . import optuna_adapter, records
@@ -31,6 +33,10 @@ class StudyClient:
         self.study, self.storage, self.on_retry = study, storage, on_retry
         self.name = study.study_name
         self.study_id = storage.get_study_id_from_name(self.name)
+        #: Called with a trial's number just before it is told, while the trial still takes
+        #: changes: the dashboard's note and artifacts of the trial are written there.
+        self.before_tell: Callable[[int], None] | None = None
+        self._note_study: optuna.Study | None = None
 
     @classmethod
     def open(
@@ -70,6 +76,17 @@ class StudyClient:
 
     def user_attrs(self) -> dict[str, Any]:
         return self.retry(lambda: self.study.user_attrs, "read the study's attributes")
+
+    def frozen(self, trial_id: int) -> FrozenTrial:
+        return self.retry(lambda: self.storage.get_trial(trial_id), "read a trial")
+
+    def artifacts(self, trial_id: int | None = None) -> list[ArtifactMeta]:
+        """The artifacts of a trial, or of the study itself."""
+        if trial_id is None:
+            attrs = self.retry(lambda: self.storage.get_study_system_attrs(self.study_id), "read the artifacts")
+        else:
+            attrs = self.retry(lambda: self.storage.get_trial_system_attrs(trial_id), "read the artifacts")
+        return optuna_adapter.listed_artifacts(attrs)
 
     def trial_id(self, number: int) -> int:
         return self.retry(
@@ -117,5 +134,34 @@ class StudyClient:
     def enqueue(self, params: dict[str, Any], user_attrs: dict[str, Any]) -> None:
         self.retry(lambda: self.study.enqueue_trial(params, user_attrs=user_attrs), "enqueue a trial")
 
+    def save_note(self, body: str, trial_id: int | None = None) -> None:
+        """optuna-dashboard's Markdown note of a trial, or of the study when ``trial_id`` is None."""
+
+        def save() -> None:
+            if trial_id is None:
+                optuna_dashboard.save_note(self.study, body)
+                return
+            if self._note_study is None:
+                self._note_study = optuna.load_study(
+                    study_name=self.name, storage=self.storage, sampler=optuna.samplers.RandomSampler()
+                )
+            optuna_dashboard.save_note(optuna_adapter.note_handle(self._note_study, trial_id), body)
+
+        self.retry(save, "write a note")
+
+    def attach_artifact(self, artifact_id: str, filename: str, trial_id: int | None = None) -> None:
+        """Record a file already in the artifact store as an artifact of a trial, or of the study."""
+        self.retry(
+            lambda: optuna_adapter.attach_artifact(self.storage, self.study_id, trial_id, artifact_id, filename),
+            "record an artifact",
+        )
+
+    def forget_artifact(self, artifact_id: str) -> None:
+        self.retry(
+            lambda: optuna_adapter.forget_study_artifact(self.storage, self.study_id, artifact_id), "delete an artifact"
+        )
+
     def tell(self, number: int, status: str, values: list[float] | None) -> None:
+        if self.before_tell is not None:
+            self.before_tell(number)
         self.retry(lambda: records.tell(self.study, number, status, values), "tell a trial")

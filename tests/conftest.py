@@ -35,6 +35,16 @@ def counted(records: list[TrialRecord]) -> list[TrialRecord]:
     return [r for r in records if r.status in COUNTED]
 
 
+#: The space ``write_space`` gives by default: small models of every kind on the 8x8 digits.
+TINY_SPACE = {
+    "patch_size": 2,
+    "num_heads": 2,
+    "mixer": {"choices": ["dynamic", "attention", "static"]},
+    "embed_dim": {"choices": [16, 32]},
+    "depth": {"low": 2, "high": 3},
+    "dynamic.linear_predictor": {"choices": ["bilateral", "gap"], "when": {"mixer": "dynamic"}},
+}
+
 #: A space where two trials sampling the same configuration by chance is out of the question
 #: (the learning rate is continuous): any repeat is the search's doing.
 WIDE_SPACE = {
@@ -97,14 +107,7 @@ def write_space(folder: Path, name: str = "tiny", **sections) -> Path:
         "budget": {"max_gmacs": 0.01},
         "trials": {"count": 3, "parallel": 2},
         "early_stopping": False,
-        "space": {
-            "patch_size": 2,
-            "num_heads": 2,
-            "mixer": {"choices": ["dynamic", "attention", "static"]},
-            "embed_dim": {"choices": [16, 32]},
-            "depth": {"low": 2, "high": 3},
-            "dynamic.linear_predictor": {"choices": ["bilateral", "gap"], "when": {"mixer": "dynamic"}},
-        },
+        "space": TINY_SPACE,
     }
     for key, value in sections.items():
         if key != "space" and isinstance(value, dict) and isinstance(space.get(key), dict):

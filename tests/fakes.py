@@ -15,6 +15,8 @@ import time
 import zlib
 from pathlib import Path
 
+import torch
+
 from search.training.segment import SegmentJob, SegmentResult
 
 #: Chance level and the accuracy a fake trial ends near, by mixer: the ranking a real search on
@@ -42,8 +44,17 @@ def curve_segment(job: SegmentJob, checkpoint, epoch_s: float = EPOCH_S) -> tupl
     final = fake_final(job)
     epochs = range(job.start_epoch, job.stop_epoch)
     time.sleep(epoch_s * len(epochs))
-    curve = [final * (e + 1) / job.training.epochs for e in epochs]
-    return SegmentResult(curve=curve, images=100 * len(curve), latency_ms=1.0, device="fake"), {"epoch": job.stop_epoch}
+    last = job.stop_epoch >= job.training.epochs
+    result = SegmentResult(
+        curve=[final * (e + 1) / job.training.epochs for e in epochs],
+        train_loss=[2.3 / (e + 1) for e in epochs],
+        images=100 * len(epochs),
+        latency_ms=1.0,
+        device="fake",
+        # Weights that say whose they are, for the checks of what a run keeps and exports.
+        weights={"w": torch.full((4,), float(job.seed))} if last and job.return_weights else None,
+    )
+    return result, None if last else {"epoch": job.stop_epoch}
 
 
 def slow_curve_segment(job: SegmentJob, checkpoint) -> tuple[SegmentResult, dict | None]:

@@ -78,3 +78,12 @@ def test_quiet_mode_logs_lines():
         "trial 7 pruned, accuracy 0.200 after 2 epochs, 0.0012 GMACs (dominated at epoch 2 by trial 3)"
     )
     assert "finished: 3 complete, 1 pruned, 1 failed, 1 rejected in 2:00" in lines[1]
+
+
+def test_the_live_view_ends_its_last_line_when_output_is_not_a_terminal():
+    """Piped to a file or another program, what follows the view must not join its last line."""
+    out = StringIO()
+    display = Display(quiet=False, console=Console(file=out, width=120))
+    display.start(SPACE)
+    display.stop(snapshot())
+    assert out.getvalue().endswith("┘\n")

@@ -107,3 +107,54 @@ def test_samplers_read_the_trials_through_get_trials(name, monkeypatch):
     study.sampler = samplers.create_sampler(name, 0, options[name])
     study.ask().suggest_float("x", 0.0, 1.0)
     assert seen and max(seen) == 5  # the four told trials and the one being sampled, all through the view
+
+
+# ---------------------------------------------------------------------- optuna-dashboard's notes and artifacts
+def test_a_note_handle_takes_a_note_on_a_finished_trial(study, ids):
+    """Notes live in study system attributes, which a finished trial does not freeze."""
+    from optuna_dashboard import get_note, save_note
+
+    trial = study.ask()
+    study.tell(trial, state=TrialState.PRUNED)
+    storage, study_id = ids
+    trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
+    plain = optuna.load_study(study_name=study.study_name, storage=storage, sampler=optuna.samplers.RandomSampler())
+    save_note(optuna_adapter.note_handle(plain, trial_id), "**rejected**")
+    assert get_note(optuna_adapter.note_handle(plain, trial_id)) == "**rejected**"
+
+
+@pytest.mark.parametrize("on_trial", [True, False])
+def test_an_attached_artifact_is_one_optuna_and_the_dashboard_list_and_download(study, ids, tmp_path, on_trial):
+    from optuna.artifacts import FileSystemArtifactStore, download_artifact, get_all_artifact_meta
+    from optuna_dashboard.artifact._backend import list_study_artifacts, list_trial_artifacts
+
+    storage, study_id = ids
+    store = FileSystemArtifactStore(tmp_path)
+    (tmp_path / "curve-file").write_bytes(b"png bytes")
+    trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, study.ask().number)
+    optuna_adapter.attach_artifact(storage, study_id, trial_id if on_trial else None, "curve-file", "c.png")
+    frozen = storage.get_trial(trial_id)
+    meta = get_all_artifact_meta(frozen, storage=storage) if on_trial else get_all_artifact_meta(study)
+    assert [(m.artifact_id, m.filename, m.mimetype) for m in meta] == [("curve-file", "c.png", "image/png")]
+    study_attrs = storage.get_study_system_attrs(study_id)
+    if on_trial:
+        listed = list_trial_artifacts(study_attrs, storage.get_trial_system_attrs(trial_id), frozen)
+        assert optuna_adapter.listed_artifacts(storage.get_trial_system_attrs(trial_id)) == meta
+    else:
+        listed = list_study_artifacts(study_attrs)
+        assert optuna_adapter.listed_artifacts(study_attrs) == meta
+    assert [m["filename"] for m in listed] == ["c.png"]
+    download_artifact(artifact_store=store, artifact_id="curve-file", file_path=str(tmp_path / "back"))
+    assert (tmp_path / "back").read_bytes() == b"png bytes"
+
+
+def test_a_forgotten_study_artifact_is_listed_by_neither(study, ids):
+    from optuna_dashboard.artifact._backend import list_study_artifacts
+
+    storage, study_id = ids
+    for artifact_id in ("old", "new"):
+        optuna_adapter.attach_artifact(storage, study_id, None, artifact_id, "report.html")
+    optuna_adapter.forget_study_artifact(storage, study_id, "old")
+    attrs = storage.get_study_system_attrs(study_id)
+    assert [m["artifact_id"] for m in list_study_artifacts(attrs)] == ["new"]
+    assert [m.artifact_id for m in optuna_adapter.listed_artifacts(attrs)] == ["new"]

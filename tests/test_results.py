@@ -215,6 +215,21 @@ def test_top_k_is_the_most_accurate_whatever_the_objectives():
     assert {r.number for r in select(records, ["minimize", "maximize"], pareto=True)} == {0, 1, 2}
 
 
+def test_a_cost_of_zero_is_left_off_the_log_axis():
+    """A reference trial whose latency measured 0 (a trial body too quick to time) broke the report."""
+    from search.results.report import tradeoff_figure
+
+    figures = dict(arch={"mixer": "static"}, gmacs=0.1, mparams=0.1)
+    records = [
+        TrialRecord(
+            0, "COMPLETE", COMPLETE, {}, [0.5, 0.1], curve=[0.5], latency_ms=0.0, reference="static", **figures
+        ),
+        TrialRecord(1, "COMPLETE", COMPLETE, {}, [0.6, 0.2], curve=[0.6], latency_ms=2.0, **figures),
+    ]
+    figure = tradeoff_figure(records, "latency_ms", "latency (ms)")
+    assert sorted(x for trace in figure.data for x in trace.x) == [2.0, 2.0]  # the trial and the front through it
+
+
 def test_full_training_can_start_from_exported_weights_on_another_data_set(searched, tmp_path, capsys):
     from test_data import write_imagefolder
 

@@ -42,6 +42,8 @@ def select(
         if not chosen[0].arch:
             raise ExportError(f"trial {trial} has no architecture ({chosen[0].status})")
         return chosen
+    if top is not None and top < 1:
+        raise ExportError(f"--top {top}: K must be at least 1")
     complete = [r for r in records if r.status == COMPLETE and r.values]
     if not complete:
         raise ExportError("the study has no complete trial yet")

@@ -86,7 +86,8 @@ def _colors(records: Sequence[TrialRecord]) -> dict[str, str]:
 
 def tradeoff_figure(records: Sequence[TrialRecord], x: str, x_title: str) -> go.Figure:
     """Accuracy against one cost, complete trials solid, pruned ones faded, the front as a line."""
-    usable = [r for r in records if r.accuracy is not None and getattr(r, x) is not None]
+    # The cost axis is logarithmic: a cost of 0 (a latency too small to measure) has no place on it.
+    usable = [r for r in records if r.accuracy is not None and (getattr(r, x) or 0) > 0]
     colors = _colors(usable)
     fig = go.Figure()
     for label, color in colors.items():
@@ -394,6 +395,40 @@ def front_table(on_front: Sequence[TrialRecord], objectives: Sequence[str], expo
     )
 
 
+def html_page(title: str, kind: str, summary: str, sections: Sequence[Section], tail: str = "") -> str:
+    """One self-contained page (plotly inlined, nothing fetched): a heading, a summary line, one
+    section per figure, then ``tail`` (HTML)."""
+    body = []
+    for index, section in enumerate(sections):
+        content = (
+            pio.to_html(section.figure, full_html=False, include_plotlyjs=False, div_id=f"plot{index}")
+            if section.figure is not None
+            else '<p class="empty">Not enough complete trials yet.</p>'
+        )
+        warning = f'<p class="warning">{html.escape(section.warning)}</p>' if section.warning else ""
+        body.append(
+            f"<section><h2>{html.escape(section.title)}</h2><p>{html.escape(section.note)}</p>"
+            f"{warning}{content}</section>"
+        )
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}: {html.escape(kind)}</title>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 2rem auto; max-width: 1100px; color: #222; }}
+section {{ margin-bottom: 2.5rem; }} h2 {{ border-bottom: 1px solid #ddd; padding-bottom: .3rem; }}
+table {{ border-collapse: collapse; width: 100%; font-size: .9rem; }}
+th, td {{ border: 1px solid #ddd; padding: .3rem .5rem; text-align: left; }} th {{ background: #f3f3f3; }}
+.empty {{ color: #888; font-style: italic; }}
+.warning {{ color: #b00020; font-weight: 600; }}
+</style>
+<script type="text/javascript">{get_plotlyjs()}</script>
+</head><body>
+<h1>{html.escape(title)}</h1>
+<p>{html.escape(summary)}</p>
+{"".join(body)}{tail}
+</body></html>
+"""
+
+
 def build_report(study: optuna.Study, path: Path, *, storage_label: str) -> Path:
     records = read_records(study)
     objectives = list(study.metric_names or [f"objective {i}" for i in range(len(study.directions))])
@@ -424,41 +459,13 @@ def build_report(study: optuna.Study, path: Path, *, storage_label: str) -> Path
             scaling,
         ),
     ]
-    body = []
-    for index, section in enumerate(sections):
-        content = (
-            pio.to_html(section.figure, full_html=False, include_plotlyjs=False, div_id=f"plot{index}")
-            if section.figure is not None
-            else '<p class="empty">Not enough complete trials yet.</p>'
-        )
-        warning = f'<p class="warning">{html.escape(section.warning)}</p>' if section.warning else ""
-        body.append(
-            f"<section><h2>{html.escape(section.title)}</h2><p>{html.escape(section.note)}</p>"
-            f"{warning}{content}</section>"
-        )
-    body.append(f"<section><h2>The Pareto front</h2>{front_table(on_front, objectives, exponents)}</section>")
     summary = (
         f"{len(records)} trials: {counts[COMPLETE]} complete, {counts[PRUNED]} pruned, "
         f"{counts[FAILED]} failed, {counts[REJECTED]} rejected. Storage: {storage_label}. "
         f"Objectives: {', '.join(f'{n} ({d})' for n, d in zip(objectives, directions))}."
     )
-    document = f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>{html.escape(study.study_name)}: search report</title>
-<style>
-body {{ font-family: system-ui, sans-serif; margin: 2rem auto; max-width: 1100px; color: #222; }}
-section {{ margin-bottom: 2.5rem; }} h2 {{ border-bottom: 1px solid #ddd; padding-bottom: .3rem; }}
-table {{ border-collapse: collapse; width: 100%; font-size: .9rem; }}
-th, td {{ border: 1px solid #ddd; padding: .3rem .5rem; text-align: left; }} th {{ background: #f3f3f3; }}
-.empty {{ color: #888; font-style: italic; }}
-.warning {{ color: #b00020; font-weight: 600; }}
-</style>
-<script type="text/javascript">{get_plotlyjs()}</script>
-</head><body>
-<h1>{html.escape(study.study_name)}</h1>
-<p>{html.escape(summary)}</p>
-{"".join(body)}
-</body></html>
-"""
+    front_section = f"<section><h2>The Pareto front</h2>{front_table(on_front, objectives, exponents)}</section>"
+    document = html_page(study.study_name, "search report", summary, sections, front_section)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(document)
     return path

@@ -35,6 +35,8 @@ class ArchSource:
 
 def read_arch(path: str | Path) -> ArchSource:
     path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such file or folder (expected an exported folder or an architecture YAML)")
     if path.is_dir():
         if not (path / "arch.yaml").exists():
             raise FileNotFoundError(f"{path} holds no arch.yaml (expected an exported folder)")
