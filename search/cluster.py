@@ -1,13 +1,30 @@
-"""Ray: a local instance by default, or an existing cluster given by its address."""
+"""Ray: a local instance or an existing cluster, the task that runs trial bodies, and the data set
+every node reads.
+
+Placement is recorded where it happens: each run of a segment notes its node, its GPU ids, its
+Ray task id and attempt number, and passes that record on with its checkpoint. The driver thus
+learns of every run along the chain that led to a result, including the re-runs Ray made to
+rebuild a checkpoint lost with its node, and counts each one once (``History``).
+"""
 
 from __future__ import annotations
 
 import logging
 import os
 import socket
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+from . import ray_adapter
+from .training.data import IN_MEMORY_LIMIT, DataSpec, load_dataset
 
 # glibc hands buffers over 32 MB back to the kernel at every free, so each training step page-
 # faults its activations in again; keeping freed memory is worth about 20 % on CPU trials.
@@ -15,17 +32,22 @@ WORKER_ENV = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(1 << 40)}
 
 
 class ClusterError(RuntimeError):
-    """Ray cannot be started or reached, or cannot give a trial the resources it asks for."""
+    """Ray cannot be started or reached, or cannot give a trial the resources or data it needs."""
 
 
 def connect(address: str | None, *, cpus: float, gpus: float) -> dict[str, float]:
-    """Start or join Ray and check that one trial's resources exist; returns the cluster's totals."""
+    """Start a local Ray (no address) or join a cluster, and check that one trial's resources exist.
+
+    Without an address Ray would join whatever cluster ``ray start`` last recorded on this machine
+    (``/tmp/ray/ray_current_cluster``); "local" starts a fresh instance, as the user asked.
+    Returns the cluster's total resources.
+    """
     if not ray.is_initialized():
         if address and address != "auto":
             _check_reachable(address)
         try:
             ray.init(
-                address=address,
+                address=address or "local",
                 include_dashboard=False,
                 logging_level=logging.WARNING,
                 log_to_driver=False,
@@ -64,3 +86,150 @@ def _check_reachable(address: str, timeout: float = 5.0) -> None:
 def shutdown() -> None:
     if ray.is_initialized():
         ray.shutdown()
+
+
+# ---------------------------------------------------------------------- the segment task
+@dataclass(frozen=True)
+class Execution:
+    """One run of a segment, as Ray placed it."""
+
+    id: str  # this run's own
+    task: str  # Ray's task id: the same for every run of one segment
+    attempt: int  # Ray's attempt number: 0, then one more per re-run (a retry or a reconstruction)
+    node: str  # Ray node id
+    gpu_ids: list  # the GPUs Ray assigned (empty on CPUs)
+    start: float  # wall clock on the worker
+    end: float
+    seconds: float  # what the trial body reports (its training compute)
+    images: int
+
+
+@dataclass
+class Attempt:
+    """What a segment task returns to the driver."""
+
+    result: Any  # the trial body's SegmentResult
+    executions: list[Execution]  # every run along the chain of checkpoints that led here, this one last
+
+
+@dataclass
+class Carried:
+    """A checkpoint on its way to the next segment, with the runs that made it."""
+
+    state: Any
+    executions: list[Execution]
+
+
+def run_attempt(segment: Callable, job: Any, carried: Carried | None, data: Any) -> tuple[Attempt, Carried | None]:
+    """Run the trial body ``segment`` on a worker and note where it ran."""
+    context = ray.get_runtime_context()
+    start = time.time()
+    result, state = segment(job, carried.state if carried else None, data)
+    execution = Execution(
+        id=uuid.uuid4().hex,
+        task=context.get_task_id(),
+        attempt=ray_adapter.attempt_number(),
+        node=context.get_node_id(),
+        gpu_ids=list(ray.get_gpu_ids()),
+        start=start,
+        end=time.time(),
+        seconds=result.seconds,
+        images=result.images,
+    )
+    chain = [*(carried.executions if carried else []), execution]
+    return Attempt(result, chain), (None if state is None else Carried(state, chain))
+
+
+def segment_task(gpus: float) -> ray.remote_function.RemoteFunction:
+    """The Ray task that runs trial bodies; with GPUs, in a fresh process each time.
+
+    CUDA reads CUDA_VISIBLE_DEVICES once per process, so a process reused for a second GPU task
+    can stay on the GPU it saw first while Ray counts it on another; it also keeps its peak memory
+    reserved and carries a lasting CUDA error into the next trial. Ray gives GPU tasks their own
+    process only when ``num_gpus`` is declared here, not through ``.options()``, so it is asked
+    for explicitly. What this costs is the process start: the data set comes from the object
+    store (``share_data``), not from disk.
+    """
+    return ray.remote(max_calls=1 if gpus > 0 else 0)(run_attempt)
+
+
+def task_name(segment: Callable) -> str:
+    """The name Ray gives the task and its worker process (``ray::run_segment``)."""
+    return getattr(segment, "__name__", type(segment).__name__)
+
+
+@dataclass
+class History:
+    """Where a trial's segments ran, as the driver learns it from their results."""
+
+    executions: list[Execution] = field(default_factory=list)
+    attempts: dict[str, int] = field(default_factory=dict)  # Ray task id -> highest attempt number seen
+
+    def absorb(self, chain: list[Execution]) -> list[Execution]:
+        """The runs in ``chain`` not seen before, now recorded (in the order they ran)."""
+        seen = {e.id for e in self.executions}
+        new = [e for e in chain if e.id not in seen]
+        self.executions += new
+        for e in new:
+            self.attempts[e.task] = max(self.attempts.get(e.task, 0), e.attempt)
+        return new
+
+    def attrs(self) -> dict[str, Any]:
+        """The trial attributes: node and GPU ids of each run in order, its span, and Ray's re-runs."""
+        return {
+            "nodes": [e.node for e in self.executions],
+            "gpu_ids": [e.gpu_ids for e in self.executions],
+            "spans": [[e.start, e.end] for e in self.executions],
+            "retries": sum(self.attempts.values()),
+        }
+
+
+# ---------------------------------------------------------------------- data on every node
+def share_data(spec: DataSpec) -> tuple[ray.ObjectRef | None, str]:
+    """Load the data set once, here, and put it in Ray's object store, whence every node reads it.
+
+    Workers then need no copy of ``data.root``. Data sets held in memory travel (up to
+    ``IN_MEMORY_LIMIT`` of images, and as much as each node's object store holds); image folders
+    larger than that stream from disk on each worker, so ``data.root`` must exist at the same
+    path on every node: that is checked on every node alive now. Returns the reference (None for
+    a streamed data set) and a line for the log.
+    """
+    dataset = load_dataset.__wrapped__(spec)  # uncached: the object store holds the one copy
+    if not dataset.in_memory:
+        require_folder_on_every_node(spec.root)
+        return None, f"data set {spec.name!r} streams from {spec.root} on each node (over {_gib(IN_MEMORY_LIMIT)})"
+    splits = [s for s in (dataset.train, dataset.val, dataset.test) if s is not None]
+    size = sum(s.images.nbytes + s.labels.nbytes for s in splits)
+    try:
+        ref = ray.put(dataset)
+    except ray.exceptions.ObjectStoreFullError:
+        raise ClusterError(
+            f"data set {spec.name!r} ({_gib(size)}) does not fit in the object store of the driver's Ray node: "
+            "start it with a larger --object-store-memory"
+        ) from None
+    return ref, f"data set {spec.name!r} ({_gib(size)}) shipped to every node through Ray's object store"
+
+
+@ray.remote(num_cpus=0)
+def _is_folder(path: str) -> tuple[bool, str]:
+    return Path(path).expanduser().is_dir(), socket.gethostname()
+
+
+def require_folder_on_every_node(path: str) -> None:
+    """Refuse to start when a node that can run trials cannot see ``path``, naming the node."""
+    nodes = [n["NodeID"] for n in ray.nodes() if n["Alive"] and n["Resources"].get("CPU", 0) > 0]
+    checks = {
+        node: _is_folder.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False)).remote(path)
+        for node in nodes
+    }
+    for node, check in checks.items():
+        found, host = ray.get(check)
+        if not found:
+            raise ClusterError(
+                f"data.root {path!r} is not a folder on Ray node {node} ({host}): image folders over "
+                f"{_gib(IN_MEMORY_LIMIT)} stream from disk on each worker, so every node needs them at that path"
+            )
+
+
+def _gib(size: float) -> str:
+    return f"{size / (1 << 30):.2f} GiB" if size >= 1 << 28 else f"{size / (1 << 20):.1f} MiB"

@@ -12,6 +12,9 @@ import yaml
 
 from search.records import COUNTED, TrialRecord
 from search.storage import open_storage
+from search.training.data import DataSpec
+from search.training.segment import SegmentJob
+from search.training.trainer import TrainSpec
 
 POSTGRES_ENV = "DWS_TEST_POSTGRES_URL"
 
@@ -58,6 +61,24 @@ def write_space(folder: Path, name: str = "tiny", **sections) -> Path:
     path = folder / f"{name}.yaml"
     path.write_text(yaml.safe_dump(space, sort_keys=False))
     return path
+
+
+def segment_job(**changes) -> SegmentJob:
+    """One epoch of a tiny model on the 8x8 digits, on the CPU: a trial body's job, for direct calls."""
+    arch = {"img_size": [8, 8], "in_chans": 1, "num_classes": 10, "patch_size": 2, "embed_dim": 16, "depth": 2}
+    job = dict(
+        arch=arch,
+        training=TrainSpec(epochs=1, batch_size=64),
+        data=DataSpec(name="digits"),
+        seed=0,
+        start_epoch=0,
+        stop_epoch=1,
+        gpus=0.0,
+        threads=1,
+        measure_latency=False,
+        return_weights=False,
+    )
+    return SegmentJob(**{**job, **changes})
 
 
 @pytest.fixture

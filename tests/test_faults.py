@@ -19,7 +19,7 @@ from pathlib import Path
 import optuna
 import pytest
 import torch
-from conftest import counted, load_study, sqlite_url, write_space
+from conftest import counted, load_study, segment_job, sqlite_url, write_space
 from sqlalchemy.engine import make_url
 
 from search.cli import main
@@ -27,8 +27,7 @@ from search.records import COMPLETE, FAILED, INTERRUPTED, RETRIED, RUNNING, STAL
 from search.records import records as read_records
 from search.results.report import build_report
 from search.storage import open_storage
-from search.training.data import DataSpec
-from search.training.segment import SegmentJob, run_segment
+from search.training.segment import run_segment
 from search.training.trainer import Trainer, TrainSpec
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -75,23 +74,6 @@ def check_accounting(recs: list[TrialRecord], budget: int) -> None:
     for r in recs:
         if r.status in RETRIED:
             assert r.number in retried or r.state == "WAITING", f"trial {r.number} was never retried"
-
-
-def segment_job(**changes) -> SegmentJob:
-    arch = {"img_size": [8, 8], "in_chans": 1, "num_classes": 10, "patch_size": 2, "embed_dim": 16, "depth": 2}
-    job = dict(
-        arch=arch,
-        training=TrainSpec(epochs=1, batch_size=64),
-        data=DataSpec(name="digits"),
-        seed=0,
-        start_epoch=0,
-        stop_epoch=1,
-        use_gpu=False,
-        threads=1,
-        measure_latency=False,
-        return_weights=False,
-    )
-    return SegmentJob(**{**job, **changes})
 
 
 # ---------------------------------------------------------------------- a trial's own failures
