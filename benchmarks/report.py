@@ -58,18 +58,20 @@ def _cell(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
-def write(name: str, title: str, rows: list[dict[str, Any]], targets: list[Target], notes: str = "") -> bool:
+def write(
+    name: str, title: str, rows: list[dict[str, Any]], targets: list[Target], notes: str = "", folder: Path = RESULTS
+) -> bool:
     """Write the JSON and Markdown results; print the table and targets; return whether all were met."""
-    RESULTS.mkdir(parents=True, exist_ok=True)
+    folder.mkdir(parents=True, exist_ok=True)
     payload = {
         "machine": machine(),
         "rows": rows,
         "targets": [{**t.__dict__, "met": t.met} for t in targets],
     }
-    (RESULTS / f"{name}.json").write_text(json.dumps(payload, indent=2))
+    (folder / f"{name}.json").write_text(json.dumps(payload, indent=2))
     text = f"# {title}\n\n{notes}\n\n{markdown_table(rows)}\n\n## Targets\n\n" + "\n".join(t.line() for t in targets)
     text += f"\n\nMachine: {json.dumps(payload['machine'])}\n"
-    (RESULTS / f"{name}.md").write_text(text)
+    (folder / f"{name}.md").write_text(text)
     print(text)
     return all(t.met for t in targets)
 

@@ -185,29 +185,34 @@ class History:
 
 
 # ---------------------------------------------------------------------- data on every node
-def share_data(spec: DataSpec) -> tuple[ray.ObjectRef | None, str]:
+def share_data(spec: DataSpec) -> tuple[ray.ObjectRef, str]:
     """Load the data set once, here, and put it in Ray's object store, whence every node reads it.
 
-    Workers then need no copy of ``data.root``. Data sets held in memory travel (up to
-    ``IN_MEMORY_LIMIT`` of images, and as much as each node's object store holds); image folders
-    larger than that stream from disk on each worker, so ``data.root`` must exist at the same
-    path on every node: that is checked on every node alive now. Returns the reference (None for
-    a streamed data set) and a line for the log.
+    A data set held in memory (up to ``IN_MEMORY_LIMIT`` of images) travels whole: workers need
+    no copy of ``data.root``, and a segment in a fresh process gets it from its node's object
+    store rather than decoding it again. Each node's object store should hold it (Ray gives it
+    30 % of the node's memory unless ``ray start --object-store-memory`` says otherwise, and keeps
+    larger objects in slower files on the node's disk). A larger
+    image folder streams from disk: only its index of files travels, so ``data.root`` must exist
+    at the same path on every node, which is checked on every node alive now. Returns the
+    reference and a line for the log.
     """
     dataset = load_dataset.__wrapped__(spec)  # uncached: the object store holds the one copy
-    if not dataset.in_memory:
+    if dataset.in_memory:
+        splits = [s for s in (dataset.train, dataset.val, dataset.test) if s is not None]
+        size = _gib(sum(s.images.nbytes + s.labels.nbytes for s in splits))
+        shipped = f"data set {spec.name!r} ({size}) shipped to every node through Ray's object store"
+    else:
         require_folder_on_every_node(spec.root)
-        return None, f"data set {spec.name!r} streams from {spec.root} on each node (over {_gib(IN_MEMORY_LIMIT)})"
-    splits = [s for s in (dataset.train, dataset.val, dataset.test) if s is not None]
-    size = sum(s.images.nbytes + s.labels.nbytes for s in splits)
+        size = "its index of files"
+        shipped = f"data set {spec.name!r} streams from {spec.root} on every node (over {_gib(IN_MEMORY_LIMIT)})"
     try:
-        ref = ray.put(dataset)
+        return ray.put(dataset), shipped
     except ray.exceptions.ObjectStoreFullError:
         raise ClusterError(
-            f"data set {spec.name!r} ({_gib(size)}) does not fit in the object store of the driver's Ray node: "
-            "start it with a larger --object-store-memory"
+            f"data set {spec.name!r} ({size}) fits neither in the object store of the driver's Ray node nor "
+            "on its disk: start the node with a larger --object-store-memory or free disk space"
         ) from None
-    return ref, f"data set {spec.name!r} ({_gib(size)}) shipped to every node through Ray's object store"
 
 
 @ray.remote(num_cpus=0)

@@ -114,7 +114,7 @@ class Driver:
         self.stop_asking = False
         self.segment = segment
         self._remote = segment_task(spec.resources.gpus)
-        self.data: ray.ObjectRef | None = None  # the data set in Ray's object store (None: streamed)
+        self.data: ray.ObjectRef | None = None  # the data set, in Ray's object store
 
     # ------------------------------------------------------------------ setup
     def open(self) -> bool:

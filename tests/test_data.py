@@ -156,3 +156,11 @@ def test_missing_or_empty_roots_are_refused(tmp_path):
         describe(DataSpec(name="cifar10", root=str(tmp_path / "nope")))
     with pytest.raises(DataError, match="no class folders"):
         describe(DataSpec(name="imagefolder", root=str(tmp_path)))
+
+
+def test_a_split_travels_as_arrays_and_arrives_as_its_own_tensors():
+    split = load_dataset(DataSpec(name="digits")).val
+    arrived = pickle.loads(pickle.dumps(split))
+    assert torch.equal(arrived.images, split.images) and torch.equal(arrived.labels, split.labels)
+    arrived.images[0] = 0  # writable, and not the sender's memory
+    assert arrived.images.data_ptr() != split.images.data_ptr()

@@ -6,12 +6,15 @@ CUDA is faked where a check needs it."""
 from __future__ import annotations
 
 import multiprocessing
+import shutil
 
 import pytest
 import torch
 from conftest import segment_job
+from test_data import write_imagefolder
 
 import layers
+import search.training.data as data_module
 from search.training import device as device_module
 from search.training import segment as segment_module
 from search.training.data import DataSpec, load_dataset
@@ -61,7 +64,13 @@ def test_bf16_only_where_the_gpu_runs_it_natively(monkeypatch, native):
 
 def test_memory_is_capped_at_the_share_and_handed_back(monkeypatch):
     calls = []
-    monkeypatch.setattr(torch.cuda, "set_per_process_memory_fraction", lambda f, d=None: calls.append(("cap", f)))
+
+    def cap(fraction, device=None):
+        # torch resolves a device without an index only when given None: torch.device("cuda") raises
+        assert device is None or isinstance(device, int)
+        calls.append(("cap", fraction))
+
+    monkeypatch.setattr(torch.cuda, "set_per_process_memory_fraction", cap)
     monkeypatch.setattr(torch.cuda, "synchronize", lambda d=None: None)
     monkeypatch.setattr(torch.cuda, "empty_cache", lambda: calls.append(("empty",)))
     cuda = torch.device("cuda")
@@ -132,3 +141,15 @@ def test_image_folders_are_decoded_by_the_trials_cpus_in_persistent_workers(tmp_
         workers.append({p.pid for p in multiprocessing.active_children()})
     assert len(workers[0]) == 2 and workers[1] == workers[0]  # the same two decoders in both epochs
     assert orders[0] != orders[1] and sorted(orders[0]) == sorted(orders[1])  # a new order each epoch
+
+
+def test_a_streamed_data_set_whose_folder_is_missing_fails_saying_where(tmp_path, monkeypatch):
+    write_imagefolder(tmp_path / "images")
+    monkeypatch.setattr(data_module, "IN_MEMORY_LIMIT", 0)  # stream
+    spec = DataSpec(name="imagefolder", root=str(tmp_path / "images"), img_size=16)
+    shipped = load_dataset.__wrapped__(spec)  # what the driver ships: the index of files
+    shutil.rmtree(tmp_path / "images")  # not on this node
+    arch = {"img_size": [16, 16], "in_chans": 3, "num_classes": 3, "patch_size": 4, "embed_dim": 16, "depth": 1}
+    result, _ = run_segment(segment_job(arch=arch, data=spec), None, shipped)
+    assert result.failure_kind == "data"
+    assert str(tmp_path / "images") in result.failure and result.failure.endswith(f"(on {result.host})")

@@ -153,12 +153,20 @@ def test_rand_augment_ops_match_torchvision(op):
         assert torch.equal(out[..., size // 2, size // 2], images[..., size // 2, size // 2])
 
 
-def test_rand_augment_never_reads_back_to_the_host():
-    """Meta tensors have no values: any .item(), .tolist(), nonzero() or mask indexing fails on them."""
-    images = torch.empty(8, 3, 16, 16, dtype=torch.uint8, device="meta")
-    choice = torch.empty(8, dtype=torch.long, device="meta")
-    out = apply_ops(images, choice, torch.empty(8, device="meta"), 0.3, RAND_AUGMENT_OPS)
-    assert out.shape == images.shape and out.dtype == torch.uint8
+def test_rand_augment_never_waits_for_the_host(monkeypatch):
+    """Meta tensors have no values: any .item(), .tolist(), nonzero() or mask indexing fails on
+    them. Tensors made from host data would be copies the host waits for: none may be made."""
+
+    def host_data(*args, **kwargs):
+        raise AssertionError("a tensor made from host data")
+
+    monkeypatch.setattr(torch, "tensor", host_data)
+    monkeypatch.setattr(torch, "as_tensor", host_data)
+    for channels in (1, 3):
+        images = torch.empty(8, channels, 16, 16, dtype=torch.uint8, device="meta")
+        choice = torch.empty(8, dtype=torch.long, device="meta")
+        out = apply_ops(images, choice, torch.empty(8, device="meta"), 0.3, RAND_AUGMENT_OPS)
+        assert out.shape == images.shape and out.dtype == torch.uint8
 
 
 def test_shift_and_flip_differ_per_sample():

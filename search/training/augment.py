@@ -238,11 +238,7 @@ def _equalize_table(flat: Tensor, values: Tensor) -> Tensor:
 
 def _blend(images: Tensor, drew, signs: Tensor, level: float) -> Tensor:
     x = images.float()
-    grey = (
-        x
-        if x.shape[1] == 1
-        else (x * torch.tensor(_GREY_WEIGHTS, device=x.device).view(1, 3, 1, 1)).sum(1, keepdim=True).floor()
-    )
+    grey = x if x.shape[1] == 1 else sum(w * x[:, c : c + 1] for c, w in enumerate(_GREY_WEIGHTS)).floor()
     # PIL's smoothing kernel: the 3 x 3 neighbourhood with the centre weighted 5, over 13. As a
     # box sum it avoids a 3-group convolution, which is slow on the CPU (40 ms at CIFAR batch 256).
     blurred = ((F.avg_pool2d(x, 3, stride=1, padding=1) * 9 + 4 * x) / 13).round()
@@ -274,11 +270,17 @@ def _warp(images: Tensor, drew, signs: Tensor, level: float) -> Tensor:
     matrix = torch.where(drew("rotate")[:, None, None], rotation, matrix)
     matrix[:, 0, 1] = torch.where(drew("shear_x"), shear, matrix[:, 0, 1])
     matrix[:, 1, 0] = torch.where(drew("shear_y"), shear, matrix[:, 1, 0])
-    shift = torch.trunc(signs * level * _MAX_TRANSLATE * torch.tensor([[width], [height]], device=device))  # (2, B)
-    offset = -torch.stack([drew("translate_x") * shift[0], drew("translate_y") * shift[1]], 1)
-    # The same map in grid_sample's coordinates: -1..1 across the image on each axis.
-    size = torch.tensor([width, height], device=device, dtype=torch.float32)
-    theta = torch.cat([matrix * size[None, None, :] / size[None, :, None], (2 * offset / size)[:, :, None]], 2)
+    shift_x = drew("translate_x") * torch.trunc(signs * level * _MAX_TRANSLATE * width)
+    shift_y = drew("translate_y") * torch.trunc(signs * level * _MAX_TRANSLATE * height)
+    # The same map in grid_sample's coordinates, -1..1 across the image on each axis. (Built from
+    # Python numbers: a tensor made from host data would be a copy the host waits for.)
+    theta = torch.stack(
+        [
+            torch.stack([matrix[:, 0, 0], matrix[:, 0, 1] * height / width, -2 * shift_x / width], 1),
+            torch.stack([matrix[:, 1, 0] * width / height, matrix[:, 1, 1], -2 * shift_y / height], 1),
+        ],
+        1,
+    )
     grid = F.affine_grid(theta, list(images.shape), align_corners=False)
     warped = F.grid_sample(images.float(), grid, mode="nearest", padding_mode="zeros", align_corners=False)
     return warped.to(torch.uint8)

@@ -78,6 +78,12 @@ class Split:
     def __len__(self) -> int:
         return len(self.labels)
 
+    def __reduce__(self):
+        # Pickled as numpy arrays, which a process reads from Ray's object store in place, where
+        # torch tensors would go through torch's own serialisation. The receiver copies them once
+        # into tensors of its own: the store's pages are shared by every process on the node.
+        return _split_from_arrays, (self.images.numpy(), self.labels.numpy())
+
     def to(self, device: torch.device | str, workers: int = 0) -> Split:
         """The split on ``device`` (``workers`` is for the streaming splits: held in memory, none decode)."""
         return Split(self.images.to(device, non_blocking=True), self.labels.to(device, non_blocking=True))
@@ -96,6 +102,10 @@ class Split:
         for start in range(0, stop, batch_size):
             index = slice(start, start + batch_size) if order is None else order[start : start + batch_size]
             yield self.images[index].to(device, non_blocking=True), self.labels[index].to(device, non_blocking=True)
+
+
+def _split_from_arrays(images: np.ndarray, labels: np.ndarray) -> Split:
+    return Split(torch.from_numpy(images.copy()), torch.from_numpy(labels.copy()))
 
 
 class StreamingSplit:

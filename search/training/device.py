@@ -55,7 +55,7 @@ def place(gpus: float, allow_cpu_fallback: bool, host: str) -> Placement:
 def claim_memory(device: torch.device, gpus: float) -> None:
     """Cap this process's share of GPU memory at its share of the GPU (a whole GPU: no cap)."""
     if device.type == "cuda" and 0 < gpus < 1:
-        torch.cuda.set_per_process_memory_fraction(gpus, device)
+        torch.cuda.set_per_process_memory_fraction(gpus, device.index)  # None: the current device
 
 
 def release(device: torch.device | None) -> None:

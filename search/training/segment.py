@@ -22,7 +22,7 @@ import torch
 
 import layers
 
-from .data import DataError, Dataset, DataSpec, load_dataset
+from .data import DataError, Dataset, DataSpec, describe, load_dataset
 from .device import NoUsableGpu, claim_memory, device_name, place, release
 from .trainer import NonFiniteLoss, Trainer, TrainSpec, latency_method, measure_latency
 
@@ -75,7 +75,11 @@ def run_segment(
         device = placement.device
         result.device, result.cpu_fallback = device_name(device), placement.cpu_fallback
         claim_memory(device, job.gpus)
-        next_checkpoint = _train(job, checkpoint, data if data is not None else load_dataset(job.data), device, result)
+        if data is None:
+            data = load_dataset(job.data)
+        elif not data.in_memory:
+            describe(job.data)  # streamed: its files must be here at data.root, or the reason why not
+        next_checkpoint = _train(job, checkpoint, data, device, result)
     except NoUsableGpu as err:
         result.failure, result.failure_kind = str(err), "no_gpu"
     except DataError as err:
