@@ -77,7 +77,8 @@ RECIPE = TrainSpec(
 FULL = {"train": 20_000, "val": 5_000}  # under half of CIFAR-10's 45,000 training images: 78 steps an epoch
 TINY = {"train": 512, "val": 128}
 WORKER_TIMEOUT_S = 150
-BUDGET_S = 420  # phases not started by then are skipped (the device tool allows 10 minutes a command)
+BUDGET_S = 400  # phases not started by then are skipped (the device tool allows 10 minutes a command)
+DEADLINE_S = 540  # and no worker runs past this
 
 
 # ---------------------------------------------------------------------- what each process does
@@ -267,13 +268,15 @@ def start(kind: str, **kwargs) -> subprocess.Popen:
     )
 
 
-def finish(process: subprocess.Popen) -> dict[str, Any]:
+def finish(process: subprocess.Popen, deadline: float) -> dict[str, Any]:
+    """The worker's result, once it is done or stopped (``deadline``: a time.time())."""
+    timeout = max(1.0, min(WORKER_TIMEOUT_S, deadline - time.time()))
     try:
-        out, _ = process.communicate(timeout=WORKER_TIMEOUT_S)
+        out, _ = process.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
         process.kill()
         out, _ = process.communicate()
-        return {"failure": f"timed out after {WORKER_TIMEOUT_S} s", "log": out[-2000:]}
+        return {"failure": f"timed out after {timeout:.0f} s", "log": out[-2000:]}
     lines = [line for line in out.splitlines() if line.startswith("RESULT ")]
     if process.returncode or not lines:
         return {"failure": f"exit code {process.returncode}", "log": out[-2000:]}
@@ -288,6 +291,7 @@ def main() -> None:
     parser.add_argument(
         "--budget-s", type=float, default=BUDGET_S, help="start no phase after this (default %(default)s)"
     )
+    parser.add_argument("--deadline-s", type=float, default=DEADLINE_S, help="stop every worker by then (%(default)s)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -299,6 +303,7 @@ def main() -> None:
         sys.exit("no CUDA device here: run with --cpu to check the script on the CPU")
     results: dict[str, Any] = {"started": time.strftime("%Y-%m-%d %H:%M:%S"), "tiny": args.tiny, "cpu": args.cpu}
     began = time.time()
+    deadline = began + args.deadline_s
 
     def phase(name: str, run) -> None:
         if time.time() - began > args.budget_s:
@@ -314,24 +319,25 @@ def main() -> None:
         shared = {}
         for name in SHAPES:
             pair = [start("trial", name=name, gpus=whole / 2, tiny=args.tiny) for _ in range(2)]
-            shared[name] = [finish(p) for p in pair]
+            shared[name] = [finish(p, deadline) for p in pair]
         return shared
 
     def latency() -> dict[str, Any]:
         with tempfile.TemporaryDirectory() as flags:
             training, stop = str(Path(flags, "training")), str(Path(flags, "stop"))
-            quiet = finish(start("latency", gpus=whole, tiny=args.tiny, wait_for=None))
+            quiet = finish(start("latency", gpus=whole, tiny=args.tiny, wait_for=None), deadline)
             neighbour = start("neighbour", gpus=whole / 2, tiny=args.tiny, training_flag=training, stop_flag=stop)
-            busy = finish(start("latency", gpus=whole / 2, tiny=args.tiny, wait_for=training))
+            busy = finish(start("latency", gpus=whole / 2, tiny=args.tiny, wait_for=training), deadline)
             Path(stop).touch()
-            return {"alone": quiet, "with_neighbour": busy, "neighbour": finish(neighbour)}
+            return {"alone": quiet, "with_neighbour": busy, "neighbour": finish(neighbour, deadline)}
 
     phase(
-        "one_per_gpu", lambda: {name: finish(start("trial", name=name, gpus=whole, tiny=args.tiny)) for name in SHAPES}
+        "one_per_gpu",
+        lambda: {name: finish(start("trial", name=name, gpus=whole, tiny=args.tiny), deadline) for name in SHAPES},
     )
     phase("two_per_gpu", two_per_gpu)
     phase("latency", latency)
-    phase("kernels", lambda: finish(start("kernels", tiny=args.tiny, gpus=whole)))
+    phase("kernels", lambda: finish(start("kernels", tiny=args.tiny, gpus=whole), deadline))
     exit_with(report(results, args.out))
 
 
