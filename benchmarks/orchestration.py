@@ -36,7 +36,7 @@ from search.space import load_space  # noqa: E402
 from search.training.segment import SegmentJob, SegmentResult  # noqa: E402
 
 
-def trivial_segment(job: SegmentJob, checkpoint) -> tuple[SegmentResult, None]:
+def trivial_segment(job: SegmentJob, checkpoint, data) -> tuple[SegmentResult, None]:
     """A trial body that does no work: what remains is the orchestration."""
     return SegmentResult(curve=[0.5] * (job.stop_epoch - job.start_epoch), latency_ms=0.0, device="none"), None
 

@@ -86,7 +86,7 @@ GRID_POINTS = 200  # compute points the median curves are drawn at
 
 
 # ---------------------------------------------------------------------- running
-def trivial_segment(job: SegmentJob, checkpoint) -> tuple[SegmentResult, dict]:
+def trivial_segment(job: SegmentJob, checkpoint, data=None) -> tuple[SegmentResult, dict]:
     """A trial body that trains nothing: a deterministic, configuration-dependent learning curve
     and the compute a real segment would have counted (``--smoke`` and constraint learning)."""
     key = json.dumps(job.arch, sort_keys=True) + repr(job.training.lr)

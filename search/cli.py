@@ -314,12 +314,13 @@ def run(args: argparse.Namespace) -> int:
     from .driver import Driver, StudyMismatch
     from .space import load_space
     from .storage import StorageError
+    from .training.data import DataError
 
     spec = load_space(args.space, storage=args.storage, artifacts=args.artifacts)
     driver = Driver(spec, results=Path(args.results), address=args.address, display=Display(quiet=args.quiet))
     try:
         driver.run()
-    except (ClusterError, StudyMismatch) as err:
+    except (ClusterError, StudyMismatch, DataError) as err:
         return _usage_error(err)
     except StorageError as err:
         origin = "--storage" if args.storage else f"study.storage in {args.space}"

@@ -41,6 +41,7 @@ class Snapshot:
     objectives: list[str]
     front: list[TrialRecord] = field(default_factory=list)
     finished_this_run: int = 0
+    cpu_fallback: int = 0  # trials that asked for a GPU and trained on the CPU
 
     @classmethod
     def of(
@@ -58,6 +59,7 @@ class Snapshot:
             [o.name for o in spec.objectives],
             on_front,
             finished_this_run,
+            sum(r.cpu_fallback for r in records),
         )
 
     @property
@@ -133,7 +135,9 @@ class Display:
             c = snapshot.counts
             self.log(
                 f"finished: {c[COMPLETE]} complete, {c[PRUNED]} pruned, {c[FAILED]} failed, "
-                f"{c[REJECTED]} rejected in {_clock(snapshot.elapsed_s)}; front: "
+                f"{c[REJECTED]} rejected in {_clock(snapshot.elapsed_s)}"
+                + (f", {snapshot.cpu_fallback} trained on the CPU for want of a GPU" if snapshot.cpu_fallback else "")
+                + "; front: "
                 + "; ".join(f"#{r.number} {r.label} {_values(r)}" for r in snapshot.front)
             )
 
@@ -154,6 +158,11 @@ class Display:
             f"{c[FAILED]}   ",
             ("rejected ", "magenta"),
             f"{c[REJECTED]}",
+            *(
+                (("   on the CPU, no usable GPU ", "bold red"), f"{snapshot.cpu_fallback}")
+                if snapshot.cpu_fallback
+                else ()
+            ),
         )
         table = Table(title="Pareto front", title_justify="left", expand=False)
         table.add_column("trial", justify="right")

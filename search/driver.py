@@ -34,7 +34,7 @@ from layers import ArchConfig, ConfigError, complexity
 
 from . import records
 from .artifacts import STORE_ATTR
-from .cluster import connected
+from .cluster import Attempt, History, connected, segment_task, share_data, task_name
 from .dashboard import DashboardWriter
 from .display import Display, Snapshot
 from .early_stopping import RungResult, decide
@@ -44,7 +44,7 @@ from .samplers import create_sampler, trial_seed
 from .space import SearchSpec, budget_constraints, over_budget
 from .storage import check_storage, masked, redact
 from .study_client import StudyClient
-from .training.segment import SegmentJob, SegmentResult, run_segment
+from .training.segment import SegmentJob, run_segment
 from .training.trainer import TrainSpec
 
 #: Stop asking after this many rejections in a row: the budget and the space barely overlap.
@@ -74,11 +74,14 @@ class Active:
     curve: list[float] = field(default_factory=list)
     train_loss: list[float] = field(default_factory=list)
     latency_ms: float | None = None
-    device: str = ""
+    gpus: float = 0.0  # the share of a GPU its segments ask for: the space's, or a whole one after an OOM
+    history: History = field(default_factory=History)  # where its segments ran
+    cpu_fallback: bool = False
     started: float = field(default_factory=time.time)
     compute_s: float = 0.0
     train_macs: float = 0.0
     pending: Any = None  # ObjectRef of the segment in flight
+    resumed_from: Any = None  # ObjectRef of the checkpoint the segment in flight started from
     checkpoint: Any = None  # ObjectRef of the checkpoint to continue from
     paused_at: int | None = None  # a rung whose decision waits for earlier trials
     status: str | None = None  # the outcome, once known
@@ -110,7 +113,9 @@ class Driver:
         self.finished_this_run = 0
         self.rejected_in_a_row = 0
         self.stop_asking = False
-        self._remote = ray.remote(segment)
+        self.segment = segment
+        self._remote = segment_task(spec.resources.gpus)
+        self.data: ray.ObjectRef | None = None  # the data set, in Ray's object store
 
     # ------------------------------------------------------------------ setup
     def open(self) -> bool:
@@ -145,9 +150,10 @@ class Driver:
         # leaves neither a database nor a results folder behind.
         check_storage(spec.study.storage)
         with connected(self.address, cpus=spec.resources.cpus, gpus=spec.resources.gpus):
-            return self._run()
+            self.data, shipped = share_data(spec.data)
+            return self._run(shipped)
 
-    def _run(self) -> optuna.Study:
+    def _run(self, shipped: str) -> optuna.Study:
         spec = self.spec
         created = self.open()
         records.results_dir(self.results, spec.study.name).mkdir(parents=True, exist_ok=True)
@@ -159,6 +165,7 @@ class Driver:
                 self.display.log(f"reference trial {name!r} enqueued")
         interrupted, shown = False, 0.0
         self.display.start(spec)
+        self.display.log(shipped)
         try:
             while True:
                 self.recovery.beat()
@@ -238,7 +245,7 @@ class Driver:
         # A retry keeps the seed it was first trained with; an unseeded study draws one.
         seed = attrs.get("seed", trial_seed(spec.study.seed, number))
         seed = secrets.randbelow(2**31) if seed is None else seed
-        active = Active(trial_id, number, {}, seed, reference=attrs.get("reference"))
+        active = Active(trial_id, number, {}, seed, reference=attrs.get("reference"), gpus=spec.resources.gpus)
         self.active.append(active)
         self.client.set_trial_attrs(trial_id, driver=self.id, seed=seed)
         sampler = create_sampler(spec.sampler.name, trial_seed(spec.study.seed, number), spec.sampler.options)
@@ -301,19 +308,21 @@ class Driver:
             seed=active.seed,
             start_epoch=active.epochs_done,
             stop_epoch=self.next_stop(active),
-            use_gpu=spec.resources.gpus > 0,
+            gpus=active.gpus,
             threads=max(1, int(spec.resources.cpus)),
             measure_latency=active.epochs_done == 0,
             return_weights=spec.keep_weights != "none",
+            allow_cpu_fallback=spec.resources.allow_cpu_fallback,
         )
         result_ref, checkpoint_ref = self._remote.options(
+            name=task_name(self.segment),
             num_cpus=spec.resources.cpus,
-            num_gpus=spec.resources.gpus,
+            num_gpus=active.gpus,
             num_returns=2,
             max_retries=spec.trials.retries,
             retry_exceptions=False,
-        ).remote(job, active.checkpoint)
-        active.pending, active.checkpoint = result_ref, checkpoint_ref
+        ).remote(self.segment, job, active.checkpoint, self.data)
+        active.pending, active.resumed_from, active.checkpoint = result_ref, active.checkpoint, checkpoint_ref
 
     def _collect(self, timeout: float) -> None:
         pending = {a.pending: a for a in self.active if a.pending is not None}
@@ -327,7 +336,7 @@ class Driver:
             active = pending[ref]
             active.pending = None
             try:
-                result: SegmentResult = ray.get(ref)
+                attempt: Attempt = ray.get(ref)
             except ray.exceptions.RayTaskError as err:  # the trial body raised past its own handling
                 self._finish(active, records.FAILED, reason=f"exception: {err.cause!r}")
                 continue
@@ -338,23 +347,34 @@ class Driver:
                     reason=f"worker lost after {self.spec.trials.retries} retries: {type(err).__name__}",
                 )
                 continue
-            self._absorb(active, result)
+            self._absorb(active, attempt)
 
-    def _absorb(self, active: Active, result: SegmentResult) -> None:
+    def _absorb(self, active: Active, attempt: Attempt) -> None:
+        # Every run counts, once: re-runs that rebuilt a checkpoint lost with its node included.
+        for execution in active.history.absorb(attempt.executions):
+            active.compute_s += execution.seconds
+            active.train_macs += TRAIN_MACS_PER_FORWARD_MAC * active.gmacs * 1e9 * execution.images
+        result = attempt.result
+        if result.failure_kind == "oom" and 0 < active.gpus < 1 and not result.cpu_fallback:
+            return self._retry_on_a_whole_gpu(active, result.failure)
         active.curve += result.curve
         active.train_loss += result.train_loss
-        active.compute_s += result.seconds
-        active.train_macs += TRAIN_MACS_PER_FORWARD_MAC * active.gmacs * 1e9 * result.images
         if result.latency_ms is not None:
-            active.latency_ms, active.device = result.latency_ms, result.device
+            active.latency_ms = result.latency_ms
+        if result.cpu_fallback and not active.cpu_fallback:
+            self.display.log(f"trial {active.number} trains on the CPU: {result.cpu_fallback}")
+        active.cpu_fallback = active.cpu_fallback or result.cpu_fallback is not None
         self.client.set_trial_attrs(
             active.trial_id,
             curve=active.curve,
             train_loss=active.train_loss,
             latency_ms=active.latency_ms,
-            device=active.device,
+            **({"latency_how": result.latency_how} if result.latency_how else {}),
+            device=result.device,
+            cpu_fallback=active.cpu_fallback,
             host=result.host,
             train_macs=active.train_macs,
+            **active.history.attrs(),
         )
         if result.failure:
             return self._finish(active, records.FAILED, reason=f"{result.failure_kind}: {result.failure}")
@@ -366,6 +386,17 @@ class Driver:
             return self._finish(active, records.COMPLETE, values=self._objective_values(active, active.curve[-1]))
         active.paused_at = active.epochs_done
         self._decide(active)
+
+    def _retry_on_a_whole_gpu(self, active: Active, failure: str) -> None:
+        """Out of memory on a shared GPU may be the neighbour's doing: run the segment again, alone."""
+        self.display.log(
+            f"trial {active.number} ran out of memory on {active.gpus:g} of a GPU: retrying on a whole one"
+        )
+        active.gpus, active.checkpoint = 1.0, active.resumed_from
+        self.client.set_trial_attrs(
+            active.trial_id, gpus=active.gpus, oom_on_shared_gpu=failure, train_macs=active.train_macs
+        )
+        self._submit(active)
 
     def _objective_values(self, active: Active | records.TrialRecord, accuracy: float) -> list[float]:
         return records.objective_values(

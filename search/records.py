@@ -52,7 +52,11 @@ class TrialRecord:
     gmacs: float | None = None
     mparams: float | None = None
     latency_ms: float | None = None
+    latency_how: str | None = None  # how the latency was measured
     device: str | None = None
+    cpu_fallback: bool = False  # asked for a GPU, found none usable, trained on the CPU
+    nodes: list[str] = field(default_factory=list)  # Ray node of each run of its segments, in order
+    retries: int = 0  # runs of its segments Ray made again (a worker or node lost)
     curve: list[float] = field(default_factory=list)
     train_loss: list[float] = field(default_factory=list)
     wall_time_s: float | None = None
@@ -98,7 +102,11 @@ class TrialRecord:
             gmacs=attrs.get("gmacs"),
             mparams=attrs.get("mparams"),
             latency_ms=attrs.get("latency_ms"),
+            latency_how=attrs.get("latency_how"),
             device=attrs.get("device"),
+            cpu_fallback=attrs.get("cpu_fallback", False),
+            nodes=attrs.get("nodes", []),
+            retries=attrs.get("retries", 0),
             curve=attrs.get("curve", []),
             train_loss=attrs.get("train_loss", []),
             wall_time_s=attrs.get("wall_time_s"),

@@ -8,7 +8,7 @@
     trials:         {count, timeout_minutes, max_train_tmacs, parallel, retries}
     sampler:        tpe | nsga2 | random | gp, or {name, options}
     early_stopping: {rungs or min_epochs, reduction, min_trials} or false
-    resources:      {cpus, gpus} per trial (fractions allowed)
+    resources:      {cpus, gpus, allow_cpu_fallback} per trial (fractions of GPUs allowed)
     keep_weights:   front | all | none
     space:          parameters, by config path:
         embed_dim: {choices: [32, 48]}                categorical
@@ -177,6 +177,7 @@ class EarlyStoppingSection:
 class ResourcesSection:
     cpus: float = 1.0
     gpus: float = 0.0  # fractions share a GPU between trials
+    allow_cpu_fallback: bool = False  # a trial whose worker has no usable GPU trains on the CPU (recorded) or fails
 
     def __post_init__(self) -> None:
         coerce_fields(self)

@@ -11,11 +11,15 @@ from pathlib import Path
 
 import optuna
 import pytest
+import ray
 import yaml
 
 from search.records import COUNTED, TrialRecord
 from search.records import records as read_records
 from search.storage import StorageError, open_storage
+from search.training.data import DataSpec
+from search.training.segment import SegmentJob
+from search.training.trainer import TrainSpec
 
 POSTGRES_ENV = "DWS_TEST_POSTGRES_URL"
 ROOT = Path(__file__).resolve().parent.parent
@@ -119,6 +123,24 @@ def write_space(folder: Path, name: str = "tiny", **sections) -> Path:
     return path
 
 
+def segment_job(**changes) -> SegmentJob:
+    """One epoch of a tiny model on the 8x8 digits, on the CPU: a trial body's job, for direct calls."""
+    arch = {"img_size": [8, 8], "in_chans": 1, "num_classes": 10, "patch_size": 2, "embed_dim": 16, "depth": 2}
+    job = dict(
+        arch=arch,
+        training=TrainSpec(epochs=1, batch_size=64),
+        data=DataSpec(name="digits"),
+        seed=0,
+        start_epoch=0,
+        stop_epoch=1,
+        gpus=0.0,
+        threads=1,
+        measure_latency=False,
+        return_weights=False,
+    )
+    return SegmentJob(**{**job, **changes})
+
+
 @pytest.fixture
 def postgres_url() -> str:
     """The CI PostgreSQL server: skipped when the variable is unset, a failure when it is set but down."""
@@ -150,12 +172,14 @@ def fake_search(space: Path, results: Path) -> None:
 
 @pytest.fixture(scope="session")
 def local_ray():
-    """One local Ray for every in-process search of the session: a search leaves running a Ray it
-    did not start, so each one skips Ray's start-up and finds its workers warm."""
-    from search.cluster import connected
+    """One local Ray for the in-process searches of the session: a search leaves running a Ray it
+    did not start, so each skips Ray's start-up and finds its workers warm. (The multi-node tests
+    leave it for clusters of their own and start it again when they are done.)"""
+    from search.cluster import connect
 
-    with connected(None, cpus=1, gpus=0) as totals:
-        yield totals
+    connect(None, cpus=1, gpus=0)
+    yield
+    ray.shutdown()
 
 
 @pytest.fixture

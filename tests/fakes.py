@@ -37,8 +37,11 @@ def fake_final(job: SegmentJob) -> float:
 DIVERGING_LR = 1.0
 
 
-def curve_segment(job: SegmentJob, checkpoint, epoch_s: float = EPOCH_S) -> tuple[SegmentResult, dict | None]:
-    """Accuracy rising linearly to ``fake_final``; the compute a real segment would have counted."""
+def curve_segment(
+    job: SegmentJob, checkpoint, data=None, epoch_s: float = EPOCH_S
+) -> tuple[SegmentResult, dict | None]:
+    """Accuracy rising linearly to ``fake_final``; the compute a real segment would have counted.
+    The trial body's contract is ``run_segment``'s; the data set the driver ships goes unused."""
     if job.training.lr > DIVERGING_LR:
         return SegmentResult(failure="non-finite training loss (nan) in epoch 1", failure_kind="nan"), None
     final = fake_final(job)
@@ -57,8 +60,8 @@ def curve_segment(job: SegmentJob, checkpoint, epoch_s: float = EPOCH_S) -> tupl
     return result, None if last else {"epoch": job.stop_epoch}
 
 
-def slow_curve_segment(job: SegmentJob, checkpoint) -> tuple[SegmentResult, dict | None]:
-    return curve_segment(job, checkpoint, epoch_s=SLOW_EPOCH_S)
+def slow_curve_segment(job: SegmentJob, checkpoint, data=None) -> tuple[SegmentResult, dict | None]:
+    return curve_segment(job, checkpoint, data, epoch_s=SLOW_EPOCH_S)
 
 
 def main(space: str, results: str, speed: str = "fast") -> None:

@@ -22,7 +22,7 @@ MAXIMIZE_MINIMIZE = ["maximize", "minimize"]
 
 
 @pytest.fixture(scope="module")
-def storages(tmp_path_factory) -> dict[str, str]:
+def storages(tmp_path_factory, local_ray) -> dict[str, str]:
     """Two finished studies, each in a storage of its own: TPE under one budget, random under a looser one."""
     urls = {}
     for name, sampler, max_gmacs in (("tpe", "tpe", 0.0003), ("random", "random", 0.0005)):

@@ -51,7 +51,7 @@ def run_quick(space: Path, results: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def searched(tmp_path_factory) -> Path:
+def searched(tmp_path_factory, local_ray) -> Path:
     """The finished study, its artifacts in a folder of its own (``study.artifacts``)."""
     folder = tmp_path_factory.mktemp("dashboard")
     space = write_space(

@@ -259,3 +259,11 @@ def test_fashion_mnist_from_the_debian_package():
     assert torch.equal(data.val.labels, labels[split_indices(60_000, 0.1, seed=3)[1]])  # the seeded split
     assert torch.equal(data.train.labels.bincount() + data.val.labels.bincount(), torch.full((10,), 6000))
     assert 0.27 < data.mean[0] < 0.30 and 0.34 < data.std[0] < 0.37  # the published 0.286 / 0.353
+
+
+def test_a_split_travels_as_arrays_and_arrives_as_its_own_tensors():
+    split = load_dataset(DataSpec(name="digits")).val
+    arrived = pickle.loads(pickle.dumps(split))
+    assert torch.equal(arrived.images, split.images) and torch.equal(arrived.labels, split.labels)
+    arrived.images[0] = 0  # writable, and not the sender's memory
+    assert arrived.images.data_ptr() != split.images.data_ptr()

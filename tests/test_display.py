@@ -87,3 +87,18 @@ def test_the_live_view_ends_its_last_line_when_output_is_not_a_terminal():
     display.start(SPACE)
     display.stop(snapshot())
     assert out.getvalue().endswith("┘\n")
+
+
+def test_trials_on_the_cpu_for_want_of_a_gpu_are_shown():
+    fallback = record(6, COMPLETE, [0.3, 0.001], [0.3])
+    fallback.cpu_fallback = True
+    s = Snapshot.of([*RECORDS, fallback], SPACE, elapsed_s=120.0, running=0, finished_this_run=6)
+    text = StringIO()
+    Console(file=text, width=160).print(Display(quiet=False).render(s))
+    assert "on the CPU, no usable GPU 1" in text.getvalue()
+    out = StringIO()
+    Display(quiet=True, console=Console(file=out, width=300)).stop(s)
+    assert ", 1 trained on the CPU for want of a GPU;" in out.getvalue()
+    text = StringIO()
+    Console(file=text, width=160).print(Display(quiet=False).render(snapshot()))
+    assert "on the CPU" not in text.getvalue()  # said only when it happened

@@ -26,6 +26,7 @@ from conftest import (
     load_study,
     records_of,
     repeated_configurations,
+    segment_job,
     sqlite_url,
     start_driver,
     start_fake_driver,
@@ -39,8 +40,7 @@ from search.records import COMPLETE, FAILED, INTERRUPTED, RETRIED, RUNNING, STAL
 from search.results.report import build_report
 from search.space import load_space
 from search.storage import open_storage
-from search.training.data import DataSpec
-from search.training.segment import SegmentJob, run_segment
+from search.training.segment import run_segment
 from search.training.trainer import Trainer, TrainSpec
 from tests.fakes import SLOW_EPOCH_S, slow_curve_segment
 
@@ -71,23 +71,6 @@ def check_accounting(recs: list[TrialRecord], budget: int) -> None:
     for r in recs:
         if r.status in RETRIED:
             assert r.number in retried or r.state == "WAITING", f"trial {r.number} was never retried"
-
-
-def segment_job(**changes) -> SegmentJob:
-    arch = {"img_size": [8, 8], "in_chans": 1, "num_classes": 10, "patch_size": 2, "embed_dim": 16, "depth": 2}
-    job = dict(
-        arch=arch,
-        training=TrainSpec(epochs=1, batch_size=64),
-        data=DataSpec(name="digits"),
-        seed=0,
-        start_epoch=0,
-        stop_epoch=1,
-        use_gpu=False,
-        threads=1,
-        measure_latency=False,
-        return_weights=False,
-    )
-    return SegmentJob(**{**job, **changes})
 
 
 # ---------------------------------------------------------------------- a trial's own failures

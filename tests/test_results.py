@@ -34,7 +34,7 @@ CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 
 
 @pytest.fixture(scope="module")
-def searched(tmp_path_factory) -> Path:
+def searched(tmp_path_factory, local_ray) -> Path:
     """A finished 6-trial study whose weights were all kept."""
     folder = tmp_path_factory.mktemp("searched")
     space = write_space(folder, trials={"count": 6, "parallel": 2}, keep_weights="all")

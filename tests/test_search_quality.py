@@ -69,7 +69,7 @@ def expected_decisions(records: list[TrialRecord], rungs: list[int], **rule) -> 
 
 
 @pytest.fixture(scope="module")
-def stopped_search(tmp_path_factory) -> list[TrialRecord]:
+def stopped_search(tmp_path_factory, local_ray) -> list[TrialRecord]:
     rule = {"reduction": 2, "min_trials": 2}
     return search(
         tmp_path_factory.mktemp("stopping"),

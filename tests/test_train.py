@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import layers
-from search.training.augment import AugmentSpec, BatchAugment
+from search.training.augment import RAND_AUGMENT_OPS, AugmentSpec, BatchAugment, apply_ops
 from search.training.data import DataSpec, load_dataset
 from search.training.trainer import NonFiniteLoss, Trainer, TrainSpec, _warmup_cosine
 
@@ -101,11 +101,72 @@ def test_batched_augmentation_keeps_shapes_and_is_seeded(channels):
 
 
 def test_rand_augment_colour_ops_draw_their_sign_per_sample():
-    from search.training.augment import _RAND_AUGMENT_OPS
-
     images = torch.full((2, 3, 4, 4), 128, dtype=torch.uint8)
-    out = _RAND_AUGMENT_OPS["brightness"](images, 0.5, torch.tensor([-1.0, 1.0]))
+    brightness = torch.full((2,), RAND_AUGMENT_OPS.index("brightness"))
+    out = apply_ops(images, brightness, torch.tensor([-1.0, 1.0]), 0.5, RAND_AUGMENT_OPS)
     assert out[0].float().mean() < 128 < out[1].float().mean()
+
+
+def test_rand_augment_is_per_sample_and_seeded():
+    images = torch.randint(0, 256, (1, 3, 16, 16), dtype=torch.uint8).repeat(64, 1, 1, 1)
+    spec = AugmentSpec(randaugment_ops=2, randaugment_magnitude=9)
+    augment = BatchAugment(spec, (0.5,) * 3, (0.25,) * 3, (16, 16), 10, 0.0)
+    labels = torch.zeros(64, dtype=torch.long)
+    x1, _ = augment.train_batch(images, labels, torch.Generator().manual_seed(3))
+    x2, _ = augment.train_batch(images, labels, torch.Generator().manual_seed(3))
+    x3, _ = augment.train_batch(images, labels, torch.Generator().manual_seed(4))
+    assert torch.equal(x1, x2) and not torch.equal(x1, x3)
+    assert len({tuple(v.flatten().tolist()) for v in x1}) > 30  # one image, many different outcomes
+
+
+@pytest.mark.parametrize("op", RAND_AUGMENT_OPS)
+def test_rand_augment_ops_match_torchvision(op):
+    """Each op, applied batched, equals torchvision's one-image op (up to rounding)."""
+    from torchvision.transforms.v2 import functional as TF
+
+    level, size = 0.5, 20
+    reference = {
+        "identity": lambda im: im,
+        "auto_contrast": TF.autocontrast,
+        "equalize": TF.equalize,
+        "invert": TF.invert,
+        "rotate": lambda im: TF.rotate(im, level * 30),
+        "posterize": lambda im: TF.posterize(im, 8 - round(level * 4)),
+        "solarize": lambda im: TF.solarize(im, 255 - level * 255),
+        "color": lambda im: TF.adjust_saturation(im, 1 + level * 0.9),
+        "contrast": lambda im: TF.adjust_contrast(im, 1 + level * 0.9),
+        "brightness": lambda im: TF.adjust_brightness(im, 1 + level * 0.9),
+        "sharpness": lambda im: TF.adjust_sharpness(im, 1 + level * 0.9),
+        "translate_x": lambda im: TF.affine(
+            im, angle=0.0, translate=[int(level * 0.45 * size), 0], scale=1.0, shear=[0.0, 0.0]
+        ),
+        "translate_y": lambda im: TF.affine(
+            im, angle=0.0, translate=[0, int(level * 0.45 * size)], scale=1.0, shear=[0.0, 0.0]
+        ),
+    }
+    images = torch.randint(0, 256, (8, 3, size, size), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    out = apply_ops(images, torch.full((8,), RAND_AUGMENT_OPS.index(op)), torch.ones(8), level, RAND_AUGMENT_OPS)
+    if op in reference:
+        assert (out.int() - reference[op](images).int()).abs().max() <= 1
+    else:  # shears: torchvision's shear is not a plain shear matrix; check it moves pixels, not the centre
+        assert not torch.equal(out, images)
+        assert torch.equal(out[..., size // 2, size // 2], images[..., size // 2, size // 2])
+
+
+def test_rand_augment_never_waits_for_the_host(monkeypatch):
+    """Meta tensors have no values: any .item(), .tolist(), nonzero() or mask indexing fails on
+    them. Tensors made from host data would be copies the host waits for: none may be made."""
+
+    def host_data(*args, **kwargs):
+        raise AssertionError("a tensor made from host data")
+
+    monkeypatch.setattr(torch, "tensor", host_data)
+    monkeypatch.setattr(torch, "as_tensor", host_data)
+    for channels in (1, 3):
+        images = torch.empty(8, channels, 16, 16, dtype=torch.uint8, device="meta")
+        choice = torch.empty(8, dtype=torch.long, device="meta")
+        out = apply_ops(images, choice, torch.empty(8, device="meta"), 0.3, RAND_AUGMENT_OPS)
+        assert out.shape == images.shape and out.dtype == torch.uint8
 
 
 def test_shift_and_flip_differ_per_sample():

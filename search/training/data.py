@@ -24,7 +24,6 @@ import dataclasses
 import functools
 import gzip
 import math
-import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -90,7 +89,14 @@ class Split:
     def __len__(self) -> int:
         return len(self.labels)
 
-    def to(self, device: torch.device | str) -> Split:
+    def __reduce__(self):
+        # Pickled as numpy arrays, which a process reads from Ray's object store in place, where
+        # torch tensors would go through torch's own serialisation. The receiver copies them once
+        # into tensors of its own: the store's pages are shared by every process on the node.
+        return _split_from_arrays, (self.images.numpy(), self.labels.numpy())
+
+    def to(self, device: torch.device | str, workers: int = 0) -> Split:
+        """The split on ``device`` (``workers`` is for the streaming splits: held in memory, none decode)."""
         return Split(self.images.to(device, non_blocking=True), self.labels.to(device, non_blocking=True))
 
     def subset(self, index: Tensor) -> Split:
@@ -112,16 +118,30 @@ class Split:
             yield self.images[index].to(device, non_blocking=True), self.labels[index].to(device, non_blocking=True)
 
 
-class StreamingSplit:
-    """An ImageFolder split decoded by DataLoader workers, for trees too large for memory."""
+def _split_from_arrays(images: np.ndarray, labels: np.ndarray) -> Split:
+    return Split(torch.from_numpy(images.copy()), torch.from_numpy(labels.copy()))
 
-    def __init__(self, folder: torch.utils.data.Dataset, labels: Tensor, workers: int = min(4, os.cpu_count() or 1)):
+
+class StreamingSplit:
+    """An ImageFolder split decoded by DataLoader workers, for trees too large for memory.
+
+    Its loaders keep their worker processes from epoch to epoch (one loader per batch size); only
+    the sampling order is new each epoch, drawn from the trial's generator so that a resumed trial
+    reads the images in the order an uninterrupted one would.
+    """
+
+    def __init__(self, folder: torch.utils.data.Dataset, labels: Tensor, workers: int = 0):
         self.folder, self.labels, self.workers = folder, labels, workers
+        self._order = _Order(len(labels))
+        self._loaders: dict[tuple[int, bool, bool], torch.utils.data.DataLoader] = {}
 
     def __len__(self) -> int:
         return len(self.labels)
 
-    def to(self, device: torch.device | str) -> StreamingSplit:
+    def to(self, device: torch.device | str, workers: int = 0) -> StreamingSplit:
+        """This split, decoded by ``workers`` processes (the trial's CPUs) from now on."""
+        if workers != self.workers:
+            self.workers, self._loaders = workers, {}
         return self
 
     def subset(self, index: Tensor) -> StreamingSplit:
@@ -130,25 +150,38 @@ class StreamingSplit:
     def batches(
         self, batch_size: int, device: torch.device, generator: torch.Generator | None = None, drop_last: bool = False
     ) -> Iterator[tuple[Tensor, Tensor]]:
-        # The DataLoader shuffles with a CPU generator; derive one from the (device) generator given.
-        order = (
-            None
-            if generator is None
-            else torch.Generator().manual_seed(
-                int(torch.randint(1 << 62, (1,), generator=generator, device=generator.device))
+        if generator is None:
+            self._order.indices = None
+        else:  # one draw from the trial's (device) generator seeds this epoch's order
+            seed = int(torch.randint(1 << 62, (1,), generator=generator, device=generator.device))
+            self._order.indices = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed)).tolist()
+        pin = device.type == "cuda"
+        key = (batch_size, drop_last, pin)
+        if key not in self._loaders:
+            self._loaders[key] = torch.utils.data.DataLoader(
+                self.folder,
+                batch_size=batch_size,
+                sampler=self._order,
+                num_workers=self.workers,
+                persistent_workers=self.workers > 0,
+                drop_last=drop_last,
+                pin_memory=pin,
             )
-        )
-        loader = torch.utils.data.DataLoader(
-            self.folder,
-            batch_size=batch_size,
-            shuffle=order is not None,
-            generator=order,
-            num_workers=self.workers,
-            drop_last=drop_last,
-            pin_memory=device.type == "cuda",
-        )
-        for images, labels in loader:
+        for images, labels in self._loaders[key]:
             yield images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+
+
+class _Order(torch.utils.data.Sampler):
+    """The indices a loader reads, in order; set anew before each pass (None: 0..n-1)."""
+
+    def __init__(self, n: int):
+        self.n, self.indices = n, None
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(range(self.n) if self.indices is None else self.indices)
 
 
 @dataclass
@@ -160,6 +193,11 @@ class Dataset:
     mean: tuple[float, ...]  # per channel, on the 0..1 scale
     std: tuple[float, ...]
     test: Split | StreamingSplit | None = None  # the official test split, when the data set has one
+
+    @property
+    def in_memory(self) -> bool:
+        """Whether every split is held in memory, and so can be shipped whole to other nodes."""
+        return all(isinstance(s, Split) for s in (self.train, self.val, self.test) if s is not None)
 
 
 @functools.lru_cache(maxsize=4)

@@ -4,12 +4,14 @@ A trial runs as a chain of segments, one per early-stopping rung. Each segment i
 that rebuilds the model, restores the previous segment's checkpoint (passed through Ray's object
 store, never through the driver), trains to the next rung and returns its learning curve. A
 segment whose worker dies is re-run by Ray from the same checkpoint; failures of the trial itself
-(an exception, a NaN loss, running out of memory) come back as a result, not an exception.
+(an exception, a NaN loss, running out of memory, no usable GPU, no data) come back as a result,
+not an exception.
+
+Nothing here imports Ray: the same body runs in a plain process (``benchmarks/gpu_check.py``).
 """
 
 from __future__ import annotations
 
-import os
 import socket
 import time
 import traceback
@@ -20,8 +22,9 @@ import torch
 
 import layers
 
-from .data import DataSpec, load_dataset
-from .trainer import NonFiniteLoss, Trainer, TrainSpec, cpu_weights, measure_latency
+from .data import DataError, Dataset, DataSpec, describe, load_dataset
+from .device import NoUsableGpu, claim_memory, device_name, place, release
+from .trainer import NonFiniteLoss, Trainer, TrainSpec, cpu_weights, latency_method, measure_latency
 
 
 @dataclass(frozen=True)
@@ -32,10 +35,11 @@ class SegmentJob:
     seed: int
     start_epoch: int
     stop_epoch: int
-    use_gpu: bool
+    gpus: float  # the trial's share of a GPU (0: the CPU; below 1: it shares one)
     threads: int
     measure_latency: bool  # the first segment measures inference latency on the trial's device
     return_weights: bool  # the last segment sends the trained weights back
+    allow_cpu_fallback: bool = False  # with no usable GPU, train on the CPU rather than fail
 
 
 @dataclass
@@ -45,55 +49,77 @@ class SegmentResult:
     seconds: float = 0.0
     images: int = 0  # training images processed (with repeats): the segment's training compute
     latency_ms: float | None = None
+    latency_how: str | None = None  # how the latency was measured
     device: str = ""
+    cpu_fallback: str | None = None  # why a trial that asked for a GPU trained on the CPU
     host: str = ""
     weights: dict[str, torch.Tensor] | None = None
     failure: str | None = None  # why the trial failed, if it did
-    failure_kind: str | None = None  # exception | nan | oom
+    failure_kind: str | None = None  # exception | nan | oom | no_gpu | data
 
 
-def run_segment(job: SegmentJob, checkpoint: dict[str, Any] | None) -> tuple[SegmentResult, dict[str, Any] | None]:
-    """Train epochs [start_epoch, stop_epoch); returns the result and the checkpoint to continue from."""
+def run_segment(
+    job: SegmentJob, checkpoint: dict[str, Any] | None, data: Dataset | None = None
+) -> tuple[SegmentResult, dict[str, Any] | None]:
+    """Train epochs [start_epoch, stop_epoch); returns the result and the checkpoint to continue from.
+
+    ``data`` is the data set when the driver ships it (through Ray's object store); without it
+    the segment loads ``job.data`` itself, which for file-based data sets needs ``data.root`` here.
+    """
     started = time.perf_counter()
     torch.set_num_threads(max(1, job.threads))
-    device = torch.device("cuda" if job.use_gpu and torch.cuda.is_available() else "cpu")
-    result = SegmentResult(device=_device_name(device), host=socket.gethostname())
+    result = SegmentResult(host=socket.gethostname())
+    device, next_checkpoint = None, None
     try:
-        data = load_dataset(job.data)
-        torch.manual_seed(job.seed)
-        arch = layers.ArchConfig.from_dict(job.arch)
-        model = layers.create_model(arch)
-        trainer = Trainer(model, data, job.training, device, seed=job.seed)
-        if checkpoint is not None:
-            trainer.load_state_dict(checkpoint)
-        if job.measure_latency:
-            result.latency_ms = measure_latency(model, arch.in_chans, arch.img_size, device)
-        for _ in range(job.start_epoch, job.stop_epoch):
-            result.train_loss.append(trainer.train_epoch())
-            result.images += trainer.images_per_epoch
-            result.curve.append(trainer.evaluate())
-        final = job.stop_epoch >= job.training.epochs
-        if final and job.return_weights:
-            result.weights = cpu_weights(model)
-        next_checkpoint = None if final else _to_cpu(trainer.state_dict())
+        placement = place(job.gpus, job.allow_cpu_fallback, result.host)
+        device = placement.device
+        result.device, result.cpu_fallback = device_name(device), placement.cpu_fallback
+        claim_memory(device, job.gpus)
+        if data is None:
+            data = load_dataset(job.data)
+        elif not data.in_memory:
+            describe(job.data)  # streamed: its files must be here at data.root, or the reason why not
+        next_checkpoint = _train(job, checkpoint, data, device, result)
+    except NoUsableGpu as err:
+        result.failure, result.failure_kind = str(err), "no_gpu"
+    except DataError as err:
+        result.failure, result.failure_kind = f"{err} (on {result.host})", "data"
     except NonFiniteLoss as err:
-        result.failure, result.failure_kind, next_checkpoint = str(err), "nan", None
+        result.failure, result.failure_kind = str(err), "nan"
     except torch.OutOfMemoryError as err:
-        result.failure, result.failure_kind, next_checkpoint = f"out of memory: {str(err).splitlines()[0]}", "oom", None
+        result.failure, result.failure_kind = f"out of memory: {str(err).splitlines()[0]}", "oom"
     except MemoryError:
-        result.failure, result.failure_kind, next_checkpoint = "out of memory (host)", "oom", None
+        result.failure, result.failure_kind = "out of memory (host)", "oom"
     except Exception as err:  # the trial's own bug or bad configuration: report it, never crash the study
         lines = traceback.format_exception(err)
         result.failure = f"{type(err).__name__}: {err}\n{''.join(lines[-6:])}"
-        result.failure_kind, next_checkpoint = "exception", None
+        result.failure_kind = "exception"
+    release(device)  # the model and optimizer went with _train's frame
     result.seconds = time.perf_counter() - started
     return result, next_checkpoint
 
 
-def _device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"cpu ({os.cpu_count()} cores, {torch.get_num_threads()} threads)"
+def _train(
+    job: SegmentJob, checkpoint: dict[str, Any] | None, data: Dataset, device: torch.device, result: SegmentResult
+) -> dict[str, Any] | None:
+    torch.manual_seed(job.seed)
+    arch = layers.ArchConfig.from_dict(job.arch)
+    model = layers.create_model(arch)
+    trainer = Trainer(model, data, job.training, device, seed=job.seed, workers=job.threads)
+    if checkpoint is not None:
+        trainer.load_state_dict(checkpoint)
+    if job.measure_latency:
+        result.latency_ms = measure_latency(model, arch.in_chans, arch.img_size, device, trainer.autocast_dtype)
+        result.latency_how = latency_method(result.device, trainer.autocast_dtype, job.gpus)
+    for _ in range(job.start_epoch, job.stop_epoch):
+        result.train_loss.append(trainer.train_epoch())
+        result.images += trainer.images_per_epoch
+        result.curve.append(trainer.evaluate())
+    if job.stop_epoch < job.training.epochs:
+        return _to_cpu(trainer.state_dict())
+    if job.return_weights:
+        result.weights = cpu_weights(model)
+    return None
 
 
 def _to_cpu(state: Any) -> Any:

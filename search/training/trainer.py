@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +25,10 @@ from layers import ConfigError, build, coerce_fields
 
 from .augment import AugmentSpec, BatchAugment
 from .data import Dataset, Split, StreamingSplit
+from .device import autocast_dtype, rng_state, set_rng_state
+
+#: Latency: untimed forwards first (allocation, kernel selection), then the timed ones.
+LATENCY_WARMUP, LATENCY_REPEATS = 10, 50
 
 
 @dataclass(frozen=True)
@@ -72,10 +77,19 @@ class NonFiniteLoss(RuntimeError):
 
 
 class Trainer:
-    def __init__(self, model: nn.Module, data: Dataset, spec: TrainSpec, device: torch.device, seed: int):
+    def __init__(
+        self,
+        model: nn.Module,
+        data: Dataset,
+        spec: TrainSpec,
+        device: torch.device,
+        seed: int,
+        workers: int = min(4, os.cpu_count() or 1),
+    ):
+        """``workers``: decoding processes of data sets that stream from disk (the trial's CPUs)."""
         self.model = model.to(device)
-        self.spec, self.device = spec, device
-        self.train_split, self.val_split = data.train.to(device), data.val.to(device)
+        self.spec, self.device, self.workers = spec, device, workers
+        self.train_split, self.val_split = data.train.to(device, workers), data.val.to(device, workers)
         self.augment = BatchAugment(
             spec.augment, data.mean, data.std, data.img_size, data.num_classes, spec.label_smoothing, device
         )
@@ -88,7 +102,7 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda step: _warmup_cosine(step, warmup, total, spec.min_lr_ratio)
         )
-        self.autocast_dtype = _autocast_dtype(device) if spec.amp else None
+        self.autocast_dtype = autocast_dtype(device) if spec.amp else None
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.autocast_dtype == torch.float16)
         self.epoch = 0
 
@@ -125,7 +139,7 @@ class Trainer:
     def evaluate(self, split: Split | StreamingSplit | None = None, img_size: tuple[int, int] | None = None) -> float:
         """Top-1 accuracy (0..1) on ``split`` (default: the validation split)."""
         self.model.eval()
-        split = self.val_split if split is None else split.to(self.device)
+        split = self.val_split if split is None else split.to(self.device, self.workers)
         correct = 0
         for images, labels in split.batches(self.spec.eval_batch_size, self.device):
             with torch.autocast(
@@ -142,6 +156,7 @@ class Trainer:
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
             "generator": self.generator.get_state(),
+            "rng": rng_state(self.device),  # drop-path masks: a resumed run draws what a straight one would
             "epoch": self.epoch,
         }
 
@@ -151,6 +166,8 @@ class Trainer:
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
         self.generator.set_state(state["generator"].cpu())  # set_state takes a CPU tensor, even for CUDA
+        if "rng" in state:  # checkpoints written before the default generators were kept have none
+            set_rng_state(state["rng"], self.device)
         self.epoch = state["epoch"]
 
 
@@ -166,28 +183,42 @@ def _warmup_cosine(step: int, warmup: int, total: int, floor: float) -> float:
     return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def _autocast_dtype(device: torch.device) -> torch.dtype | None:
-    if device.type != "cuda":
-        return None  # CPU autocast slows these models down; full precision it is
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-
-
 def measure_latency(
-    model: nn.Module, in_chans: int, img_size: tuple[int, int], device: torch.device, batch: int = 1, repeats: int = 20
+    model: nn.Module,
+    in_chans: int,
+    img_size: tuple[int, int],
+    device: torch.device,
+    dtype: torch.dtype | None,
+    batch: int = 1,
+    repeats: int = LATENCY_REPEATS,
 ) -> float:
-    """Median milliseconds of one inference forward of ``batch`` images on ``device``."""
+    """Milliseconds of one inference forward of ``batch`` images, in the precision the model trains in.
+
+    The fastest of ``repeats`` timed forwards, not the median: on a GPU shared with another trial
+    the neighbour's kernels can only delay a forward, never speed it up, so the fastest of enough
+    repeats is one the neighbour did not touch, and what the model takes on the GPU alone.
+    """
     model.eval()
-    x = torch.randn(batch, in_chans, *img_size, device=device)
+    x = torch.randn(batch, in_chans, *img_size, generator=torch.Generator().manual_seed(0)).to(device)
     timings = []
-    with torch.no_grad():
-        for i in range(repeats + 3):
+    with torch.no_grad(), torch.autocast(device.type, dtype or torch.float32, enabled=dtype is not None):
+        for i in range(LATENCY_WARMUP + repeats):
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             start = time.perf_counter()
             model(x)
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
-            if i >= 3:  # warm-up calls pay for allocation and kernel selection
+            if i >= LATENCY_WARMUP:
                 timings.append(time.perf_counter() - start)
-    timings.sort()
-    return 1000 * timings[len(timings) // 2]
+    return 1000 * min(timings)
+
+
+def latency_method(device_name: str, dtype: torch.dtype | None, gpus: float, batch: int = 1) -> str:
+    """How ``measure_latency`` measured, for the trial's record."""
+    precision = f"{str(dtype).removeprefix('torch.')} autocast" if dtype is not None else "float32"
+    share = f" (its {gpus:g} share of the GPU)" if 0 < gpus < 1 else ""
+    return (
+        f"batch {batch}, {precision}, fastest of {LATENCY_REPEATS} forwards after {LATENCY_WARMUP} warm-up, "
+        f"on {device_name}{share}"
+    )
