@@ -174,7 +174,7 @@ def study_note(spec: SearchSpec, records: Sequence[TrialRecord]) -> str:
             [
                 ["budget", _settings(spec.budget) or "none"],
                 ["trials", _settings(spec.trials)],
-                ["sampler", f"{spec.sampler.name}" + (f" {spec.sampler.options}" if spec.sampler.options else "")],
+                ["sampler", ", ".join([spec.sampler.name, *(f"{k} {v}" for k, v in spec.sampler.options.items())])],
                 ["early stopping", stopping],
                 ["training", f"{spec.training.epochs} epochs, batch {spec.training.batch_size}"],
             ],

@@ -27,7 +27,7 @@ def with_root(name: str, root: Path, tmp_path: Path) -> Path:
 def test_default_space_loads():
     spec = load_space(SPACES / "dynamic.yaml")
     assert spec.data.name == "digit-pairs" and spec.trials.count >= 20 and spec.trials.parallel == 2
-    assert spec.rungs(spec.training.epochs) == (3, 6)
+    assert spec.rungs(spec.training.epochs) == (4, 7)
     assert set(reference_params(spec)) == {"weightformer", "attention", "static"}
 
 
