@@ -105,8 +105,9 @@ def training_workers() -> set[int]:
 def kill_a_worker_once(stop: threading.Event, killed: list[int]) -> None:
     """SIGKILL the first Ray worker seen running a (fake) trial, once it has run for a moment."""
     while not stop.is_set() and not killed:
-        found = subprocess.run(["pgrep", "-f", f"^ray::{slow_curve_segment.__name__}"], capture_output=True,
-                               text=True).stdout.split()  # fmt: skip
+        found = subprocess.run(
+            ["pgrep", "-f", f"^ray::{slow_curve_segment.__name__}"], capture_output=True, text=True
+        ).stdout.split()
         if found:
             time.sleep(SLOW_EPOCH_S)
             os.kill(int(found[0]), signal.SIGKILL)
@@ -243,8 +244,14 @@ def test_dropped_connections_and_an_outage_are_survived(tmp_path, postgres_url, 
 
 
 def test_two_drivers_share_one_postgres_study(tmp_path, postgres_url, unique_name):
-    space = named_space(tmp_path, unique_name, postgres_url, space=WIDE_SPACE, training={"epochs": 3},
-                        trials={"count": 12, "parallel": 1})  # fmt: skip
+    space = named_space(
+        tmp_path,
+        unique_name,
+        postgres_url,
+        space=WIDE_SPACE,
+        training={"epochs": 3},
+        trials={"count": 12, "parallel": 1},
+    )
     drivers = [start_fake_driver(space, tmp_path / "results", speed="fast") for _ in range(2)]
     outputs = [d.communicate(timeout=400)[0] for d in drivers]
     assert [d.returncode for d in drivers] == [0, 0], outputs

@@ -261,8 +261,22 @@ def test_full_training_can_start_from_exported_weights_on_another_data_set(searc
 
 
 def train_cmd(arch: Path, out: Path) -> list[str]:
-    return [sys.executable, "-m", "search", "train", "--arch", str(arch), "--dataset", "digits", "--epochs", "6",
-            "--batch-size", "16", "--out", str(out)]  # fmt: skip
+    return [
+        sys.executable,
+        "-m",
+        "search",
+        "train",
+        "--arch",
+        str(arch),
+        "--dataset",
+        "digits",
+        "--epochs",
+        "6",
+        "--batch-size",
+        "16",
+        "--out",
+        str(out),
+    ]
 
 
 def test_full_training_resumes_after_interruption(tmp_path):

@@ -29,7 +29,7 @@ from ..records import directions as study_directions
 from ..records import records as read_records
 from ..space import BudgetSection, RecordedSettings
 from .efficiency import CurvePoint, hypervolume_at, hypervolume_curve, reference_point
-from .report import PALETTE, Section, describe, html_page
+from .report import PALETTE, Section, describe, html_page, html_table
 
 BUDGET_KEYS = tuple(f.name for f in dataclasses.fields(BudgetSection))
 
@@ -200,14 +200,8 @@ def summary_table(studies: Sequence[Compared], reference: Sequence[float], equal
             f"{curve[-1].hypervolume:.4g}" if curve else "0",
             f"{hypervolume_at(curve, equal_compute):.4g}",
         ]
-        rows.append("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in cells) + "</tr>")
-    return (
-        "<section><h2>The studies</h2><table><thead><tr>"
-        + "".join(f"<th>{html.escape(h)}</th>" for h in header)
-        + "</tr></thead><tbody>"
-        + "".join(rows)
-        + "</tbody></table></section>"
-    )
+        rows.append(cells)
+    return f"<section><h2>The studies</h2>{html_table(header, rows)}</section>"
 
 
 def build_comparison(studies: Sequence[Compared], reference: Sequence[float] | None, path: Path) -> Path:

@@ -385,14 +385,15 @@ def front_table(on_front: Sequence[TrialRecord], objectives: Sequence[str], expo
             arch.get("depth"),
             f"{exponents[r.number]:.2f}" if r.number in exponents else "",
         ]
-        rows.append("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in cells) + "</tr>")
-    return (
-        "<table><thead><tr>"
-        + "".join(f"<th>{html.escape(h)}</th>" for h in header)
-        + "</tr></thead><tbody>"
-        + "".join(rows)
-        + "</tbody></table>"
-    )
+        rows.append(cells)
+    return html_table(header, rows)
+
+
+def html_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    """A plain HTML table, every cell escaped."""
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in cells) + "</tr>" for cells in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
 def html_page(title: str, kind: str, summary: str, sections: Sequence[Section], tail: str = "") -> str:
