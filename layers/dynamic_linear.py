@@ -35,7 +35,7 @@ class DynamicLinear(nn.Module):
         self.bias = nn.Parameter(torch.empty(out_features))
         nn.init.trunc_normal_(self.weight, std=0.02)
         nn.init.trunc_normal_(self.bias, std=0.02)
-        self.pool = create_pool(dyn.context_pool, in_features)
+        self.pool = create_pool(dyn.context_pool, in_features, dyn.pool_rounding)
         self.factors = FactorHead(
             in_features,
             out_features,

@@ -103,6 +103,9 @@ def test_pools_handle_grids_the_pool_size_does_not_divide():
     avg = layers.create_pool("avg2", 1)(tokens).flatten()
     assert avg.tolist() == [3.0, 5.0, 6.5, 13.0, 15.0, 16.5, 20.5, 22.5, 24.0]
     assert layers.create_pool("max2", 1)(tokens).flatten()[-1] == 24.0
+    # floor rounding (the published model's) leaves out the last row and column
+    assert layers.create_pool("avg2", 1, "floor")(tokens).flatten().tolist() == [3.0, 5.0, 13.0, 15.0]
+    assert layers.create_pool("max2", 1, "floor")(tokens).flatten().tolist() == [6.0, 8.0, 16.0, 18.0]
     adaptive = layers.create_pool("adaptive3", 1)(torch.randn(2, 7, 5, 1))
     assert adaptive.shape == (2, 9, 1)
 
