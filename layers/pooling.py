@@ -9,6 +9,7 @@ leaves the incomplete windows out (docs/design.md sections 2.1 and 3).
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -85,12 +86,20 @@ def adaptive_avg_pool(x: Tensor, size: int) -> Tensor:
 
 def _averaging_matrix(length: int, size: int, like: Tensor) -> Tensor:
     """(size, length) matrix whose row i averages adaptive window i: [floor(i L/g), ceil((i+1) L/g))."""
-    index = torch.arange(size, device=like.device)
-    starts = (index * length) // size
-    ends = -((-(index + 1) * length) // size)
-    position = torch.arange(length, device=like.device)
-    inside = (position >= starts[:, None]) & (position < ends[:, None])
-    return inside.to(like.dtype) / (ends - starts)[:, None].to(like.dtype)
+    return _cached_averaging_matrix(length, size, like.device, like.dtype)
+
+
+@functools.lru_cache(maxsize=256)
+def _cached_averaging_matrix(length: int, size: int, device: torch.device, dtype: torch.dtype) -> Tensor:
+    # Built once per grid and dtype: rebuilding it took a dozen small ops per pool per forward.
+    # A normal tensor even inside inference mode, so that a later training step can save it.
+    with torch.inference_mode(False), torch.no_grad():
+        index = torch.arange(size, device=device)
+        starts = (index * length) // size
+        ends = -((-(index + 1) * length) // size)
+        position = torch.arange(length, device=device)
+        inside = (position >= starts[:, None]) & (position < ends[:, None])
+        return inside.to(dtype) / (ends - starts)[:, None].to(dtype)
 
 
 @POOLS.register("adaptive", parametric=True)
