@@ -133,9 +133,9 @@ class _FactoredLinear(torch.autograd.Function):
         scale = None if scale is None else scale.to(grad.dtype)
         wide = torch.promote_types(grad.dtype, torch.float32)
         flat_x, flat_grad = x.flatten(0, 1), grad.flatten(0, 1)
-        grad_w0 = flat_x.t() @ flat_grad
         grad_bias = flat_grad.sum(0)
         if ctx.factored:
+            grad_w0 = flat_x.t() @ flat_grad
             scaled = grad if scale is None else grad * scale  # (B, N, out)
             z = torch.bmm(x, left.transpose(1, 2))  # (B, N, r)
             grad_z = torch.bmm(scaled, right.transpose(1, 2))
@@ -149,6 +149,7 @@ class _FactoredLinear(torch.autograd.Function):
             weight = dw + w0 if scale is None else torch.addcmul(w0, dw, scale)
             grad_x = torch.bmm(grad, weight.transpose(1, 2))
             grad_weight = torch.bmm(x.transpose(1, 2), grad)  # (B, in, out)
+            grad_w0 = grad_weight.sum(0)
             grad_scale = torch.linalg.vecdot(grad_weight, dw, dim=1).unsqueeze(1) if scale is not None else None
             grad_dw = grad_weight if scale is None else grad_weight.mul_(scale)
         grad_gate = None
