@@ -1,6 +1,11 @@
 """Forward + backward time and peak memory of one block as the token count grows.
 
-    python benchmarks/layer_scaling.py            # all blocks, 196 .. 12544 tokens (about 5 minutes)
+    python benchmarks/layer_scaling.py            # all blocks, 64 .. 12544 tokens (about 5 minutes)
+    python benchmarks/layer_scaling.py --baseline DIR   # also the dynamic block of another checkout
+
+``--baseline`` names a checkout of an earlier commit (``git worktree add DIR <commit>``); its
+``layers`` package is imported in the timing processes as a fifth block, "dynamic (baseline)",
+stepped in turn with the others, so the old and new dynamic block are compared in the same run.
 
 Width 192 (the tiny preset's), batch 8, one block of each kind, all measured in the same run.
 Each token count is timed in its own process with the blocks stepped in turn; each (block, tokens)
@@ -31,11 +36,23 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+BASELINE = "dynamic (baseline)"
+if "--baseline" in sys.argv:  # the timing children import the old package as `baseline_layers`
+    import importlib.util
+
+    _root = Path(sys.argv[sys.argv.index("--baseline") + 1]).resolve()
+    _spec = importlib.util.spec_from_file_location(
+        "baseline_layers", _root / "layers" / "__init__.py", submodule_search_locations=[str(_root / "layers")]
+    )
+    baseline_layers = importlib.util.module_from_spec(_spec)
+    sys.modules["baseline_layers"] = baseline_layers
+    _spec.loader.exec_module(baseline_layers)
+
 import layers  # noqa: E402
 from benchmarks.report import Target, exit_with, write  # noqa: E402
 
 WIDTH, BATCH = 192, 8
-SIDES = (14, 28, 56, 112)  # 196, 784, 3136, 12544 tokens
+SIDES = (8, 14, 28, 56, 112)  # 64, 196, 784, 3136, 12544 tokens
 REFERENCE = layers.PRESETS["weightformer_tiny"]
 BLOCKS = {
     "attention": lambda: layers.create_block(REFERENCE.replace(mixer="attention", every=1, offset=0), 0),
@@ -43,6 +60,8 @@ BLOCKS = {
     "dynamic": lambda: layers.create_block(REFERENCE, 1),
     "static": lambda: layers.create_block(REFERENCE, 0),
 }
+if "baseline_layers" in sys.modules:
+    BLOCKS[BASELINE] = lambda: baseline_layers.create_block(baseline_layers.PRESETS["weightformer_tiny"], 1)
 ALLOCATOR_ENV = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(1 << 40)}
 
 
@@ -94,9 +113,10 @@ def block_gmacs(block_name: str, side: int) -> float:
     return layers.count_macs(block, tokens) / 1e9
 
 
-def child(*args: str) -> object:
+def child(*args: str, baseline: str | None = None) -> object:
+    extra = ["--baseline", baseline] if baseline else []
     out = subprocess.run(
-        [sys.executable, __file__, *args],
+        [sys.executable, __file__, *args, *extra],
         env={**os.environ, **ALLOCATOR_ENV},
         check=True,
         capture_output=True,
@@ -109,6 +129,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--time", type=int, metavar="SIDE", help=argparse.SUPPRESS)
     parser.add_argument("--memory", nargs=2, metavar=("BLOCK", "SIDE"), help=argparse.SUPPRESS)
+    parser.add_argument("--baseline", metavar="DIR", help="a checkout whose dynamic block is timed alongside")
     args = parser.parse_args()
     if args.time:
         print(json.dumps(time_blocks(args.time)))
@@ -119,13 +140,13 @@ def main() -> None:
 
     rows = []
     for side in SIDES:
-        timed = child("--time", str(side))
-        for name in BLOCKS:
+        timed = child("--time", str(side), baseline=args.baseline)
+        for name in timed:
             row = {
                 "block": name,
                 "tokens": side * side,
                 **timed[name],
-                "peak_mib": child("--memory", name, str(side)),
+                "peak_mib": child("--memory", name, str(side), baseline=args.baseline),
                 "gmacs": block_gmacs(name, side),
             }
             print(
@@ -134,7 +155,8 @@ def main() -> None:
             rows.append(row)
     time_of = {(r["block"], r["tokens"]): r["seconds"] for r in rows}
     tokens = [s * s for s in SIDES]
-    growth = max(time_of["dynamic", b] / time_of["dynamic", a] for a, b in itertools.pairwise(tokens))
+    gmacs_of = {(r["block"], r["tokens"]): r["gmacs"] for r in rows}
+    growth = max(time_of["dynamic", b] / time_of["dynamic", a] for a, b in itertools.pairwise(tokens[1:]))
     targets = [
         Target("dynamic block: worst time growth per x4 tokens", growth, 4.6, at_most=True),
         Target(
@@ -148,6 +170,26 @@ def main() -> None:
             time_of["attention", 12544] / time_of["dynamic", 12544],
             10.0,
             at_most=False,
+        ),
+        *(
+            Target(
+                f"dynamic / static time at {n} tokens, over 1.1 x their GMACs ratio "
+                f"({gmacs_of['dynamic', n] / gmacs_of['static', n]:.2f})",
+                time_of["dynamic", n] / time_of["static", n] / (1.1 * gmacs_of["dynamic", n] / gmacs_of["static", n]),
+                1.0,
+                at_most=True,
+            )
+            for n in (64, 196)
+        ),
+        *(
+            Target(
+                f"dynamic / baseline dynamic time at {n} tokens",
+                time_of["dynamic", n] / time_of[BASELINE, n],
+                1.0,
+                at_most=True,
+            )
+            for n in tokens
+            if args.baseline and n >= 784
         ),
         Target(
             "dynamic / static time at 3136 tokens",
@@ -163,6 +205,7 @@ def main() -> None:
             "fwd+bwd s": r["seconds"],
             "x static time": r["seconds"] / time_of["static", r["tokens"]],
             "fwd GMACs": r["gmacs"],
+            "x static GMACs": r["gmacs"] / gmacs_of["static", r["tokens"]],
             "peak MiB": r["peak_mib"],
         }
         for r in sorted(rows, key=lambda r: (list(BLOCKS).index(r["block"]), r["tokens"]))

@@ -6,17 +6,18 @@ Every block reads directly against docs/design.md section 3:
     x = x + drop_path(mixer(mixer_norm(x)))       # mixer_norm: pre-norm LN1 for the attention mixers only
     x = x + drop_path(mlp(mlp_norm(x)))           # FC2(GELU(FC1(LN2(x)))), FC1/FC2 possibly dynamic
 
-Unused norms are identities, so each mixer is exactly its published form.
+Unused norms are identities, so each mixer is exactly its published form; so is a branch that
+stochastic depth does not touch (``drop_path_branches``).
 """
 
 from __future__ import annotations
 
-from timm.layers import DropPath
 from torch import Tensor, nn
 
 from .config import ArchConfig
 from .dynamic_linear import DynamicLinear
 from .mixers import MIXERS, TokenMixer
+from .stochastic_depth import BOTH, DROP_PATH_BRANCHES, DropPathBranches, create_drop_path
 
 
 def layer_norm(dim: int) -> nn.LayerNorm:
@@ -42,6 +43,7 @@ class Block(nn.Module):
         stream_norm: bool = False,
         mixer_norm: bool = False,
         drop_path: float = 0.0,
+        drop_path_branches: DropPathBranches = BOTH,
     ):
         super().__init__()
         self.stream_norm = layer_norm(dim) if stream_norm else nn.Identity()
@@ -49,12 +51,13 @@ class Block(nn.Module):
         self.mixer = mixer
         self.mlp_norm = layer_norm(dim)
         self.mlp = mlp
-        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.drop_path_mixer = create_drop_path(drop_path, drop_path_branches.mixer)
+        self.drop_path_mlp = create_drop_path(drop_path, drop_path_branches.mlp)
 
     def forward(self, x: Tensor) -> Tensor:  # (B, H, W, C) -> (B, H, W, C)
         x = self.stream_norm(x)
-        x = x + self.drop_path(self.mixer(self.mixer_norm(x)))
-        return x + self.drop_path(self.mlp(self.mlp_norm(x)))
+        x = x + self.drop_path_mixer(self.mixer(self.mixer_norm(x)))
+        return x + self.drop_path_mlp(self.mlp(self.mlp_norm(x)))
 
 
 def _mlp(cfg: ArchConfig, kind: TokenMixer) -> Mlp:
@@ -67,6 +70,7 @@ def _mlp(cfg: ArchConfig, kind: TokenMixer) -> Mlp:
 def create_block(cfg: ArchConfig, index: int, drop_path: float = 0.0) -> Block:
     """Block ``index`` of a backbone: the config's mixer where placement selects it, static elsewhere."""
     kind, _ = MIXERS.parse(cfg.mixer if cfg.uses_mixer(index) else "static")
+    branches, _ = DROP_PATH_BRANCHES.parse(cfg.drop_path_branches)
     mixer = kind.build(cfg.embed_dim, cfg.kernel_size, cfg.num_heads, cfg.dynamic)
     return Block(
         cfg.embed_dim,
@@ -75,4 +79,5 @@ def create_block(cfg: ArchConfig, index: int, drop_path: float = 0.0) -> Block:
         stream_norm=kind.stream_norm,
         mixer_norm=kind.pre_norm,
         drop_path=drop_path,
+        drop_path_branches=branches,
     )

@@ -22,12 +22,14 @@ from .mixers import MIXERS
 from .pooling import pool_extent
 from .registry import Registry
 from .schema import ConfigError, build, coerce_fields
+from .stochastic_depth import DROP_PATH_BRANCHES
 
 __all__ = ["NAMED_FIELDS", "ArchConfig", "ConfigError", "DynamicConfig"]
 
 #: Config fields (dotted paths) whose value names a registered strategy, and its registry.
 NAMED_FIELDS: dict[str, Registry] = {
     "mixer": MIXERS,
+    "drop_path_branches": DROP_PATH_BRANCHES,
     **{f"dynamic.{name}": registry for name, registry in NAMED_DYNAMIC_FIELDS.items()},
 }
 
@@ -54,6 +56,7 @@ class ArchConfig:
     kernel_size: int = 3  # every depthwise conv, static or dynamic
     num_heads: int = 3  # attention mixers only
     drop_path_rate: float = 0.0
+    drop_path_branches: str = "both"  # both | mlp (the published model's: the mixer branch is never dropped)
     dynamic: DynamicConfig = field(default_factory=DynamicConfig)
 
     def __post_init__(self) -> None:
@@ -135,10 +138,11 @@ def _check_values(cfg: ArchConfig) -> None:
         if not ok:
             raise ConfigError(path, message)
 
-    try:
-        MIXERS.validate(cfg.mixer)
-    except ValueError as err:
-        raise ConfigError("mixer", str(err)) from None
+    for name in ("mixer", "drop_path_branches"):
+        try:
+            NAMED_FIELDS[name].validate(getattr(cfg, name))
+        except ValueError as err:
+            raise ConfigError(name, str(err)) from None
     for name in ("in_chans", "patch_size", "embed_dim", "depth", "every", "num_heads"):
         require(getattr(cfg, name) >= 1, name, "must be at least 1")
     require(cfg.num_classes >= 0, "num_classes", "must be 0 (no head) or more")

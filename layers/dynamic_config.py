@@ -13,7 +13,7 @@ from .activations import ACTIVATIONS
 from .gating import GATES
 from .kernel_predictors import CONV_PREDICTORS
 from .linear_predictors import LINEAR_PREDICTORS, context_pool
-from .pooling import POOLS
+from .pooling import POOL_ROUNDINGS, POOLS
 from .registry import Registry
 from .schema import ConfigError, coerce_fields
 from .weight_norm import WEIGHT_NORMS
@@ -22,6 +22,7 @@ from .weight_norm import WEIGHT_NORMS
 NAMED_DYNAMIC_FIELDS: dict[str, Registry] = {
     "linear_predictor": LINEAR_PREDICTORS,
     "pool": POOLS,
+    "pool_rounding": POOL_ROUNDINGS,
     "linear_act": ACTIVATIONS,
     "conv_predictor": CONV_PREDICTORS,
     "conv_act": ACTIVATIONS,
@@ -32,13 +33,15 @@ NAMED_DYNAMIC_FIELDS: dict[str, Registry] = {
 
 @dataclass(frozen=True)
 class DynamicConfig:
-    """The strategy axes of docs/design.md section 2; the defaults are the published model's."""
+    """The strategy axes of docs/design.md section 2; the defaults are the published model's, except
+    ``pool_rounding``, whose default (ceil) pools every token on any grid (section 2.1)."""
 
     fc1: bool = True  # which sub-layers carry W0 + dW(x); the others stay static
     dwc: bool = True
     fc2: bool = False
     linear_predictor: str = "bilateral"  # gap | linear | nonlinear | bilateral | deep
     pool: str = "avg2"  # context of the linear predictors: global | avg<k> | max<k> | adaptive<g> | attn<m>
+    pool_rounding: str = "ceil"  # avg<k>/max<k> on a grid k does not divide: ceil | floor (the published model's)
     rank_ratio: int = 4  # factor widths are in/r and out/r
     hyper_depth: int = 1  # hidden layers of the `deep` predictor's MLP (1-3); other predictors have none
     linear_act: str = "silu"

@@ -12,6 +12,7 @@ which makes dW independent of resolution) and M for fixed-size contexts (a mean 
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -22,6 +23,11 @@ from .gating import create_gate
 from .linear_predictors import LINEAR_PREDICTORS, FactorHead
 from .pooling import create_pool
 from .weight_norm import create_weight_norm
+
+#: Norms that only divide each column of dW by a function of its L2 norm, and whether they do
+#: (unit1: by norm + 1). With these the layer keeps the update factored (``_FactoredLinear``);
+#: the others (layernorm, tanh) go through the full per-sample update.
+_COLUMN_NORMS = {"none": False, "unit1": True}
 
 
 class DynamicLinear(nn.Module):
@@ -35,7 +41,7 @@ class DynamicLinear(nn.Module):
         self.bias = nn.Parameter(torch.empty(out_features))
         nn.init.trunc_normal_(self.weight, std=0.02)
         nn.init.trunc_normal_(self.bias, std=0.02)
-        self.pool = create_pool(dyn.context_pool, in_features)
+        self.pool = create_pool(dyn.context_pool, in_features, dyn.pool_rounding)
         self.factors = FactorHead(
             in_features,
             out_features,
@@ -45,18 +51,123 @@ class DynamicLinear(nn.Module):
             act=dyn.linear_act,
         )
         self.norm = create_weight_norm(dyn.norm)
+        self.unit1 = _COLUMN_NORMS.get(dyn.norm)
         self.gate = create_gate(dyn.gate, in_features, out_features, channel_dim=-1)
         self.scale = 1.0 / math.sqrt(in_features)
 
-    def delta(self, x: Tensor) -> Tensor:
-        """The per-sample update dW of shape (B, in, out) for tokens x of shape (B, H, W, in)."""
+    def _factors(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """The context and dW's unnormalised factors (left^T right = A^T B / (sqrt(in) n))."""
         context = self.pool(x)
         count = x.shape[1] * x.shape[2] if self.pool.grows_with_grid else context.shape[1]
-        dw = self.factors(context) * (self.scale / count)
+        return context, *self.factors.factors(context, self.scale / count)
+
+    def delta(self, x: Tensor) -> Tensor:
+        """The per-sample update dW of shape (B, in, out) for tokens x of shape (B, H, W, in)."""
+        context, left, right = self._factors(x)
+        dw = torch.bmm(left.transpose(1, 2), right)
         return self.gate(self.norm(dw, (1,)), context.mean(dim=1))
 
     def forward(self, x: Tensor) -> Tensor:
         batch, height, width, channels = x.shape
-        weight = self.weight + self.delta(x)
-        y = torch.baddbmm(self.bias, x.reshape(batch, height * width, channels), weight)
+        tokens = x.reshape(batch, height * width, channels)
+        if self.unit1 is None:
+            y = torch.baddbmm(self.bias, tokens, self.weight + self.delta(x))
+            return y.view(batch, height, width, -1)
+        context, left, right = self._factors(x)
+        gate = self.gate.scale(context.mean(dim=1), 3)
+        # Under autocast everything enters in the compute dtype, so the per-sample weight is
+        # built in it once rather than in float32 and copied.
+        device = x.device.type
+        autocast = torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device)
+        dtype = torch.get_autocast_dtype(device) if autocast else x.dtype
+        inputs = [t if t is None else t.to(dtype) for t in (tokens, self.weight, self.bias, left, right, gate)]
+        factored = height * width * left.shape[1] * (3 * self.weight.shape[1] + 2 * channels) <= (
+            _PASS_MACS * self.weight.numel()
+        )
+        with torch.autocast(device, enabled=False) if autocast else contextlib.nullcontext():
+            y = _FactoredLinear.apply(*inputs, self.unit1, factored)
         return y.view(batch, height, width, -1)
+
+
+#: What one elementwise pass over a per-sample weight costs on the CPU, in multiply-adds per
+#: element (measured with benchmarks/layer_scaling.py: memory-bound passes against matmuls). The
+#: backward works on the rank-r factors while its extra matmuls, N r (3 out + 2 in), cost less
+#: than the dozen such passes over B x in x out that the full per-sample weight needs.
+_PASS_MACS = 200
+
+
+def _column_scale(norm: Tensor | None, gate: Tensor | None) -> tuple[Tensor | None, Tensor | None]:
+    """unit1's 1 / (norm + 1) (None without the norm), and that times the gate (None for neither)."""
+    unit = None if norm is None else 1.0 / (norm + 1.0)
+    if unit is None:
+        return None, gate
+    return unit, unit if gate is None else unit * gate
+
+
+class _FactoredLinear(torch.autograd.Function):
+    """y = x (W0 + s * left^T right) + b with s a per-sample, per-column scale: the unit1 norm's
+    1 / (||column|| + 1) and the gate's.
+
+    The forward builds the per-sample weight, once, in the inputs' dtype, with the same matmuls
+    the layer is costed by (docs/design.md section 4). The backward's matmuls are not costed;
+    with ``factored`` it never forms a B x in x out tensor, working on the factors instead:
+    with Z = x left^T, the update's part of the output is (Z right) * s.
+    """
+
+    @staticmethod
+    def forward(ctx, x, w0, bias, left, right, gate, unit1, factored):
+        dw = torch.bmm(left.transpose(1, 2), right)  # (B, in, out)
+        # at least float32: a float16 column's sum of squares may overflow where its norm does not
+        wide = torch.promote_types(dw.dtype, torch.float32)
+        norm = torch.linalg.vector_norm(dw, dim=1, keepdim=True, dtype=wide) if unit1 else None
+        _, scale = _column_scale(norm, gate)
+        weight = dw.add_(w0) if scale is None else torch.addcmul(w0, dw, scale.to(dw.dtype))
+        ctx.factored = factored
+        ctx.save_for_backward(x, w0, left, right, norm, gate)
+        return torch.baddbmm(bias, x, weight)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, w0, left, right, norm, gate = ctx.saved_tensors
+        unit, scale = _column_scale(norm, gate)
+        scale = None if scale is None else scale.to(grad.dtype)
+        wide = torch.promote_types(grad.dtype, torch.float32)
+        flat_x, flat_grad = x.flatten(0, 1), grad.flatten(0, 1)
+        grad_bias = flat_grad.sum(0)
+        if ctx.factored:
+            grad_w0 = flat_x.t() @ flat_grad
+            scaled = grad if scale is None else grad * scale  # (B, N, out)
+            z = torch.bmm(x, left.transpose(1, 2))  # (B, N, r)
+            grad_z = torch.bmm(scaled, right.transpose(1, 2))
+            grad_x = (flat_grad @ w0.t()).view_as(x).baddbmm_(grad_z, left)
+            grad_left = torch.bmm(grad_z.transpose(1, 2), x)
+            grad_right = torch.bmm(z.transpose(1, 2), scaled)
+            # d loss / d s_j = sum over tokens of grad * (x dW)_j, with x dW = Z right
+            grad_scale = (grad * torch.bmm(z, right)).sum(1, keepdim=True) if scale is not None else None
+        else:
+            dw = torch.bmm(left.transpose(1, 2), right)
+            weight = dw + w0 if scale is None else torch.addcmul(w0, dw, scale)
+            grad_x = torch.bmm(grad, weight.transpose(1, 2))
+            grad_weight = torch.bmm(x.transpose(1, 2), grad)  # (B, in, out)
+            grad_w0 = grad_weight.sum(0)
+            grad_scale = torch.linalg.vecdot(grad_weight, dw, dim=1).unsqueeze(1) if scale is not None else None
+            grad_dw = grad_weight if scale is None else grad_weight.mul_(scale)
+        grad_gate = None
+        if gate is not None:
+            from_gate = grad_scale.to(wide) if unit is None else grad_scale.to(wide) * unit
+            grad_gate = from_gate.sum_to_size(gate.shape).to(gate.dtype)
+        if unit is not None:
+            # s = 1 / (n + 1): d s / d n = -s^2; d n_j / d dW_ij = dW_ij / n_j (0 at n_j = 0)
+            grad_unit = grad_scale.to(wide) if gate is None else grad_scale.to(wide) * gate
+            per_norm = torch.where(norm > 0, -grad_unit * unit * unit / norm, 0.0).to(grad.dtype)  # (B, 1, out)
+            if ctx.factored:
+                # n_j^2 = right_j^T (left left^T) right_j
+                gram = torch.bmm(left, left.transpose(1, 2))  # (B, r, r)
+                grad_right = grad_right.add_(torch.bmm(gram, right) * per_norm)
+                grad_left = grad_left.add_(torch.bmm(torch.bmm(right * per_norm, right.transpose(1, 2)), left))
+            else:
+                grad_dw = grad_dw.addcmul_(dw, per_norm)
+        if not ctx.factored:
+            grad_left = torch.bmm(right, grad_dw.transpose(1, 2))
+            grad_right = torch.bmm(left, grad_dw)
+        return grad_x, grad_w0, grad_bias, grad_left, grad_right, grad_gate, None, None

@@ -15,29 +15,42 @@ from .registry import Registry
 GATES: Registry = Registry("gate")
 
 
+class Gate(nn.Module):
+    """Every gate scales each output channel of the update: ``scale`` gives that factor, shaped to
+    broadcast against an update with ``dims`` dimensions, or None for no gate. A dynamic linear
+    layer applies it to its factored update without building the gated one (dynamic_linear.py)."""
+
+    def scale(self, context: Tensor, dims: int) -> Tensor | None:
+        raise NotImplementedError
+
+    def forward(self, dw: Tensor, context: Tensor) -> Tensor:
+        scale = self.scale(context, dw.dim())
+        return dw if scale is None else dw * scale
+
+
 @GATES.register("none")
-class NoGate(nn.Module):
+class NoGate(Gate):
     def __init__(self, context_dim: int, channels: int, channel_dim: int):
         super().__init__()
 
-    def forward(self, dw: Tensor, context: Tensor) -> Tensor:
-        return dw
+    def scale(self, context: Tensor, dims: int) -> Tensor | None:
+        return None
 
 
 @GATES.register("scalar")
-class ScalarGate(nn.Module):
+class ScalarGate(Gate):
     """One learned scalar, initialised at 0 so that training starts from the static network."""
 
     def __init__(self, context_dim: int, channels: int, channel_dim: int):
         super().__init__()
         self.gate = nn.Parameter(torch.zeros(()))
 
-    def forward(self, dw: Tensor, context: Tensor) -> Tensor:
-        return self.gate * dw
+    def scale(self, context: Tensor, dims: int) -> Tensor:
+        return self.gate
 
 
 @GATES.register("sigmoid")
-class SigmoidGate(nn.Module):
+class SigmoidGate(Gate):
     """A per-sample, per-output-channel gate in (0, 1) predicted from the input's global mean."""
 
     def __init__(self, context_dim: int, channels: int, channel_dim: int):
@@ -45,13 +58,13 @@ class SigmoidGate(nn.Module):
         self.proj = nn.Linear(context_dim, channels)
         self.channel_dim = channel_dim
 
-    def forward(self, dw: Tensor, context: Tensor) -> Tensor:
+    def scale(self, context: Tensor, dims: int) -> Tensor:
         gate = torch.sigmoid(self.proj(context))  # (B, channels)
-        shape = [gate.shape[0]] + [1] * (dw.dim() - 1)
+        shape = [gate.shape[0]] + [1] * (dims - 1)
         shape[self.channel_dim] = gate.shape[1]
-        return dw * gate.view(shape)
+        return gate.view(shape)
 
 
-def create_gate(name: str, context_dim: int, channels: int, channel_dim: int) -> nn.Module:
+def create_gate(name: str, context_dim: int, channels: int, channel_dim: int) -> Gate:
     factory, _ = GATES.parse(name)
     return factory(context_dim, channels, channel_dim)

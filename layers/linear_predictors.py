@@ -8,6 +8,7 @@ update from those choices.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -40,7 +41,7 @@ def context_pool(linear_predictor: str, pool: str) -> str:
 
 
 class FactorHead(nn.Module):
-    """Context (B, M, in) -> the summed outer product A^T B (B, in, out) of its factors.
+    """Context (B, M, in) -> the summed outer product A^T B (B, in, out) of its factors, or those factors.
 
     h = MLP(P) is split into h_a (in/r) and h_b (out/r); A = act(h_a) U and B = act(h_b) V, where
     U (in/r x in) and V (out/r x out) lift the rank bottleneck back to the layer's dimensions.
@@ -69,14 +70,25 @@ class FactorHead(nn.Module):
         nn.init.trunc_normal_(self.u, std=0.02)
         nn.init.trunc_normal_(self.v, std=0.02)
 
-    def forward(self, context: Tensor) -> Tensor:
+    def factors(self, context: Tensor, scale: float = 1.0) -> tuple[Tensor, Tensor]:
+        """``scale`` A^T B as left^T right: left (B, r, in), right (B, r, out), r the cheaper inner size.
+
+        A^T B = (h_a U)^T (h_b V) = U^T ((h_a^T h_b) V). The factor-first order (r = M) costs
+        O(M in out), the core-first order (r = in/r) O(in/r out (in + M/r)); take the cheaper, as M
+        grows with the grid. ``scale`` multiplies both activated factors by its square root before
+        any sum over context tokens, so that a sum of large terms cannot overflow in float16 before
+        the small scale reaches it, and neither factor underflows.
+        """
         h_a, h_b = self.proj(context).split([self.rank_in, self.rank_out], dim=-1)
-        h_a, h_b = self.act_a(h_a), self.act_b(h_b)
-        # A^T B = (h_a U)^T (h_b V) = U^T ((h_a^T h_b) V). The factor-first order costs O(M in out),
-        # the core-first order O(in/r out (in + M/r)); take the cheaper, as M grows with the grid.
+        root = math.sqrt(scale)
+        h_a, h_b = self.act_a(h_a) * root, self.act_b(h_b) * root
         tokens, (rank_in, inp), (rank_out, out) = context.shape[1], self.u.shape, self.v.shape
         factor_first = tokens * (rank_in * inp + rank_out * out + inp * out)
         core_first = tokens * rank_in * rank_out + rank_in * rank_out * out + inp * rank_in * out
         if factor_first <= core_first:
-            return torch.bmm((h_a @ self.u).transpose(1, 2), h_b @ self.v)
-        return self.u.t() @ (torch.bmm(h_a.transpose(1, 2), h_b) @ self.v)
+            return h_a @ self.u, h_b @ self.v
+        return self.u.expand(context.shape[0], -1, -1), torch.bmm(h_a.transpose(1, 2), h_b) @ self.v
+
+    def forward(self, context: Tensor) -> Tensor:
+        left, right = self.factors(context)
+        return torch.bmm(left.transpose(1, 2), right)

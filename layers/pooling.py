@@ -3,11 +3,13 @@
 Every pool maps tokens of shape (B, H, W, C) to a context of shape (B, M, C). A dynamic layer
 predicts its weight from this context, so the context is the layer's only route to global
 information. Grids the pool size does not divide are handled with ceil-mode pooling, whose last
-window averages (or maxes) only the tokens that exist.
+window averages (or maxes) only the tokens that exist; floor rounding, the published model's,
+leaves the incomplete windows out (docs/design.md sections 2.1 and 3).
 """
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -17,6 +19,11 @@ from torch import Tensor, nn
 from .registry import Registry
 
 POOLS: Registry = Registry("pooling")
+
+#: How a k x k window pool treats a grid side k does not divide: whether it pools in ceil mode.
+POOL_ROUNDINGS: Registry = Registry("pool rounding")
+POOL_ROUNDINGS.register("ceil")(True)
+POOL_ROUNDINGS.register("floor")(False)
 
 
 class ContextPool(nn.Module):
@@ -35,13 +42,15 @@ class GlobalPool(ContextPool):
 
 
 class _GridPool(ContextPool):
-    """k x k windows with stride k on the token grid (M = ceil(H/k) * ceil(W/k))."""
+    """k x k windows with stride k on the token grid: M = ceil(H/k) * ceil(W/k), or with floor
+    rounding floor(H/k) * floor(W/k), the tokens past the last whole window left out."""
 
     grows_with_grid = True
 
-    def __init__(self, dim: int, size: int):
+    def __init__(self, dim: int, size: int, rounding: str = "ceil"):
         super().__init__()
         self.size = size
+        self.ceil_mode, _ = POOL_ROUNDINGS.parse(rounding)
 
     def _pool(self, x: Tensor) -> Tensor:
         raise NotImplementedError
@@ -54,13 +63,13 @@ class _GridPool(ContextPool):
 @POOLS.register("avg", parametric=True)
 class AvgPool(_GridPool):
     def _pool(self, x: Tensor) -> Tensor:
-        return F.avg_pool2d(x, self.size, self.size, ceil_mode=True)
+        return F.avg_pool2d(x, self.size, self.size, ceil_mode=self.ceil_mode)
 
 
 @POOLS.register("max", parametric=True)
 class MaxPool(_GridPool):
     def _pool(self, x: Tensor) -> Tensor:
-        return F.max_pool2d(x, self.size, self.size, ceil_mode=True)
+        return F.max_pool2d(x, self.size, self.size, ceil_mode=self.ceil_mode)
 
 
 def adaptive_avg_pool(x: Tensor, size: int) -> Tensor:
@@ -77,12 +86,20 @@ def adaptive_avg_pool(x: Tensor, size: int) -> Tensor:
 
 def _averaging_matrix(length: int, size: int, like: Tensor) -> Tensor:
     """(size, length) matrix whose row i averages adaptive window i: [floor(i L/g), ceil((i+1) L/g))."""
-    index = torch.arange(size, device=like.device)
-    starts = (index * length) // size
-    ends = -((-(index + 1) * length) // size)
-    position = torch.arange(length, device=like.device)
-    inside = (position >= starts[:, None]) & (position < ends[:, None])
-    return inside.to(like.dtype) / (ends - starts)[:, None].to(like.dtype)
+    return _cached_averaging_matrix(length, size, like.device, like.dtype)
+
+
+@functools.lru_cache(maxsize=256)
+def _cached_averaging_matrix(length: int, size: int, device: torch.device, dtype: torch.dtype) -> Tensor:
+    # Built once per grid and dtype: rebuilding it took a dozen small ops per pool per forward.
+    # A normal tensor even inside inference mode, so that a later training step can save it.
+    with torch.inference_mode(False), torch.no_grad():
+        index = torch.arange(size, device=device)
+        starts = (index * length) // size
+        ends = -((-(index + 1) * length) // size)
+        position = torch.arange(length, device=device)
+        inside = (position >= starts[:, None]) & (position < ends[:, None])
+        return inside.to(dtype) / (ends - starts)[:, None].to(dtype)
 
 
 @POOLS.register("adaptive", parametric=True)
@@ -116,13 +133,17 @@ class AttentionPool(ContextPool):
         ).squeeze(1)
 
 
-def create_pool(name: str, dim: int) -> ContextPool:
+def create_pool(name: str, dim: int, rounding: str = "ceil") -> ContextPool:
+    """The pool ``name``; ``rounding`` (ceil | floor) applies to the k x k window pools only."""
     factory, size = POOLS.parse(name)
-    return factory() if size is None else factory(dim, size)
+    if size is None:
+        return factory()
+    return factory(dim, size, rounding) if issubclass(factory, _GridPool) else factory(dim, size)
 
 
 def pool_extent(name: str) -> int | None:
     """The token-grid side a pool's window needs, None if any grid will do (adaptive pools
-    average overlapping windows, so they work on grids smaller than their output)."""
+    average overlapping windows, so they work on grids smaller than their output). In either
+    rounding a grid side of at least the window's holds one whole window, so the bound is the same."""
     factory, size = POOLS.parse(name)
     return size if factory in (AvgPool, MaxPool) else None

@@ -22,7 +22,14 @@ _PLACEMENT = {
     "kernel_size": _WEIGHTFORMER.kernel_size,
     "mlp_ratio": _WEIGHTFORMER.mlp_ratio,
 }
-_DYNAMIC = {f"dynamic.{k}": v for k, v in dataclasses.asdict(_WEIGHTFORMER.dynamic).items() if k != "hyper_depth"}
+# Fields of the preset that do not define the reference: hyper_depth, which `bilateral` ignores,
+# and pool_rounding. The reference is the paper's design on the study's own terms: the published
+# code's odd-grid pooling (floor) and MLP-only stochastic depth are conventions that every trial
+# of a study shares (the config defaults, ceil and both), not axes a study compares, and as no
+# space samples them, defining the reference by them would leave it out of every space with an
+# odd grid or a drop path (docs/design.md section 3).
+_NOT_DEFINING = ("hyper_depth", "pool_rounding")
+_DYNAMIC = {f"dynamic.{k}": v for k, v in dataclasses.asdict(_WEIGHTFORMER.dynamic).items() if k not in _NOT_DEFINING}
 
 REFERENCES: dict[str, dict[str, Any]] = {
     "weightformer": {"mixer": "dynamic", **_PLACEMENT, **_DYNAMIC},

@@ -63,6 +63,13 @@ def test_int_and_list_forms_are_normalised():
             "dynamic.pool",
             "larger than the 4x4 token grid",
         ),
+        (
+            {"img_size": 32, "patch_size": 8, "dynamic": {"pool": "avg8", "pool_rounding": "floor"}},
+            "dynamic.pool",
+            "larger than the 4x4 token grid",
+        ),
+        ({"dynamic": {"pool_rounding": "round"}}, "dynamic.pool_rounding", "allowed: ceil, floor"),
+        ({"drop_path_branches": "mixer"}, "drop_path_branches", "allowed: both, mlp"),
         ({"kernel_size": 4}, "kernel_size", "odd"),
         ({"offset": -1}, "offset", "not be negative"),
         ({"mixer": "attention", "num_heads": 5}, "num_heads", "not divisible"),
@@ -75,6 +82,12 @@ def test_invalid_configs_name_the_key_and_what_is_allowed(data, path, fragment):
         ArchConfig.from_dict(data)
     assert info.value.path == path
     assert fragment in str(info.value)
+
+
+def test_floor_rounding_fits_any_grid_of_at_least_one_window():
+    cfg = ArchConfig(img_size=(12, 20), patch_size=4, dynamic={"pool": "avg3", "pool_rounding": "floor"})  # 3 x 5
+    assert layers.create_model(cfg).blocks[1].mlp.fc1.pool(torch.randn(1, 3, 5, 192)).shape == (1, 1, 192)
+    assert ArchConfig.from_yaml(cfg.to_yaml()) == cfg
 
 
 def test_gap_predictor_ignores_the_pool_so_any_grid_fits():

@@ -103,6 +103,9 @@ def test_pools_handle_grids_the_pool_size_does_not_divide():
     avg = layers.create_pool("avg2", 1)(tokens).flatten()
     assert avg.tolist() == [3.0, 5.0, 6.5, 13.0, 15.0, 16.5, 20.5, 22.5, 24.0]
     assert layers.create_pool("max2", 1)(tokens).flatten()[-1] == 24.0
+    # floor rounding (the published model's) leaves out the last row and column
+    assert layers.create_pool("avg2", 1, "floor")(tokens).flatten().tolist() == [3.0, 5.0, 13.0, 15.0]
+    assert layers.create_pool("max2", 1, "floor")(tokens).flatten().tolist() == [6.0, 8.0, 16.0, 18.0]
     adaptive = layers.create_pool("adaptive3", 1)(torch.randn(2, 7, 5, 1))
     assert adaptive.shape == (2, 9, 1)
 
@@ -119,3 +122,84 @@ def test_adaptive_pool_matches_torch():
     for size in (1, 2, 3, 5):
         expected = torch.nn.functional.adaptive_avg_pool2d(x.permute(0, 3, 1, 2), size).permute(0, 2, 3, 1)
         torch.testing.assert_close(adaptive_avg_pool(x, size), expected)
+
+
+@pytest.mark.parametrize("factored", [False, True], ids=["full backward", "factored backward"])
+@pytest.mark.parametrize("gate", ["none", "scalar", "sigmoid"])
+@pytest.mark.parametrize("unit1", [False, True], ids=["none", "unit1"])
+def test_factored_linear_gradients_are_exact(unit1, gate, factored):
+    from layers.dynamic_linear import _FactoredLinear
+
+    torch.manual_seed(0)
+    batch, tokens, inp, out, rank = 2, 5, 4, 6, 3
+    shapes = [(batch, tokens, inp), (inp, out), (out,), (batch, rank, inp), (batch, rank, out)]
+    inputs = [torch.randn(s, dtype=torch.float64, requires_grad=True) for s in shapes]
+    scale = {"none": None, "scalar": torch.tensor(0.7), "sigmoid": torch.rand(batch, 1, out)}[gate]
+    scale = scale if scale is None else scale.double().requires_grad_()
+    assert torch.autograd.gradcheck(lambda *a: _FactoredLinear.apply(*a, unit1, factored), (*inputs, scale))
+
+
+def _reference_forward(layer, x):
+    """The layer's formula written plainly: x (W0 + g(norm(dW))) + b, the per-sample weight built whole."""
+    tokens = x.flatten(1, 2)
+    return (torch.baddbmm(layer.bias, tokens, layer.weight + layer.delta(x))).view(*x.shape[:3], -1)
+
+
+@pytest.mark.parametrize("tokens", [(2, 3), (14, 14)], ids=["factored backward", "full backward"])
+def test_dynamic_linear_matches_its_formula_forward_and_backward(tokens):
+    torch.manual_seed(0)
+    layer = layers.DynamicLinear(16, 64, layers.DynamicConfig(gate="sigmoid")).double()
+    x = torch.randn(3, *tokens, 16, dtype=torch.float64, requires_grad=True)
+    y = layer(x)
+    grads = torch.autograd.grad(y.square().sum(), [x, *layer.parameters()])
+    expected = _reference_forward(layer, x)
+    expected_grads = torch.autograd.grad(expected.square().sum(), [x, *layer.parameters()])
+    torch.testing.assert_close(y, expected)
+    for got, want in zip(grads, expected_grads):
+        torch.testing.assert_close(got, want)
+
+
+def test_autocast_builds_the_per_sample_weight_in_bfloat16_only():
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Watch(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.float32_weights = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            for t in out if isinstance(out, (tuple, list)) else [out]:
+                if isinstance(t, torch.Tensor) and t.shape == (2, 16, 64) and t.dtype == torch.float32:
+                    self.float32_weights += 1
+            return out
+
+    torch.manual_seed(0)
+    layer = layers.DynamicLinear(16, 64, layers.DynamicConfig())
+    x = torch.randn(2, 4, 6, 16)
+    with torch.no_grad():
+        full = layer(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16), Watch() as watch:
+            half = layer(x)
+    assert half.dtype == torch.bfloat16 and watch.float32_weights == 0
+    torch.testing.assert_close(half.float(), full, rtol=0.05, atol=0.02)
+
+
+def test_float16_update_sums_cannot_overflow_before_their_scale():
+    """Terms of 1.6e4 summed over 64 context tokens overflow float16 (max 65504) unless scaled first."""
+    from layers.linear_predictors import FactorHead, LinearPredictor
+
+    head = FactorHead(16, 16, LinearPredictor(act_a=False, act_b=False), rank_ratio=4, hyper_depth=1, act="silu")
+    with torch.no_grad():
+        head.proj[-1].weight.fill_(0.05)
+        head.proj[-1].bias.zero_()
+        head.u.fill_(1.0)
+        head.v.fill_(1.0)
+    head = head.half()
+    context = torch.full((1, 64, 16), 40.0, dtype=torch.float16)  # h = 32, A = B = 128 per entry
+    scale = 1.0 / (4 * 64)
+    assert not torch.isfinite(head(context) * scale).all()  # scaled after the sum: inf
+    left, right = head.factors(context, scale)
+    dw = torch.bmm(left.transpose(1, 2), right)
+    assert torch.isfinite(dw).all()
+    torch.testing.assert_close(dw.float(), torch.full((1, 16, 16), 128.0 * 128.0 * 64 * scale))

@@ -120,3 +120,61 @@ def test_layers_demo_runs(capsys):
     demo.main()
     out = capsys.readouterr().out
     assert "7,074,184 parameters" in out and "attention" in out
+
+
+def test_presets_pool_odd_grids_as_the_published_model_does():
+    """At 240 px (15 x 15 tokens) the context is the 7 x 7 whole 2 x 2 windows, dW still divided by N = 225."""
+    torch.manual_seed(0)
+    fc1 = layers.create_model(PRESETS["weightformer_tiny"].replace(img_size=240)).blocks[1].mlp.fc1.double()
+    x = torch.randn(2, 15, 15, 192, dtype=torch.float64)
+    assert fc1.pool(x).shape == (2, 49, 192)
+    # docs/design.md section 3, written out independently of the layer's code
+    heads = fc1.factors
+    context = x[:, :14, :14].reshape(2, 7, 2, 7, 2, 192).mean(dim=(2, 4)).reshape(2, 49, 192)
+    h = heads.proj(context)
+    a = torch.nn.functional.silu(h[..., :48]) @ heads.u
+    b = torch.nn.functional.silu(h[..., 48:]) @ heads.v
+    dw = a.transpose(1, 2) @ b / (192**0.5 * 225)
+    dw = dw / (torch.linalg.vector_norm(dw, dim=1, keepdim=True) + 1)
+    torch.testing.assert_close(fc1.delta(x), dw)
+
+
+def test_other_configurations_keep_ceil_mode_pooling():
+    torch.manual_seed(0)
+    cfg = PRESETS["weightformer_tiny"].replace(img_size=240, dynamic={"pool_rounding": "ceil"})
+    assert ArchConfig().dynamic.pool_rounding == "ceil"
+    fc1 = layers.create_model(cfg).blocks[1].mlp.fc1
+    assert fc1.pool(torch.randn(1, 15, 15, 192)).shape == (1, 64, 192)
+
+
+class _Zero(torch.nn.Module):
+    def forward(self, x):
+        return torch.zeros_like(x)
+
+
+def _dropped(cfg, index, branch):
+    """Whether stochastic depth changes the output of one block in training mode when only ``branch`` is live."""
+    torch.manual_seed(0)
+    block = layers.create_block(cfg, index, drop_path=0.9)
+    setattr(block, "mlp" if branch == "mixer" else "mixer", _Zero())
+    x = torch.randn(16, 4, 4, cfg.embed_dim)
+    with torch.no_grad():
+        return not torch.equal(block.train()(x), block.eval()(x))
+
+
+@pytest.mark.parametrize("index", [0, 1], ids=["static block", "dynamic block"])
+def test_presets_drop_the_mlp_branch_only(index):
+    preset = PRESETS["weightformer_small"]
+    assert not _dropped(preset, index, "mixer")
+    assert _dropped(preset, index, "mlp")
+    general = preset.replace(drop_path_branches="both")
+    assert ArchConfig().drop_path_branches == "both"
+    assert _dropped(general, index, "mixer") and _dropped(general, index, "mlp")
+
+
+def test_presets_drop_path_rates_are_the_published_ones():
+    rates = {name: cfg.drop_path_rate for name, cfg in PRESETS.items()}
+    assert rates == {"weightformer_tiny": 0.0, "weightformer_small": 0.2, "weightformer_base": 0.2}
+    model = timm.create_model("weightformer_small")
+    assert model.blocks[-1].drop_path_mlp.drop_prob == pytest.approx(0.2)
+    assert isinstance(model.blocks[-1].drop_path_mixer, torch.nn.Identity)

@@ -116,6 +116,18 @@ def test_references_are_the_paper_design_with_the_mixer_swapped():
     assert len({(c.embed_dim, c.depth) for c in configs.values()}) == 1  # the same width and depth for all
 
 
+def test_the_weightformer_reference_keeps_the_study_conventions():
+    """The preset's odd-grid pooling and drop-path branches do not define the reference: on the
+    fashion space's odd 7 x 7 grid it is still enqueued, with the config defaults every trial has."""
+    spec = load_space(SPACES / "fashion.yaml")
+    fixed = {p.name: p.value for p in spec.params if p.fixed}
+    arch, _ = spec.configs({**fixed, **reference_params(spec)["weightformer"]})
+    assert arch.grid == (7, 7) and arch.dynamic.pool == "avg2"
+    assert (arch.dynamic.pool_rounding, arch.drop_path_branches) == ("ceil", "both")
+    default = load_space(SPACES / "dynamic.yaml")
+    assert not any("rounding" in p.name or "branches" in p.name for p in default.params)  # the sampled set is unchanged
+
+
 def test_a_reference_the_space_cannot_express_is_left_out(tmp_path):
     text = (
         (SPACES / "dynamic.yaml")
