@@ -10,8 +10,12 @@ run overshoots it, and every history is cut at exactly that compute. Strategies:
 
 * ``default``: the space's own sampler and early stopping, 5 seeds;
 * ``random-full``: random sampling, every trial trained fully, no early stopping, 5 seeds;
-* ablations, 2 seeds each: ``default-sampler-full`` (the default sampler without early stopping)
-  and ``random-stopping`` (random sampling with the default early stopping).
+* ablations, 2 seeds each (``--ablation-seeds``): ``default-sampler-full`` (the default sampler
+  without early stopping) and ``random-stopping`` (random sampling with the default early
+  stopping);
+* and always ``random-stopping (replayed)``: the default early stopping replayed on the
+  ``random-full`` runs, which random sampling makes possible without running anything
+  (``with_stopping``), up to the compute where the replayed histories run out of trials.
 
 Compute is counted, not timed (``train_macs``: 3 x forward MACs x images trained on), so the
 machine's speed on the day cancels out; trial-seconds are reported beside it. Hypervolume uses a
@@ -41,6 +45,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import hashlib
 import json
 import statistics
@@ -51,6 +56,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import optuna
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -61,10 +67,11 @@ from search import cluster  # noqa: E402
 from search.display import Display  # noqa: E402
 from search.driver import Driver  # noqa: E402
 from search.early_stopping import RungResult, decide  # noqa: E402
-from search.records import COMPLETE, REJECTED, TrialRecord, objective_values, pareto_front  # noqa: E402
+from search.records import COMPLETE, PRUNED, REJECTED, TrialRecord, objective_values, pareto_front  # noqa: E402
 from search.records import records as read_records  # noqa: E402
 from search.results.efficiency import CurvePoint, hypervolume_at, hypervolume_curve, reference_point  # noqa: E402
 from search.space import SearchSpec, load_space  # noqa: E402
+from search.storage import StorageError, open_storage  # noqa: E402
 from search.study_client import StudyClient  # noqa: E402
 from search.training.segment import SegmentJob, SegmentResult  # noqa: E402
 
@@ -83,6 +90,7 @@ HEADLINE = ("default", "random-full")
 FULL_TRAINING = ("random-full", "default-sampler-full")
 DONE_KEY = "benchmark_fingerprint"  # a study attribute: the run with this space has finished
 GRID_POINTS = 200  # compute points the median curves are drawn at
+REPLAYED = "random-stopping (replayed)"
 
 
 # ---------------------------------------------------------------------- running
@@ -125,14 +133,26 @@ def run(path: Path, workdir: Path, segment: Callable, log: Callable[[str], None]
     """Run (or resume, or reuse) the search a space file describes."""
     spec = load_space(path)
     fingerprint = hashlib.sha256(spec.text.encode()).hexdigest()[:16]
-    client, _ = StudyClient.open(spec.study.name, spec.study.storage, spec.directions)
     strategy, seed = spec.study.name.rsplit("-s", 1)
-    if client.user_attrs().get(DONE_KEY) != fingerprint:
+    done = _finished(spec)
+    if done != fingerprint:
+        # The driver must be the one to create the study: it enqueues the reference trials only then.
         started = time.time()
         Driver(spec, results=workdir / "results", display=Display(quiet=True), segment=segment).run()
+    client, _ = StudyClient.open(spec.study.name, spec.study.storage, spec.directions)
+    if done != fingerprint:
         client.set_study_attr(DONE_KEY, fingerprint)
         log(f"{spec.study.name}: {len(client.records())} trials in {time.time() - started:.0f} s")
     return Run(strategy, int(seed), spec, read_records(client.study))
+
+
+def _finished(spec: SearchSpec) -> str | None:
+    """The fingerprint of the run that finished the space's study, None if it does not exist yet."""
+    try:
+        storage = open_storage(spec.study.storage, create=False)
+        return optuna.load_study(study_name=spec.study.name, storage=storage).user_attrs.get(DONE_KEY)
+    except (KeyError, StorageError):
+        return None
 
 
 # ---------------------------------------------------------------------- analysis
@@ -143,7 +163,7 @@ def curve_of(run: Run) -> list[CurvePoint]:
 
 def band(curves: Sequence[Sequence[CurvePoint]], grid: Sequence[float]) -> dict[str, list[float]]:
     """Median and quartiles across runs of the hypervolume reached at each compute of ``grid``."""
-    out: dict[str, list[float]] = {"median": [], "q1": [], "q3": []}
+    out: dict[str, list[float]] = {"compute_tmacs": [c / 1e12 for c in grid], "median": [], "q1": [], "q3": []}
     for compute in grid:
         values = sorted(hypervolume_at(c, compute) for c in curves)
         q1, median, q3 = statistics.quantiles(values, n=4, method="inclusive") if len(values) > 1 else values * 3
@@ -182,14 +202,18 @@ def rank_correlations(runs: Sequence[Run]) -> dict[int, dict[str, float]]:
     }
 
 
-def replay_stopping(run: Run, stopping_spec: SearchSpec) -> dict[str, int]:
-    """The early-stopping rule of ``stopping_spec`` replayed on a fully trained run: which trials it
-    would have stopped, and how many of the run's true final front are among them."""
+def stopping_points(run: Run, stopping_spec: SearchSpec) -> dict[int, int]:
+    """The early-stopping rule of ``stopping_spec`` replayed on a fully trained run: the rung epoch
+    at which it would have stopped each trial it stops (references never), by trial number.
+
+    Each trial is judged against every lower-numbered trial that reached the rung, as if all of
+    them had got there first: a live run judges against those that have, which is the same set
+    or a smaller one."""
     stopping = stopping_spec.early_stopping
     names = [o.name for o in run.spec.objectives]
     trained = sorted((r for r in run.records if r.status == COMPLETE and r.curve), key=lambda r: r.number)
     reached: dict[int, list[RungResult]] = {}
-    stopped: set[int] = set()
+    stopped: dict[int, int] = {}
     for record in trained:
         for rung in stopping_spec.rungs(len(record.curve)):
             values = objective_values(
@@ -210,8 +234,16 @@ def replay_stopping(run: Run, stopping_spec: SearchSpec) -> dict[str, int]:
             )
             reached.setdefault(rung, []).append(result)
             if not decision.go_on and record.reference is None:
-                stopped.add(record.number)
+                stopped[record.number] = rung
                 break
+    return stopped
+
+
+def replay_stopping(run: Run, stopping_spec: SearchSpec) -> dict[str, int]:
+    """How many trials of a fully trained run the rule would stop, and how many of the run's true
+    final front (and its best trial) are among them."""
+    stopped = set(stopping_points(run, stopping_spec))
+    trained = [r for r in run.records if r.status == COMPLETE and r.curve]
     front = {r.number for r in pareto_front(trained, run.spec.directions)}
     best = max(trained, key=lambda r: r.curve[-1]).number
     return {
@@ -221,6 +253,32 @@ def replay_stopping(run: Run, stopping_spec: SearchSpec) -> dict[str, int]:
         "front_stopped": len(front & stopped),
         "best_stopped": int(best in stopped),
     }
+
+
+def with_stopping(run: Run, stopping_spec: SearchSpec) -> Run:
+    """A fully trained random run as random sampling with early stopping would have run it.
+
+    Random sampling draws each trial's configuration from the study seed and the trial number
+    alone, and training is seeded per trial, so the stopping run tries the same configurations,
+    in the same order, with the same curves up to each rung; a stopped trial keeps its rung's
+    share of the compute and leaves the front. Its history ends where the full run's trials run
+    out, short of the full run's compute, since stopping spends less."""
+    stops = stopping_points(run, stopping_spec)
+    records = []
+    for record in run.records:
+        rung = stops.get(record.number)
+        if rung is not None:
+            share = rung / len(record.curve)
+            record = dataclasses.replace(
+                record,
+                status=PRUNED,
+                values=None,
+                curve=record.curve[:rung],
+                train_macs=record.train_macs * share,
+                compute_s=record.compute_s * share,
+            )
+        records.append(record)
+    return Run("random-stopping (replayed)", run.seed, run.spec, records)
 
 
 def rejections_by_half(records: Sequence[TrialRecord]) -> tuple[float, float]:
@@ -238,7 +296,7 @@ def rejections_by_half(records: Sequence[TrialRecord]) -> tuple[float, float]:
     )
 
 
-def figure(bands: dict[str, dict[str, list[float]]], grid: Sequence[float], path: Path, title: str) -> None:
+def figure(bands: dict[str, dict[str, list[float]]], path: Path, title: str) -> None:
     import plotly.graph_objects as go
 
     colours = {
@@ -246,11 +304,12 @@ def figure(bands: dict[str, dict[str, list[float]]], grid: Sequence[float], path
         "random-full": "#1f77b4",
         "default-sampler-full": "#ff7f0e",
         "random-stopping": "#2ca02c",
+        REPLAYED: "#2ca02c",
     }
-    x = [c / 1e12 for c in grid]
     fig = go.Figure()
     for strategy, b in bands.items():
         colour = colours.get(strategy, "#7f7f7f")
+        x = b["compute_tmacs"]
         fig.add_trace(
             go.Scatter(
                 x=x + x[::-1],
@@ -318,6 +377,20 @@ def main(argv: list[str] | None = None) -> None:
     random_final = statistics.median(hypervolume_at(c, limit) for c in curves["random-full"])
     default_final = statistics.median(hypervolume_at(c, limit) for c in curves["default"])
     reached = compute_to_reach(curves["default"], random_final, limit)
+    default_spec = load_space(space_for("default", 0, args.workdir, budget))
+    # Random sampling with the default early stopping, replayed on the random-full runs: up to the
+    # compute where the first replayed history runs out of trials (at most the budget), compared there.
+    replayed = [curve_of(with_stopping(r, default_spec)) for r in runs["random-full"]]
+    reach = min([limit, *(c[-1].compute for c in replayed)])
+    bands[REPLAYED] = band(replayed, [g for g in grid if g <= reach])
+    at_reach = {
+        name: statistics.median(hypervolume_at(c, reach) for c in group)
+        for name, group in (
+            ("default", curves["default"]),
+            ("random-full", curves["random-full"]),
+            (REPLAYED, replayed),
+        )
+    }
     # The spread behind the median: where each default seed alone reaches random's final median.
     per_seed = [compute_to_reach([c], random_final, limit) for c in curves["default"]]
     per_seed_text = ", ".join("never" if c is None else f"{c / limit:.2f}" for c in per_seed)
@@ -339,7 +412,6 @@ def main(argv: list[str] | None = None) -> None:
         )
     fully_trained = [r for s in FULL_TRAINING for r in runs.get(s, [])]
     correlations = rank_correlations(fully_trained)
-    default_spec = load_space(space_for("default", 0, args.workdir, budget))
     replays = [replay_stopping(r, default_spec) for r in fully_trained]
 
     targets = []
@@ -389,13 +461,18 @@ def main(argv: list[str] | None = None) -> None:
         f"{replay_total['stopped']} of {replay_total['trials']} trials, {replay_total['front_stopped']} of the "
         f"{replay_total['front']} members of the runs' true final fronts, and the best trial of "
         f"{replay_total['best_stopped']} run(s).\n\n"
+        f"Ablation, random sampling with the default early stopping, replayed on the {len(replayed)} random-full "
+        f"runs (same configurations and curves; a stopped trial keeps its rung's compute): the replayed histories "
+        f"reach {reach / 1e12:.2f} TMACs before the first runs out of trials. There the median hypervolume is "
+        + ", ".join(f"{v:.4g} for {k}" for k, v in at_reach.items())
+        + ".\n\n"
         "Constraint learning (max_gmacs at the median configuration's GMACs, trivial trial body): rejections per "
         f"finished trial fall from {first:.2f} in the first half of a study to {second:.2f} in the second "
         f"(median of {len(constraint_rates)} seeds)."
     )
     args.out.mkdir(parents=True, exist_ok=True)
     title = f"Hypervolume against training compute (median and interquartile band, {args.seeds} seeds headline)"
-    figure(bands, grid, args.out / "search_efficiency.html", title)
+    figure(bands, args.out / "search_efficiency.html", title)
     extra = {
         "compute_tmacs": budget,
         "headline_fraction": fraction,
@@ -405,7 +482,8 @@ def main(argv: list[str] | None = None) -> None:
         "rank_correlation": correlations,
         "stopping_replay": replays,
         "constraint_learning": constraint_rates,
-        "bands": {"compute_tmacs": [g / 1e12 for g in grid], **bands},
+        "bands": bands,
+        "replayed_stopping": {"reach_tmacs": reach / 1e12, "median_hypervolume_at_reach": at_reach},
         "wall_s": wall,
     }
     exit_with(write("search_efficiency", "Search efficiency", rows, targets, notes, folder=args.out, extra=extra))
@@ -426,8 +504,6 @@ def _constraint_learning(
     workdir: Path, seeds: int, count: int, log: Callable[[str], None]
 ) -> list[tuple[float, float]]:
     """Rejection rates in the first and second half of TPE studies where half the space is over budget."""
-    import optuna
-
     from layers import complexity
 
     probe = load_space(space_for("default", 0, workdir, 1.0))

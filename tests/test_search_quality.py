@@ -162,3 +162,8 @@ def test_the_efficiency_benchmark_runs_end_to_end(tmp_path):
     assert figures["rank_correlation"] and figures["stopping_replay"] and figures["constraint_learning"]
     assert (tmp_path / "out" / "search_efficiency.html").stat().st_size > 0
     assert statistics.median(figures["bands"]["random-full"]["median"]) > 0
+    default = optuna.load_study(study_name="default-s0", storage=f"sqlite:///{tmp_path / 'work' / 'default-s0.db'}")
+    references = {t.user_attrs.get("reference") for t in default.trials} - {None}
+    assert references == {"weightformer", "attention", "static"}  # every run is the search a user gets
+    replayed = figures["bands"][search_efficiency.REPLAYED]["compute_tmacs"]
+    assert 0 < replayed[-1] == pytest.approx(figures["replayed_stopping"]["reach_tmacs"], rel=0.05)
