@@ -322,7 +322,14 @@ def figure(bands: dict[str, dict[str, list[float]]], path: Path, title: str) -> 
                 hoverinfo="skip",
             )
         )
-        fig.add_trace(go.Scatter(x=x, y=b["median"], name=strategy, line=dict(color=colour, width=3, shape="hv")))
+        fig.add_trace(
+            go.Scatter(
+                x=x,
+                y=b["median"],
+                name=strategy,
+                line=dict(color=colour, width=3, shape="hv", dash="dash" if strategy == REPLAYED else "solid"),
+            )
+        )
     fig.update_layout(
         title=title,
         xaxis_title="training compute (TMACs)",
