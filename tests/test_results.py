@@ -261,22 +261,8 @@ def test_full_training_can_start_from_exported_weights_on_another_data_set(searc
 
 
 def train_cmd(arch: Path, out: Path) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "search",
-        "train",
-        "--arch",
-        str(arch),
-        "--dataset",
-        "digits",
-        "--epochs",
-        "6",
-        "--batch-size",
-        "16",
-        "--out",
-        str(out),
-    ]
+    options = ["--dataset", "digits", "--epochs", "6", "--batch-size", "16"]
+    return [sys.executable, "-m", "search", "train", "--arch", str(arch), *options, "--out", str(out)]
 
 
 def test_full_training_resumes_after_interruption(tmp_path):
@@ -308,25 +294,8 @@ def test_full_training_resumes_after_interruption(tmp_path):
 def test_training_evaluates_at_another_size(tmp_path):
     arch = tmp_path / "arch.yaml"
     layers.ArchConfig(patch_size=2, embed_dim=32, depth=3, every=1, offset=0).save(arch)
-    code = main(
-        [
-            "train",
-            "--arch",
-            str(arch),
-            "--dataset",
-            "digits",
-            "--epochs",
-            "8",
-            "--batch-size",
-            "32",
-            "--lr",
-            "5e-3",
-            "--eval-size",
-            "10",
-            "--out",
-            str(tmp_path / "run"),
-        ]
-    )
+    options = ["--dataset", "digits", "--epochs", "8", "--batch-size", "32", "--lr", "5e-3", "--eval-size", "10"]
+    code = main(["train", "--arch", str(arch), *options, "--out", str(tmp_path / "run")])
     assert code == 0
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["img_size"] == [8, 8] and metrics["eval_size"] == [10, 10]
