@@ -29,6 +29,7 @@ so that a run cut short keeps what it measured.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import statistics
@@ -119,7 +120,7 @@ def run_trial(name: str, gpus: float, tiny: bool, threads: int) -> dict[str, Any
         return_weights=False,
     )
     first, checkpoint = run_segment(job, None, data)
-    second, _ = run_segment(SegmentJob(**{**job.__dict__, "start_epoch": 1, "stop_epoch": 2}), checkpoint, data)
+    second, _ = run_segment(dataclasses.replace(job, start_epoch=1, stop_epoch=2), checkpoint, data)
     cuda = torch.cuda.is_available() and gpus > 0
     return {
         "trial": name,
