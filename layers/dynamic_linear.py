@@ -81,19 +81,27 @@ class DynamicLinear(nn.Module):
         autocast = torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device)
         dtype = torch.get_autocast_dtype(device) if autocast else x.dtype
         inputs = [t if t is None else t.to(dtype) for t in (tokens, self.weight, self.bias, left, right, gate)]
-        factored = height * width * left.shape[1] * (3 * self.weight.shape[1] + 2 * channels) <= (
-            _PASS_MACS * self.weight.numel()
-        )
+        # Costing runs on meta tensors (layers.complexity) and takes the route the GMACs convention
+        # describes, dW built (docs/design.md section 4); real tensors take the cheaper one.
+        factored = not x.is_meta and _factored_is_cheaper(height * width, *left.shape[1:], self.weight.shape[1])
         with torch.autocast(device, enabled=False) if autocast else contextlib.nullcontext():
             y = _FactoredLinear.apply(*inputs, self.unit1, factored)
         return y.view(batch, height, width, -1)
 
 
 #: What one elementwise pass over a per-sample weight costs on the CPU, in multiply-adds per
-#: element (measured with benchmarks/layer_scaling.py: memory-bound passes against matmuls). The
-#: backward works on the rank-r factors while its extra matmuls, N r (3 out + 2 in), cost less
-#: than the dozen such passes over B x in x out that the full per-sample weight needs.
+#: element (measured with benchmarks/layer_scaling.py: memory-bound passes against matmuls).
 _PASS_MACS = 200
+
+
+def _factored_is_cheaper(tokens: int, rank: int, inp: int, out: int) -> bool:
+    """Whether working on the rank-r factors beats building the B x in x out per-sample weight.
+
+    Per sample, the factored route's extra matmuls are N r (in + out) forward and N r (3 out + 2 in)
+    backward; the weight route's are in r out forward and 2 in r out backward, plus a dozen
+    memory-bound passes over in x out elements, which is what decides small grids.
+    """
+    return tokens * rank * (4 * out + 3 * inp) <= 3 * inp * rank * out + _PASS_MACS * inp * out
 
 
 def _column_scale(norm: Tensor | None, gate: Tensor | None) -> tuple[Tensor | None, Tensor | None]:
@@ -108,42 +116,57 @@ class _FactoredLinear(torch.autograd.Function):
     """y = x (W0 + s * left^T right) + b with s a per-sample, per-column scale: the unit1 norm's
     1 / (||column|| + 1) and the gate's.
 
-    The forward builds the per-sample weight, once, in the inputs' dtype, with the same matmuls
-    the layer is costed by (docs/design.md section 4). The backward's matmuls are not costed;
-    with ``factored`` it never forms a B x in x out tensor, working on the factors instead:
-    with Z = x left^T, the update's part of the output is (Z right) * s.
+    Without ``factored`` the forward builds the per-sample weight, once, in the inputs' dtype, with
+    the matmuls the layer is costed by (docs/design.md section 4). With it, no B x in x out tensor
+    is ever formed, forward or backward: with Z = x left^T the update's part of the output is
+    (Z right) * s, and the norm's squared columns are right_j^T (left left^T) right_j.
     """
 
     @staticmethod
     def forward(ctx, x, w0, bias, left, right, gate, unit1, factored):
-        dw = torch.bmm(left.transpose(1, 2), right)  # (B, in, out)
         # at least float32: a float16 column's sum of squares may overflow where its norm does not
-        wide = torch.promote_types(dw.dtype, torch.float32)
+        wide = torch.promote_types(x.dtype, torch.float32)
+        ctx.factored = factored
+        if factored:
+            gram = norm = None
+            if unit1:  # ||dW_j||^2 = right_j^T (left left^T) right_j
+                wide_left, wide_right = left.to(wide), right.to(wide)
+                gram = torch.bmm(wide_left, wide_left.transpose(1, 2))  # (B, r, r)
+                norm = (torch.bmm(gram, wide_right) * wide_right).sum(1, keepdim=True).clamp_min_(0).sqrt_()
+            _, scale = _column_scale(norm, gate)
+            # s scales columns, so it folds into the small right factor: (Z right) s = Z (right s)
+            right_s = right if scale is None else right * scale.to(right.dtype)
+            z = torch.bmm(x, left.transpose(1, 2))  # (B, N, r)
+            y = torch.addmm(bias, x.flatten(0, 1), w0).view(*z.shape[:2], -1).baddbmm_(z, right_s)
+            ctx.save_for_backward(x, w0, left, right, norm, gate, z, gram)
+            return y
+        dw = torch.bmm(left.transpose(1, 2), right)  # (B, in, out)
         norm = torch.linalg.vector_norm(dw, dim=1, keepdim=True, dtype=wide) if unit1 else None
         _, scale = _column_scale(norm, gate)
         weight = dw.add_(w0) if scale is None else torch.addcmul(w0, dw, scale.to(dw.dtype))
-        ctx.factored = factored
         ctx.save_for_backward(x, w0, left, right, norm, gate)
         return torch.baddbmm(bias, x, weight)
 
     @staticmethod
     def backward(ctx, grad):
-        x, w0, left, right, norm, gate = ctx.saved_tensors
+        x, w0, left, right, norm, gate, *kept = ctx.saved_tensors
         unit, scale = _column_scale(norm, gate)
         scale = None if scale is None else scale.to(grad.dtype)
         wide = torch.promote_types(grad.dtype, torch.float32)
         flat_x, flat_grad = x.flatten(0, 1), grad.flatten(0, 1)
         grad_bias = flat_grad.sum(0)
         if ctx.factored:
+            z, gram = kept
             grad_w0 = flat_x.t() @ flat_grad
-            scaled = grad if scale is None else grad * scale  # (B, N, out)
-            z = torch.bmm(x, left.transpose(1, 2))  # (B, N, r)
-            grad_z = torch.bmm(scaled, right.transpose(1, 2))
+            right_s = right if scale is None else right * scale
+            grad_z = torch.bmm(grad, right_s.transpose(1, 2))  # (B, N, r)
             grad_x = (flat_grad @ w0.t()).view_as(x).baddbmm_(grad_z, left)
             grad_left = torch.bmm(grad_z.transpose(1, 2), x)
-            grad_right = torch.bmm(z.transpose(1, 2), scaled)
-            # d loss / d s_j = sum over tokens of grad * (x dW)_j, with x dW = Z right
-            grad_scale = (grad * torch.bmm(z, right)).sum(1, keepdim=True) if scale is not None else None
+            # Z^T grad (B, r, out) gives both the right factor's gradient and the scale's, without
+            # a pass over B x N x out: d loss / d s_j = sum_n grad_nj (Z right)_nj
+            z_grad = torch.bmm(z.transpose(1, 2), grad)
+            grad_right = z_grad if scale is None else z_grad * scale
+            grad_scale = (z_grad * right).sum(1, keepdim=True) if scale is not None else None
         else:
             dw = torch.bmm(left.transpose(1, 2), right)
             weight = dw + w0 if scale is None else torch.addcmul(w0, dw, scale)
@@ -161,8 +184,7 @@ class _FactoredLinear(torch.autograd.Function):
             grad_unit = grad_scale.to(wide) if gate is None else grad_scale.to(wide) * gate
             per_norm = torch.where(norm > 0, -grad_unit * unit * unit / norm, 0.0).to(grad.dtype)  # (B, 1, out)
             if ctx.factored:
-                # n_j^2 = right_j^T (left left^T) right_j
-                gram = torch.bmm(left, left.transpose(1, 2))  # (B, r, r)
+                gram = gram.to(grad.dtype)
                 grad_right = grad_right.add_(torch.bmm(gram, right) * per_norm)
                 grad_left = grad_left.add_(torch.bmm(torch.bmm(right * per_norm, right.transpose(1, 2)), left))
             else:

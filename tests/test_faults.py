@@ -164,8 +164,9 @@ def test_the_driver_killed_at_several_points_loses_nothing(tmp_path):
 
 def test_ctrl_c_stops_cleanly_and_a_rerun_resumes(tmp_path):
     # The real command line (its exit code and message are what is checked), with trials long
-    # enough to be caught running; the rerun only needs its bookkeeping, so it trains nothing.
-    space = write_space(tmp_path, training={"epochs": 40}, trials={"count": 3, "parallel": 2})
+    # enough to be caught running: at 40 epochs they ended before the interrupt once the small-grid
+    # layers got faster. The rerun only needs its bookkeeping, so it trains nothing.
+    space = write_space(tmp_path, training={"epochs": 200}, trials={"count": 3, "parallel": 2})
     url = sqlite_url(tmp_path)
     others = training_workers()  # trials other programs on this machine may be running
     driver = start_driver(space, tmp_path / "results")

@@ -3,6 +3,7 @@
 import pytest
 import torch
 from arch_variants import BASE, VARIANTS
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import layers
 
@@ -124,7 +125,7 @@ def test_adaptive_pool_matches_torch():
         torch.testing.assert_close(adaptive_avg_pool(x, size), expected)
 
 
-@pytest.mark.parametrize("factored", [False, True], ids=["full backward", "factored backward"])
+@pytest.mark.parametrize("factored", [False, True], ids=["weight built", "factored"])
 @pytest.mark.parametrize("gate", ["none", "scalar", "sigmoid"])
 @pytest.mark.parametrize("unit1", [False, True], ids=["none", "unit1"])
 def test_factored_linear_gradients_are_exact(unit1, gate, factored):
@@ -145,7 +146,7 @@ def _reference_forward(layer, x):
     return (torch.baddbmm(layer.bias, tokens, layer.weight + layer.delta(x))).view(*x.shape[:3], -1)
 
 
-@pytest.mark.parametrize("tokens", [(2, 3), (14, 14)], ids=["factored backward", "full backward"])
+@pytest.mark.parametrize("tokens", [(2, 3), (14, 14)], ids=["factored", "weight built"])
 def test_dynamic_linear_matches_its_formula_forward_and_backward(tokens):
     torch.manual_seed(0)
     layer = layers.DynamicLinear(16, 64, layers.DynamicConfig(gate="sigmoid")).double()
@@ -159,30 +160,46 @@ def test_dynamic_linear_matches_its_formula_forward_and_backward(tokens):
         torch.testing.assert_close(got, want)
 
 
-def test_autocast_builds_the_per_sample_weight_in_bfloat16_only():
-    from torch.utils._python_dispatch import TorchDispatchMode
+class _WeightWatch(TorchDispatchMode):
+    """Counts the tensors of a per-sample weight's shape that a forward creates, by dtype."""
 
-    class Watch(TorchDispatchMode):
-        def __init__(self):
-            super().__init__()
-            self.float32_weights = 0
+    def __init__(self, shape: tuple[int, ...]):
+        super().__init__()
+        self.shape, self.dtypes = shape, []
 
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            out = func(*args, **(kwargs or {}))
-            for t in out if isinstance(out, (tuple, list)) else [out]:
-                if isinstance(t, torch.Tensor) and t.shape == (2, 16, 64) and t.dtype == torch.float32:
-                    self.float32_weights += 1
-            return out
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in out if isinstance(out, (tuple, list)) else [out]:
+            if isinstance(t, torch.Tensor) and t.shape == self.shape:
+                self.dtypes.append(t.dtype)
+        return out
 
+
+@pytest.mark.parametrize("grid", [(4, 6), (14, 14)], ids=["factored", "weight built"])
+def test_autocast_builds_the_per_sample_weight_in_bfloat16_only(grid):
     torch.manual_seed(0)
     layer = layers.DynamicLinear(16, 64, layers.DynamicConfig())
-    x = torch.randn(2, 4, 6, 16)
+    x = torch.randn(2, *grid, 16)
     with torch.no_grad():
         full = layer(x)
-        with torch.autocast("cpu", dtype=torch.bfloat16), Watch() as watch:
+        with torch.autocast("cpu", dtype=torch.bfloat16), _WeightWatch((2, 16, 64)) as watch:
             half = layer(x)
-    assert half.dtype == torch.bfloat16 and watch.float32_weights == 0
+    assert half.dtype == torch.bfloat16 and torch.float32 not in watch.dtypes
     torch.testing.assert_close(half.float(), full, rtol=0.05, atol=0.02)
+
+
+def test_small_grids_never_form_the_per_sample_weight_while_costing_counts_it():
+    """On a 4 x 6 grid the layer works on the rank-r factors (docs/design.md section 2.2), while
+    costing on meta tensors takes the weight-building route that the GMACs convention counts."""
+    torch.manual_seed(0)
+    layer = layers.DynamicLinear(16, 64, layers.DynamicConfig(gate="sigmoid"))
+    x = torch.randn(2, 4, 6, 16, requires_grad=True)
+    with _WeightWatch((2, 16, 64)) as watch:
+        layer(x).sum().backward()
+    assert watch.dtypes == []
+    with _WeightWatch((2, 16, 64)) as watch:
+        layers.count_macs(layer.to("meta"), x.detach().to("meta"))
+    assert watch.dtypes
 
 
 def test_float16_update_sums_cannot_overflow_before_their_scale():
