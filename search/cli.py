@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -307,6 +308,17 @@ def erf(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _listen_for_ctrl_c() -> None:
+    """Let Ctrl-C (SIGINT) reach the search, however it was started.
+
+    A process inherits an ignored or blocked SIGINT from whatever started it (a background job
+    of a non-interactive shell, or a parent that blocked it, as Ray does in the processes it
+    starts), and Python then never raises KeyboardInterrupt: the search would run on to its end
+    instead of recording its running trials as interrupted."""
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 @command("run")
 def run(args: argparse.Namespace) -> int:
     from .cluster import ClusterError
@@ -318,6 +330,7 @@ def run(args: argparse.Namespace) -> int:
 
     spec = load_space(args.space, storage=args.storage, artifacts=args.artifacts)
     driver = Driver(spec, results=Path(args.results), address=args.address, display=Display(quiet=args.quiet))
+    _listen_for_ctrl_c()
     try:
         driver.run()
     except (ClusterError, StudyMismatch, DataError) as err:

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import optuna
@@ -75,9 +77,16 @@ def repeated_configurations(records: list[TrialRecord]) -> list[tuple[int, int]]
     return pairs
 
 
-def start_driver(space: Path, results: Path) -> subprocess.Popen:
-    """The real command line in a process of its own, training for real."""
-    return _popen([sys.executable, "-m", "search", "run", "--space", str(space), "--results", str(results), "--quiet"])
+def start_driver(space: Path, results: Path, deaf_to_ctrl_c: bool = False) -> subprocess.Popen:
+    """The real command line in a process of its own, training for real; with ``deaf_to_ctrl_c``,
+    started with SIGINT ignored and blocked, as a background job or a child of Ray inherits it."""
+    command = [sys.executable, "-m", "search", "run", "--space", str(space), "--results", str(results), "--quiet"]
+    return _popen(command, _deaf_to_ctrl_c if deaf_to_ctrl_c else None)
+
+
+def _deaf_to_ctrl_c() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
 
 
 def start_fake_driver(space: Path, results: Path, speed: str = "slow") -> subprocess.Popen:
@@ -86,9 +95,15 @@ def start_fake_driver(space: Path, results: Path, speed: str = "slow") -> subpro
     return _popen([sys.executable, "-m", "tests.fakes", str(space), str(results), speed])
 
 
-def _popen(command: list[str]) -> subprocess.Popen:
+def _popen(command: list[str], preexec_fn: Callable[[], None] | None = None) -> subprocess.Popen:
     return subprocess.Popen(
-        command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+        command,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+        preexec_fn=preexec_fn,
     )
 
 
