@@ -89,8 +89,9 @@ class DynamicLinear(nn.Module):
         return y.view(batch, height, width, -1)
 
 
-#: What one elementwise pass over a per-sample weight costs on the CPU, in multiply-adds per
-#: element (measured with benchmarks/layer_scaling.py: memory-bound passes against matmuls).
+#: What the weight route's memory-bound passes over the per-sample weight (building, norm, scale,
+#: reading it back, and their gradients) cost together on the CPU, in multiply-adds per weight
+#: element (measured with benchmarks/layer_scaling.py: those passes against matmuls).
 _PASS_MACS = 200
 
 
@@ -98,8 +99,9 @@ def _factored_is_cheaper(tokens: int, rank: int, inp: int, out: int) -> bool:
     """Whether working on the rank-r factors beats building the B x in x out per-sample weight.
 
     Per sample, the factored route's extra matmuls are N r (in + out) forward and N r (3 out + 2 in)
-    backward; the weight route's are in r out forward and 2 in r out backward, plus a dozen
-    memory-bound passes over in x out elements, which is what decides small grids.
+    backward; the weight route's are in r out forward and 2 in r out backward, plus its
+    memory-bound passes over in x out elements (``_PASS_MACS`` per element for all of them),
+    which decide small grids.
     """
     return tokens * rank * (4 * out + 3 * inp) <= 3 * inp * rank * out + _PASS_MACS * inp * out
 
