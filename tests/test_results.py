@@ -230,6 +230,60 @@ def test_a_cost_of_zero_is_left_off_the_log_axis():
     assert sorted(x for trace in figure.data for x in trace.x) == [2.0, 2.0]  # the trial and the front through it
 
 
+def trained(number: int, curve: list[float], params: dict | None = None, gmacs: float = 0.001) -> TrialRecord:
+    return TrialRecord(
+        number, "COMPLETE", COMPLETE, params or {}, [curve[-1], gmacs], curve=curve, gmacs=gmacs, train_macs=1e12
+    )
+
+
+@pytest.mark.parametrize("rungs", [[1, 2], [2]])
+def test_the_trust_section_warns_only_at_rungs_that_rank_trials_unlike_the_end(rungs):
+    """At epoch 1 these trials rank in the reverse of their final order (correlation -1), at
+    epoch 2 in the same order (1)."""
+    from search.results.report import trust_section
+    from search.space import RecordedSettings
+
+    records = [trained(i, [0.25 - 0.05 * i, 0.5 + 0.05 * i, 0.6 + 0.05 * i]) for i in range(6)]
+    settings = RecordedSettings.of({"training": {"epochs": 3}, "early_stopping": {"rungs": rungs}})
+    section = trust_section(records, settings)
+    assert list(section.figure.data[0].y) == pytest.approx([-1.0, 1.0][-len(rungs) :])
+    if 1 in rungs:
+        assert "epoch 1 (-1.00)" in section.warning and "epoch 2" not in section.warning
+    else:
+        assert section.warning is None
+
+
+def test_importance_intervals_separate_a_deciding_parameter_from_noise():
+    """A parameter that sets the accuracy stands clear of one that does not: its 5 % bound is
+    above the other's 95 % bound (the whiskers the report draws)."""
+    from search.results.report import importance_section
+
+    noise = [0.3, 0.8, 0.1, 0.6, 0.9, 0.2, 0.7, 0.4, 0.5, 0.0, 0.35, 0.65]
+    records = [
+        trained(i, [0.9 if i % 2 else 0.1], {"mixer": "dynamic" if i % 2 else "static", "lr": lr})
+        for i, lr in enumerate(noise)
+    ]
+    bars = importance_section(records).figure.data[0]
+    rows = dict(zip(bars.y, zip(bars.x, bars.error_x.array, bars.error_x.arrayminus)))
+    (mixer, _, mixer_below), (lr, lr_above, _) = rows["mixer"], rows["lr"]
+    assert mixer - mixer_below > lr + lr_above
+
+
+def test_the_report_draws_hypervolume_against_compute_with_the_benchmarks_function():
+    from search.results.efficiency import hypervolume_curve
+    from search.results.report import hypervolume_section
+    from search.space import BudgetSection
+
+    records = [trained(0, [0.5], gmacs=0.002), trained(1, [0.8], gmacs=0.003), trained(2, [0.6], gmacs=0.001)]
+    directions = ["maximize", "minimize"]
+    section = hypervolume_section(records, ["accuracy", "gmacs"], directions, BudgetSection(max_gmacs=0.004))
+    by_compute = section.figure.data[1]
+    curve = hypervolume_curve(records, [0.0, 0.004], directions)
+    assert list(by_compute.x) == [p.compute / 1e12 for p in curve] == [1.0, 2.0, 3.0]
+    assert list(by_compute.y) == [p.hypervolume for p in curve]
+    assert "accuracy 0, gmacs 0.004" in section.note
+
+
 def test_full_training_can_start_from_exported_weights_on_another_data_set(searched, tmp_path, capsys):
     from test_data import write_imagefolder
 
