@@ -6,7 +6,10 @@ Profiles (torch.profiler, CPU) a batch-1 forward of the tiny preset at 224 px ag
 backbone with static blocks only, and one forward + backward of the dynamic and static block
 (width 192, batch 8) at 64 and 196 tokens. With ``--baseline`` (a checkout of an earlier commit,
 as for layer_scaling.py) the same cases run on that checkout's ``layers`` in a subprocess, so the
-report shows before and after side by side. Writes benchmarks/results/layer_profile.md.
+report shows before and after side by side. It also counts the multiply-adds that the first
+dynamic linear layer (FC1) and its static counterpart actually execute, forward and backward
+(FlopCounterMode on real tensors, so on the route the layer really takes), against their time:
+the rate tells inefficiency from extra arithmetic. Writes benchmarks/results/layer_profile.md.
 """
 
 from __future__ import annotations
@@ -14,12 +17,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import torch
 from torch.profiler import ProfilerActivity, profile
+from torch.utils.flop_counter import FlopCounterMode
 
 ROOT = Path(__file__).resolve().parent.parent
 TOP = 8
@@ -64,6 +70,33 @@ def cases(layers) -> dict[str, dict]:
     return out
 
 
+def fc1_arithmetic(layers) -> dict[str, dict]:
+    """Executed forward + backward MMACs and median ms of FC1, dynamic and static, batch 8.
+
+    The depthwise convs are left out: FlopCounterMode over-counts a grouped convolution's backward.
+    The gradient is a dense tensor, as in training (the gradient of ``.sum()`` is a broadcast one,
+    which slows the static matmuls down).
+    """
+    tiny = layers.PRESETS["weightformer_tiny"]
+    out = {}
+    for side in (8, 14):
+        torch.manual_seed(0)
+        tokens = torch.randn(8, side, side, 192, requires_grad=True)
+        grad = torch.randn(8, side, side, tiny.mlp_hidden)
+        for name, index in (("dynamic", 1), ("static", 0)):
+            fc1 = layers.create_block(tiny, index).mlp.fc1
+            with FlopCounterMode(display=False) as counter:
+                fc1(tokens).backward(grad)
+            seconds = []
+            for _ in range(20):
+                start = time.perf_counter()
+                fc1(tokens).backward(grad)
+                seconds.append(time.perf_counter() - start)
+            macs = counter.get_total_flops() / 2
+            out[f"{name} FC1, {side * side} tokens"] = {"mmacs": macs / 1e6, "ms": statistics.median(seconds) * 1e3}
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--baseline", metavar="DIR")
@@ -73,7 +106,7 @@ def main() -> None:
         sys.path.insert(0, args.root)
         import layers
 
-        print(json.dumps(cases(layers)))
+        print(json.dumps({"profile": cases(layers), "arithmetic": fc1_arithmetic(layers)}))
         return
     roots = {"now": str(ROOT), **({"baseline": str(Path(args.baseline).resolve())} if args.baseline else {})}
     results = {}
@@ -86,6 +119,8 @@ def main() -> None:
             env={**os.environ, "PYTHONPATH": root},
         )
         results[label] = json.loads(done.stdout.strip().splitlines()[-1])
+    arithmetic = {label: result.pop("arithmetic") for label, result in results.items()}
+    results = {label: result["profile"] for label, result in results.items()}
     lines = [
         "# Layer profile",
         "",
@@ -99,6 +134,17 @@ def main() -> None:
     for case in results["now"]:
         cells = [f"{results[label][case]['ops']:.0f} | {results[label][case]['ms']:.1f}" for label in roots]
         lines.append(f"| {case} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "## Arithmetic and its rate: FC1, forward + backward, batch 8",
+        "",
+        "| case | " + " | ".join(f"{label} MMACs | {label} ms | {label} GMAC/s" for label in roots) + " |",
+        "|---|" + "---|---|---|" * len(roots),
+    ]
+    for case in arithmetic["now"]:
+        cells = [arithmetic[label][case] for label in roots]
+        row = " | ".join(f"{c['mmacs']:.0f} | {c['ms']:.2f} | {c['mmacs'] / c['ms']:.0f}" for c in cells)
+        lines.append(f"| {case} | {row} |")
     for label in roots:
         lines += ["", f"## Top ops by self CPU time ({label})"]
         for case, result in results[label].items():
