@@ -7,6 +7,7 @@ convolution, so the hypernetwork's own work (building dW and dK) is included.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -40,7 +41,13 @@ def count_macs(module: torch.nn.Module, *inputs: torch.Tensor) -> int:
 def complexity(arch: ArchConfig, img_size: int | tuple[int, int] | None = None) -> Complexity:
     """Cost of one image through ``arch`` at ``img_size`` (default: the config's own)."""
     size = arch.img_size if img_size is None else img_size
-    size = (size, size) if isinstance(size, int) else tuple(size)
+    return _complexity(arch, (size, size) if isinstance(size, int) else tuple(size))
+
+
+@functools.lru_cache(maxsize=4096)
+def _complexity(arch: ArchConfig, size: tuple[int, int]) -> Complexity:
+    # Remembered per (config, size): a search costs each configuration when it asks for it and
+    # again in every report, and tracing even a small model on meta tensors takes tens of ms.
     with torch.device("meta"):
         model = DynamicBackbone(arch).eval()
         image = torch.empty(1, arch.in_chans, *size)

@@ -1,5 +1,7 @@
 """GMACs: hand-derived counts for the dynamic linear layer, linear growth for the dynamic mixers."""
 
+import importlib
+
 import pytest
 import torch
 
@@ -116,3 +118,17 @@ def test_complexity_builds_the_model_on_meta_tensors(monkeypatch):
     result = layers.complexity(PRESETS["weightformer_base"])
     assert devices == [("meta", "meta")]
     assert result.params == 27_492_136 and result.gmacs > 10
+
+
+def test_a_configuration_is_traced_once_per_input_size(monkeypatch):
+    """A search costs each configuration when it asks for it and again in every report."""
+    module = importlib.import_module("layers.complexity")  # the package's `complexity` is the function
+    traced = []
+    real = module.count_macs
+    monkeypatch.setattr(module, "count_macs", lambda *args: traced.append(args) or real(*args))
+    arch = ArchConfig(img_size=12, in_chans=1, num_classes=7, patch_size=2, embed_dim=24, depth=2)
+    first = layers.complexity(arch)
+    assert layers.complexity(ArchConfig.from_dict(arch.to_dict())) == first
+    assert layers.complexity(arch, (12, 12)) == layers.complexity(arch, 12) == first
+    assert len(traced) == 1
+    assert layers.complexity(arch, 16).macs > first.macs and len(traced) == 2
