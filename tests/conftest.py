@@ -89,10 +89,14 @@ def _deaf_to_ctrl_c() -> None:
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
 
 
-def start_fake_driver(space: Path, results: Path, speed: str = "slow") -> subprocess.Popen:
+def start_fake_driver(space: Path, results: Path, speed: str = "slow", address: str | None = None) -> subprocess.Popen:
     """A driver in a process of its own whose trials train nothing (``tests/fakes.py``): for the
-    checks of what the driver does when it, or the database, is cut short."""
-    return _popen([sys.executable, "-m", "tests.fakes", str(space), str(results), speed])
+    checks of what the driver does when it, or the database, is cut short. With ``address`` (the
+    session's Ray, from ``local_ray``) it joins that Ray rather than starting one: it is still a
+    process of its own, killed or stopped for real, and its trials still run in Ray workers of its
+    own (a Ray job's workers end with it); it skips a Ray start and shutdown, seconds each here."""
+    joins = ["--ray", address] if address else []
+    return _popen([sys.executable, "-m", "tests.fakes", str(space), str(results), speed, *joins])
 
 
 def _popen(command: list[str], preexec_fn: Callable[[], None] | None = None) -> subprocess.Popen:
@@ -175,25 +179,27 @@ def postgres_url() -> str:
     return url
 
 
-def fake_search(space: Path, results: Path) -> None:
-    """Run the search a space file describes, with a trial body that trains nothing."""
+def fake_search(space: Path, results: Path, segment: Callable | None = None) -> None:
+    """Run the search a space file describes, with a trial body that trains nothing
+    (``curve_segment`` unless ``segment`` names another of ``tests/fakes.py``)."""
     from search.display import Display
     from search.driver import Driver
     from search.space import load_space
     from tests.fakes import curve_segment
 
-    Driver(load_space(space), results=results, display=Display(quiet=True), segment=curve_segment).run()
+    segment = segment or curve_segment
+    Driver(load_space(space), results=results, display=Display(quiet=True), segment=segment).run()
 
 
 @pytest.fixture(scope="session")
 def local_ray():
-    """One local Ray for the in-process searches of the session: a search leaves running a Ray it
-    did not start, so each skips Ray's start-up and finds its workers warm. (The multi-node tests
+    """One local Ray for the in-process searches of the session, and its address: a search leaves
+    running a Ray it did not start, so each skips Ray's start-up and finds its workers warm. (The multi-node tests
     leave it for clusters of their own and start it again when they are done.)"""
     from search.cluster import connect
 
     connect(None, cpus=1, gpus=0)
-    yield
+    yield ray.get_runtime_context().gcs_address
     ray.shutdown()
 
 

@@ -4,13 +4,17 @@ Ray workers start in the repository root and import these as ``tests.fakes``, so
 them by that name too. Run as a module, this file is a driver whose trials use ``curve_segment``
 (or ``slow_curve_segment``, for a test that kills something in the middle of a trial):
 
-    python -m tests.fakes SPACE.yaml RESULTS_FOLDER [fast|slow]
+    python -m tests.fakes SPACE.yaml RESULTS_FOLDER [fast|slow] [--ray ADDRESS]
+
+``--ray`` joins a Ray already running (the test session's) rather than starting one of its own.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
+import threading
 import time
 import zlib
 from pathlib import Path
@@ -64,14 +68,37 @@ def slow_curve_segment(job: SegmentJob, checkpoint, data=None) -> tuple[SegmentR
     return curve_segment(job, checkpoint, data, epoch_s=SLOW_EPOCH_S)
 
 
-def main(space: str, results: str, speed: str = "fast") -> None:
+def instant_curve_segment(job: SegmentJob, checkpoint, data=None) -> tuple[SegmentResult, dict | None]:
+    """``curve_segment`` without its pause: for runs whose trials only need their bookkeeping."""
+    return curve_segment(job, checkpoint, data, epoch_s=0.0)
+
+
+def main(space: str, results: str, speed: str = "fast", address: str | None = None) -> None:
     from search.display import Display
     from search.driver import Driver
     from search.space import load_space
 
     segment = slow_curve_segment if speed == "slow" else curve_segment
-    Driver(load_space(space), results=Path(results), display=Display(quiet=True), segment=segment).run()
+    spec = load_space(space)
+    Driver(spec, results=Path(results), address=address, display=Display(quiet=True), segment=segment).run()
+
+
+def _exit_now() -> None:
+    """End the process at once once the driver has returned: the interpreter's teardown of torch,
+    Ray and the rest takes seconds of CPU on a small machine and checks nothing. A thread that
+    would hold the exit up is still a hang the tests should see, so then it exits the usual way."""
+    if all(t.daemon or t is threading.main_thread() for t in threading.enumerate()):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:])
+    args = sys.argv[1:]
+    address = None
+    if "--ray" in args:
+        at = args.index("--ray")
+        address = args[at + 1]
+        del args[at : at + 2]
+    main(*args, address=address)
+    _exit_now()

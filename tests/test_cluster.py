@@ -79,10 +79,18 @@ def session_ray_back():
 
 
 @pytest.fixture(scope="module")
-def cluster(session_ray_back, ray_tmp):
+def module_cluster(session_ray_back, ray_tmp) -> tuple[Cluster, list]:
+    """The module's cluster, shared by its tests: the ``Cluster`` and its two worker nodes."""
     cluster, nodes = start_cluster()
-    yield cluster.address, [n.node_id for n in nodes]
+    yield cluster, nodes
     stop_cluster(cluster)
+
+
+@pytest.fixture(scope="module")
+def cluster(module_cluster) -> tuple[str, list[str]]:
+    """The module's cluster as its tests see it: its address and its worker nodes' ids."""
+    cluster, nodes = module_cluster
+    return cluster.address, [n.node_id for n in nodes]
 
 
 def records(folder: Path) -> list[TrialRecord]:
@@ -175,58 +183,6 @@ class OutOfMemoryWhenShared:
 
 
 # ---------------------------------------------------------------------- the tests
-def test_a_node_lost_mid_trial_loses_nothing(session_ray_back, ray_tmp, tmp_path):
-    """A worker node dies while a trial's second or third segment runs on it, the checkpoint it
-    started from lost with it: Ray rebuilds that checkpoint on the surviving node (re-running the
-    segment that made it) and runs the segment again there. Every trial completes, the budget is
-    exact, and the re-runs count in the trials' records. (First in the file: the module's own
-    cluster is not up yet, so this one is alone on the machine.)"""
-    cluster, nodes = start_cluster()
-    by_id = {n.node_id: n for n in nodes}
-    folder = tmp_path / "marks"
-    folder.mkdir()
-    removed: list[tuple[str, int]] = []  # (node, seed of the trial whose checkpoint went with it)
-
-    def remove_a_node_under_a_resumed_segment() -> None:
-        deadline = time.time() + 120
-        while time.time() < deadline:
-            seen = marks(folder)
-            ran = {(seed, epoch): node for seed, epoch, node, _ in seen}
-            for (seed, epoch), node in ran.items():
-                if epoch >= 1 and ran.get((seed, epoch - 1)) == node:  # its checkpoint lives on that node
-                    removed.append((node, seed))
-                    cluster.remove_node(by_id[node])
-                    return
-            time.sleep(0.05)
-
-    space = half_gpu_space(  # on CPUs: their worker processes serve segment after segment
-        tmp_path,
-        training={"epochs": 3, "batch_size": 4},
-        trials={"count": 2, "parallel": 2, "retries": 3},
-        resources={"cpus": 1},
-    )
-    killer = threading.Thread(target=remove_a_node_under_a_resumed_segment)
-    killer.start()
-    try:
-        run_driver(space, tmp_path, cluster.address, Marking(str(folder), seconds=2.0, ballast=300_000))
-    finally:
-        killer.join()
-        stop_cluster(cluster)
-    assert removed, "no segment resumed on the node that made its checkpoint"
-    ((lost, seed),) = removed
-    (survivor,) = set(by_id) - {lost}
-    trials = attrs(tmp_path)
-    assert len(counted(records(tmp_path))) == 2 and [a["status"] for a in trials] == [COMPLETE] * 2
-    for a in trials:
-        assert len(a["curve"]) == 3  # each epoch once in the learning curve, whatever ran twice
-        runs = len(a["nodes"])
-        assert a["train_macs"] == pytest.approx(TRAIN_MACS_PER_FORWARD_MAC * a["gmacs"] * 1e9 * IMAGES_PER_EPOCH * runs)
-    (hit,) = [a for a in trials if a["seed"] == seed]
-    assert hit["retries"] >= 2  # the segment that ran on the lost node, and the one that made its checkpoint
-    assert lost in hit["nodes"] and hit["nodes"][-1] == survivor
-    assert len(hit["nodes"]) > 3  # that segment's re-run counts in the trial's record
-
-
 def test_the_command_line_spreads_trials_over_both_nodes_with_data_shipped(cluster, tmp_path, monkeypatch, capsys):
     """``python -m search run --address``: real training on both worker nodes, at most two trials per
     GPU, on the CPU for want of CUDA (allowed, and said), from an image folder deleted once loaded."""
@@ -293,17 +249,6 @@ def test_out_of_memory_on_a_shared_gpu_is_retried_on_a_whole_one(cluster, tmp_pa
     assert trial["train_macs"] == pytest.approx(TRAIN_MACS_PER_FORWARD_MAC * trial["gmacs"] * 1e9 * 10)
 
 
-def test_without_an_address_the_search_never_joins_a_running_cluster(cluster):
-    address, _ = cluster
-    assert address in Path(os.environ["RAY_TMPDIR"], "ray", "ray_current_cluster").read_text()  # findable
-    try:
-        totals = search_cluster.connect(None, cpus=1, gpus=0)
-        assert ray.get_runtime_context().gcs_address != address
-        assert totals.get("GPU", 0) == 0  # a fresh local instance, not the cluster's two GPUs
-    finally:
-        ray.shutdown()
-
-
 def test_streamed_image_folders_need_data_root_on_every_node(cluster, tmp_path, monkeypatch):
     from test_data import write_imagefolder
 
@@ -340,5 +285,69 @@ def test_the_attempt_number_counts_retries(cluster):
     ray.init(address=cluster[0])
     try:
         assert ray.get(dies_once.remote()) == 1
+    finally:
+        ray.shutdown()
+
+
+def test_a_node_lost_mid_trial_loses_nothing(module_cluster, tmp_path):
+    """A worker node dies while a trial's second or third segment runs on it, the checkpoint it
+    started from lost with it: Ray rebuilds that checkpoint on the surviving node (re-running the
+    segment that made it) and runs the segment again there. Every trial completes, the budget is
+    exact, and the re-runs count in the trials' records. (Late in the file: it takes a worker node
+    from the module's cluster, and the one test after it needs only the cluster to be running.)"""
+    cluster, nodes = module_cluster
+    by_id = {n.node_id: n for n in nodes}
+    folder = tmp_path / "marks"
+    folder.mkdir()
+    removed: list[tuple[str, int]] = []  # (node, seed of the trial whose checkpoint went with it)
+
+    def remove_a_node_under_a_resumed_segment() -> None:
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            seen = marks(folder)
+            ran = {(seed, epoch): node for seed, epoch, node, _ in seen}
+            for (seed, epoch), node in ran.items():
+                if epoch >= 1 and ran.get((seed, epoch - 1)) == node:  # its checkpoint lives on that node
+                    removed.append((node, seed))
+                    cluster.remove_node(by_id[node])
+                    return
+            time.sleep(0.05)
+
+    space = half_gpu_space(  # on CPUs: their worker processes serve segment after segment
+        tmp_path,
+        training={"epochs": 3, "batch_size": 4},
+        trials={"count": 2, "parallel": 2, "retries": 3},
+        resources={"cpus": 1},
+    )
+    killer = threading.Thread(target=remove_a_node_under_a_resumed_segment)
+    killer.start()
+    try:  # a segment runs a second: time enough to see it start and take its node away
+        run_driver(space, tmp_path, cluster.address, Marking(str(folder), seconds=1.0, ballast=300_000))
+    finally:
+        killer.join()
+    assert removed, "no segment resumed on the node that made its checkpoint"
+    ((lost, seed),) = removed
+    (survivor,) = set(by_id) - {lost}
+    trials = attrs(tmp_path)
+    assert len(counted(records(tmp_path))) == 2 and [a["status"] for a in trials] == [COMPLETE] * 2
+    for a in trials:
+        assert len(a["curve"]) == 3  # each epoch once in the learning curve, whatever ran twice
+        runs = len(a["nodes"])
+        assert a["train_macs"] == pytest.approx(TRAIN_MACS_PER_FORWARD_MAC * a["gmacs"] * 1e9 * IMAGES_PER_EPOCH * runs)
+    (hit,) = [a for a in trials if a["seed"] == seed]
+    assert hit["retries"] >= 2  # the segment that ran on the lost node, and the one that made its checkpoint
+    assert lost in hit["nodes"] and hit["nodes"][-1] == survivor
+    assert len(hit["nodes"]) > 3  # that segment's re-run counts in the trial's record
+
+
+# Last in the file: once this process has started and stopped a Ray of its own, a search that joins
+# the cluster from it loses its trials to OwnerDiedError (Ray 2.60), so every search here runs first.
+def test_without_an_address_the_search_never_joins_a_running_cluster(cluster):
+    address, _ = cluster
+    assert address in Path(os.environ["RAY_TMPDIR"], "ray", "ray_current_cluster").read_text()  # findable
+    try:
+        totals = search_cluster.connect(None, cpus=1, gpus=0)
+        assert ray.get_runtime_context().gcs_address != address
+        assert totals.get("GPU", 0) == 0  # a fresh local instance, not the cluster's two GPUs
     finally:
         ray.shutdown()

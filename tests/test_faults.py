@@ -42,7 +42,7 @@ from search.space import load_space
 from search.storage import open_storage
 from search.training.segment import run_segment
 from search.training.trainer import Trainer, TrainSpec
-from tests.fakes import SLOW_EPOCH_S, slow_curve_segment
+from tests.fakes import SLOW_EPOCH_S, instant_curve_segment, slow_curve_segment
 
 pytestmark = pytest.mark.usefixtures("local_ray")
 
@@ -138,7 +138,7 @@ def test_a_worker_killed_mid_trial_is_retried(tmp_path, retries):
 
 
 # ---------------------------------------------------------------------- killed drivers
-def test_the_driver_killed_at_several_points_loses_nothing(tmp_path):
+def test_the_driver_killed_at_several_points_loses_nothing(tmp_path, local_ray):
     budget = 6
     space = write_space(tmp_path, training={"epochs": 2}, trials={"count": budget, "parallel": 2})
     url = sqlite_url(tmp_path)
@@ -148,7 +148,7 @@ def test_the_driver_killed_at_several_points_loses_nothing(tmp_path):
         ("4 trials done", lambda: len(counted(records_of(url))) >= 4),
     ]
     for what, ready in kill_points:
-        driver = start_fake_driver(space, tmp_path / "results")
+        driver = start_fake_driver(space, tmp_path / "results", address=local_ray)
         wait_for(ready, 240, what, driver)
         before = {r.number: (r.status, r.values) for r in counted(records_of(url))}
         os.kill(driver.pid, signal.SIGKILL)
@@ -185,7 +185,8 @@ def test_ctrl_c_stops_cleanly_and_a_rerun_resumes(tmp_path):
     assert interrupted and all(r.reason == "interrupted" and r.state == "FAIL" for r in interrupted)
     assert not any(r.state == "RUNNING" for r in recs)
     assert training_workers() - others == set()  # its trials stopped with it
-    fake_search(space, tmp_path / "results")
+    # its trials are 200 epochs long: curve_segment would sleep 4 s each
+    fake_search(space, tmp_path / "results", segment=instant_curve_segment)
     check_accounting(records_of(url), 3)
 
 
@@ -232,9 +233,9 @@ def named_space(tmp_path: Path, name: str, url: str, **sections) -> Path:
     return write_space(tmp_path, name=name, study={"name": name, "storage": url}, **sections)
 
 
-def test_dropped_connections_and_an_outage_are_survived(tmp_path, postgres_url, unique_name):
+def test_dropped_connections_and_an_outage_are_survived(tmp_path, postgres_url, unique_name, local_ray):
     space = named_space(tmp_path, unique_name, postgres_url, training={"epochs": 2}, trials={"count": 4, "parallel": 2})
-    driver = start_fake_driver(space, tmp_path / "results")
+    driver = start_fake_driver(space, tmp_path / "results", address=local_ray)
     database = make_url(postgres_url).database
     wait_for(lambda: len(counted(records_of(postgres_url, unique_name))) >= 1, 240, "a finished trial", driver)
     assert drop_connections(postgres_url, database) > 0  # the driver's connections go away under it
@@ -246,7 +247,7 @@ def test_dropped_connections_and_an_outage_are_survived(tmp_path, postgres_url, 
     check_accounting(records_of(postgres_url, unique_name), 4)
 
 
-def test_two_drivers_share_one_postgres_study(tmp_path, postgres_url, unique_name):
+def test_two_drivers_share_one_postgres_study(tmp_path, postgres_url, unique_name, local_ray):
     space = named_space(
         tmp_path,
         unique_name,
@@ -255,7 +256,7 @@ def test_two_drivers_share_one_postgres_study(tmp_path, postgres_url, unique_nam
         training={"epochs": 3},
         trials={"count": 12, "parallel": 1},
     )
-    drivers = [start_fake_driver(space, tmp_path / "results", speed="fast") for _ in range(2)]
+    drivers = [start_fake_driver(space, tmp_path / "results", speed="fast", address=local_ray) for _ in range(2)]
     outputs = [d.communicate(timeout=400)[0] for d in drivers]
     assert [d.returncode for d in drivers] == [0, 0], outputs
     recs = records_of(postgres_url, unique_name)
@@ -271,10 +272,10 @@ def test_two_drivers_share_one_postgres_study(tmp_path, postgres_url, unique_nam
     assert repeated_configurations(recs) == []  # each driver samples where the study stands, not from its seed
 
 
-def test_four_parallel_trials_and_a_reader_never_lock_sqlite(tmp_path):
+def test_four_parallel_trials_and_a_reader_never_lock_sqlite(tmp_path, local_ray):
     space = write_space(tmp_path, trials={"count": 8, "parallel": 4}, resources={"cpus": 0.5}, training={"epochs": 3})
     url = sqlite_url(tmp_path)
-    driver = start_fake_driver(space, tmp_path / "results")
+    driver = start_fake_driver(space, tmp_path / "results", address=local_ray)
     errors, reads = [], 0
     while driver.poll() is None:  # a second process reads (and builds the report) all along
         try:
@@ -291,7 +292,8 @@ def test_four_parallel_trials_and_a_reader_never_lock_sqlite(tmp_path):
     check_accounting(records_of(url), 8)
 
 
-def _open_when_told(url: str, go, failures) -> None:
+def _open_when_told(url: str, ready, go, failures) -> None:
+    ready.release()
     go.wait()
     try:
         open_storage(url)
@@ -307,13 +309,14 @@ def test_processes_opening_a_new_database_at_once_all_get_it(tmp_path):
     context = multiprocessing.get_context("fork")
     failures = context.Queue()
     for attempt in range(20):
-        url, go = sqlite_url(tmp_path / str(attempt)), context.Event()
+        url, ready, go = sqlite_url(tmp_path / str(attempt)), context.Semaphore(0), context.Event()
         (tmp_path / str(attempt)).mkdir()
-        openers = [context.Process(target=_open_when_told, args=(url, go, failures)) for _ in range(4)]
+        openers = [context.Process(target=_open_when_told, args=(url, ready, go, failures)) for _ in range(4)]
         for opener in openers:
             opener.start()
-        time.sleep(0.2)
-        go.set()
+        for _ in openers:  # all four wait at the start line...
+            assert ready.acquire(timeout=60), "an opener did not start"
+        go.set()  # ...and are let go together
         for opener in openers:
             opener.join(60)
     found = []

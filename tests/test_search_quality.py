@@ -9,6 +9,7 @@ import json
 import os
 import signal
 import statistics
+import time
 from pathlib import Path
 
 import optuna
@@ -124,13 +125,14 @@ def test_rejections_reach_the_sampler_as_constraints_and_grow_rarer(tmp_path):
     assert early >= 0.25 and late <= 0.6 * early, (early, late)
 
 
-def test_a_killed_and_resumed_driver_repeats_no_configuration(tmp_path):
+def test_a_killed_and_resumed_driver_repeats_no_configuration(tmp_path, local_ray):
     space = write_space(tmp_path, space=SPACE, trials={"count": 24, "parallel": 2}, training={"epochs": 2})
     url = sqlite_url(tmp_path)
 
-    driver = start_fake_driver(space, tmp_path / "results")
+    driver = start_fake_driver(space, tmp_path / "results", address=local_ray)
     while len(counted(records_of(url))) < 6:
         assert driver.poll() is None, driver.stdout.read()
+        time.sleep(0.2)  # a busy loop would take a core, and the database, from the driver it waits for
     os.kill(driver.pid, signal.SIGKILL)
     driver.wait()
     before = max(r.number for r in read_records(load_study(url)))
