@@ -89,14 +89,13 @@ def _deaf_to_ctrl_c() -> None:
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
 
 
-def start_fake_driver(space: Path, results: Path, speed: str = "slow", address: str | None = None) -> subprocess.Popen:
+def start_fake_driver(space: Path, results: Path, address: str, speed: str = "slow") -> subprocess.Popen:
     """A driver in a process of its own whose trials train nothing (``tests/fakes.py``): for the
-    checks of what the driver does when it, or the database, is cut short. With ``address`` (the
-    session's Ray, from ``local_ray``) it joins that Ray rather than starting one: it is still a
-    process of its own, killed or stopped for real, and its trials still run in Ray workers of its
-    own (a Ray job's workers end with it); it skips a Ray start and shutdown, seconds each here."""
-    joins = ["--ray", address] if address else []
-    return _popen([sys.executable, "-m", "tests.fakes", str(space), str(results), speed, *joins])
+    checks of what the driver does when it, or the database, is cut short. It joins the Ray at
+    ``address`` (the session's, from ``local_ray``) rather than starting one: it is still a process
+    of its own, killed or stopped for real, and its trials still run in Ray workers of its own (a
+    Ray job's workers end with it); it skips a Ray start and shutdown, seconds each here."""
+    return _popen([sys.executable, "-m", "tests.fakes", str(space), str(results), address, speed])
 
 
 def _popen(command: list[str], preexec_fn: Callable[[], None] | None = None) -> subprocess.Popen:
@@ -194,8 +193,8 @@ def fake_search(space: Path, results: Path, segment: Callable | None = None) -> 
 @pytest.fixture(scope="session")
 def local_ray():
     """One local Ray for the in-process searches of the session, and its address: a search leaves
-    running a Ray it did not start, so each skips Ray's start-up and finds its workers warm. (The multi-node tests
-    leave it for clusters of their own and start it again when they are done.)"""
+    running a Ray it did not start, so each skips Ray's start-up and finds its workers warm. (The
+    multi-node tests leave it for clusters of their own and start it again when they are done.)"""
     from search.cluster import connect
 
     connect(None, cpus=1, gpus=0)

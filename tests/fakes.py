@@ -4,9 +4,9 @@ Ray workers start in the repository root and import these as ``tests.fakes``, so
 them by that name too. Run as a module, this file is a driver whose trials use ``curve_segment``
 (or ``slow_curve_segment``, for a test that kills something in the middle of a trial):
 
-    python -m tests.fakes SPACE.yaml RESULTS_FOLDER [fast|slow] [--ray ADDRESS]
+    python -m tests.fakes SPACE.yaml RESULTS_FOLDER RAY_ADDRESS [fast|slow]
 
-``--ray`` joins a Ray already running (the test session's) rather than starting one of its own.
+It joins the Ray already running at RAY_ADDRESS (the test session's) rather than starting one.
 """
 
 from __future__ import annotations
@@ -73,7 +73,7 @@ def instant_curve_segment(job: SegmentJob, checkpoint, data=None) -> tuple[Segme
     return curve_segment(job, checkpoint, data, epoch_s=0.0)
 
 
-def main(space: str, results: str, speed: str = "fast", address: str | None = None) -> None:
+def main(space: str, results: str, address: str, speed: str = "fast") -> None:
     from search.display import Display
     from search.driver import Driver
     from search.space import load_space
@@ -94,11 +94,5 @@ def _exit_now() -> None:
 
 
 if __name__ == "__main__":
-    args = sys.argv[1:]
-    address = None
-    if "--ray" in args:
-        at = args.index("--ray")
-        address = args[at + 1]
-        del args[at : at + 2]
-    main(*args, address=address)
+    main(*sys.argv[1:])
     _exit_now()

@@ -148,7 +148,7 @@ def test_the_driver_killed_at_several_points_loses_nothing(tmp_path, local_ray):
         ("4 trials done", lambda: len(counted(records_of(url))) >= 4),
     ]
     for what, ready in kill_points:
-        driver = start_fake_driver(space, tmp_path / "results", address=local_ray)
+        driver = start_fake_driver(space, tmp_path / "results", local_ray)
         wait_for(ready, 240, what, driver)
         before = {r.number: (r.status, r.values) for r in counted(records_of(url))}
         os.kill(driver.pid, signal.SIGKILL)
@@ -235,7 +235,7 @@ def named_space(tmp_path: Path, name: str, url: str, **sections) -> Path:
 
 def test_dropped_connections_and_an_outage_are_survived(tmp_path, postgres_url, unique_name, local_ray):
     space = named_space(tmp_path, unique_name, postgres_url, training={"epochs": 2}, trials={"count": 4, "parallel": 2})
-    driver = start_fake_driver(space, tmp_path / "results", address=local_ray)
+    driver = start_fake_driver(space, tmp_path / "results", local_ray)
     database = make_url(postgres_url).database
     wait_for(lambda: len(counted(records_of(postgres_url, unique_name))) >= 1, 240, "a finished trial", driver)
     assert drop_connections(postgres_url, database) > 0  # the driver's connections go away under it
@@ -256,7 +256,7 @@ def test_two_drivers_share_one_postgres_study(tmp_path, postgres_url, unique_nam
         training={"epochs": 3},
         trials={"count": 12, "parallel": 1},
     )
-    drivers = [start_fake_driver(space, tmp_path / "results", speed="fast", address=local_ray) for _ in range(2)]
+    drivers = [start_fake_driver(space, tmp_path / "results", local_ray, speed="fast") for _ in range(2)]
     outputs = [d.communicate(timeout=400)[0] for d in drivers]
     assert [d.returncode for d in drivers] == [0, 0], outputs
     recs = records_of(postgres_url, unique_name)
@@ -275,7 +275,7 @@ def test_two_drivers_share_one_postgres_study(tmp_path, postgres_url, unique_nam
 def test_four_parallel_trials_and_a_reader_never_lock_sqlite(tmp_path, local_ray):
     space = write_space(tmp_path, trials={"count": 8, "parallel": 4}, resources={"cpus": 0.5}, training={"epochs": 3})
     url = sqlite_url(tmp_path)
-    driver = start_fake_driver(space, tmp_path / "results", address=local_ray)
+    driver = start_fake_driver(space, tmp_path / "results", local_ray)
     errors, reads = [], 0
     while driver.poll() is None:  # a second process reads (and builds the report) all along
         try:

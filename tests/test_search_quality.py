@@ -129,7 +129,7 @@ def test_a_killed_and_resumed_driver_repeats_no_configuration(tmp_path, local_ra
     space = write_space(tmp_path, space=SPACE, trials={"count": 24, "parallel": 2}, training={"epochs": 2})
     url = sqlite_url(tmp_path)
 
-    driver = start_fake_driver(space, tmp_path / "results", address=local_ray)
+    driver = start_fake_driver(space, tmp_path / "results", local_ray)
     while len(counted(records_of(url))) < 6:
         assert driver.poll() is None, driver.stdout.read()
         time.sleep(0.2)  # a busy loop would take a core, and the database, from the driver it waits for
