@@ -86,6 +86,9 @@ STRATEGIES: dict[str, dict] = {
     "random-stopping": {"sampler": "random"},
 }
 SMOKE_COMPUTE_TMACS = 0.3  # a few trials of the trivial body
+#: Random configurations costed to find the default space's median GMACs (constraint learning's
+#: budget); a smoke run only checks the code path, and each costing traces a model.
+PROBES, SMOKE_PROBES = 200, 40
 HEADLINE = ("default", "random-full")
 FULL_TRAINING = ("random-full", "default-sampler-full")
 DONE_KEY = "benchmark_fingerprint"  # a study attribute: the run with this space has finished
@@ -374,7 +377,11 @@ def main(argv: list[str] | None = None) -> None:
         if args.only:
             return
         constraint_rates = _constraint_learning(
-            args.workdir, seeds=2 if args.smoke else 5, count=16 if args.smoke else 40, log=log
+            args.workdir,
+            seeds=2 if args.smoke else 5,
+            count=16 if args.smoke else 40,
+            probes=SMOKE_PROBES if args.smoke else PROBES,
+            log=log,
         )
 
     limit = budget * 1e12
@@ -508,7 +515,7 @@ def _spent_before(records: Sequence[TrialRecord], record: TrialRecord) -> float:
 
 
 def _constraint_learning(
-    workdir: Path, seeds: int, count: int, log: Callable[[str], None]
+    workdir: Path, seeds: int, count: int, probes: int, log: Callable[[str], None]
 ) -> list[tuple[float, float]]:
     """Rejection rates in the first and second half of TPE studies where half the space is over budget."""
     from layers import complexity
@@ -517,7 +524,7 @@ def _constraint_learning(
     sampler = optuna.samplers.RandomSampler(seed=0)
     study = optuna.create_study(directions=probe.directions, sampler=sampler)
     gmacs = []
-    for _ in range(200):
+    for _ in range(probes):
         trial = study.ask()
         with contextlib.suppress(ValueError):  # an invalid combination has no GMACs
             gmacs.append(complexity(probe.configs(probe.sample(trial))[0]).gmacs)

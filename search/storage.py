@@ -22,6 +22,8 @@ from .defaults import DEFAULT_STORAGE
 
 T = TypeVar("T")
 SUPPORTED = ("sqlite", "postgresql")
+#: How long opening a new database waits for another process that is creating it at the same moment.
+CREATE_PATIENCE_S = 30.0
 
 
 class StorageError(RuntimeError):
@@ -88,7 +90,7 @@ def open_storage(url: str, *, create: bool = True) -> optuna.storages.RDBStorage
         "pool_pre_ping": True,
         "connect_args": {"timeout": 60} if backend == "sqlite" else {"connect_timeout": 10},
     }
-    attempts = 0
+    deadline, delay = time.monotonic() + CREATE_PATIENCE_S, 0.05
     while True:
         try:
             if backend == "sqlite":
@@ -100,10 +102,12 @@ def open_storage(url: str, *, create: bool = True) -> optuna.storages.RDBStorage
             optuna.exceptions.StorageInternalError,
             ImportError,
         ) as err:
-            attempts += 1
-            if attempts == 5 or not _created_alongside(err):
+            if time.monotonic() > deadline or not _created_alongside(err):
                 raise StorageError(f"cannot open storage {masked(url)}: {_first_line(err)}") from None
-            time.sleep(0.5 * attempts)  # opening again finds the schema the other process made
+            # Opening again finds the schema the other process made: it takes it a tenth of a
+            # second, so a short first wait, growing in case it is slower on a loaded machine.
+            time.sleep(delay)
+            delay = min(2 * delay, 1.0)
 
 
 def _prepare_sqlite(database: str | None, create: bool) -> None:

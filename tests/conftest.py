@@ -191,15 +191,21 @@ def fake_search(space: Path, results: Path, segment: Callable | None = None) -> 
 
 
 @pytest.fixture(scope="session")
-def local_ray():
-    """One local Ray for the in-process searches of the session, and its address: a search leaves
-    running a Ray it did not start, so each skips Ray's start-up and finds its workers warm. (The
-    multi-node tests leave it for clusters of their own and start it again when they are done.)"""
+def session_ray() -> None:
+    """One local Ray for the in-process searches of the session: a search leaves running a Ray it
+    did not start, so each skips Ray's start-up and finds its workers warm."""
     from search.cluster import connect
 
     connect(None, cpus=1, gpus=0)
-    yield ray.get_runtime_context().gcs_address
+    yield
     ray.shutdown()
+
+
+@pytest.fixture
+def local_ray(session_ray) -> str:
+    """The session's Ray, and its address as of this test: the multi-node tests leave it for
+    clusters of their own and start it again when they are done, at a new address."""
+    return ray.get_runtime_context().gcs_address
 
 
 @pytest.fixture

@@ -16,13 +16,13 @@ from search.results.efficiency import hypervolume_curve
 from search.space import load_space
 from tests.fakes import curve_segment
 
-pytestmark = pytest.mark.usefixtures("local_ray")
+pytestmark = pytest.mark.usefixtures("session_ray")
 
 MAXIMIZE_MINIMIZE = ["maximize", "minimize"]
 
 
 @pytest.fixture(scope="module")
-def storages(tmp_path_factory, local_ray) -> dict[str, str]:
+def storages(tmp_path_factory, session_ray) -> dict[str, str]:
     """Two finished studies, each in a storage of its own: TPE under one budget, random under a looser one."""
     urls = {}
     for name, sampler, max_gmacs in (("tpe", "tpe", 0.0003), ("random", "random", 0.0005)):

@@ -102,11 +102,18 @@ def test_attention_macs_equal_the_hand_count():
     assert macs == n * dim * 3 * dim + 2 * n * n * dim + n * dim * dim
 
 
-def test_complexity_builds_the_model_on_meta_tensors(monkeypatch):
-    """The base preset (448 px) is costed without allocating a parameter or computing a value."""
-    import importlib
+@pytest.fixture
+def costing() -> object:
+    """``layers.complexity`` the module (the package's ``complexity`` is the function), with nothing
+    remembered: a configuration another test costed first would not be traced again."""
+    module = importlib.import_module("layers.complexity")
+    module._complexity.cache_clear()
+    return module
 
-    module = importlib.import_module("layers.complexity")  # the module, not the function of that name
+
+def test_complexity_builds_the_model_on_meta_tensors(costing, monkeypatch):
+    """The base preset (448 px) is costed without allocating a parameter or computing a value."""
+    module = costing
     devices = []
 
     class Recording(module.DynamicBackbone):
@@ -120,9 +127,9 @@ def test_complexity_builds_the_model_on_meta_tensors(monkeypatch):
     assert result.params == 27_492_136 and result.gmacs > 10
 
 
-def test_a_configuration_is_traced_once_per_input_size(monkeypatch):
+def test_a_configuration_is_traced_once_per_input_size(costing, monkeypatch):
     """A search costs each configuration when it asks for it and again in every report."""
-    module = importlib.import_module("layers.complexity")  # the package's `complexity` is the function
+    module = costing
     traced = []
     real = module.count_macs
     monkeypatch.setattr(module, "count_macs", lambda *args: traced.append(args) or real(*args))

@@ -43,7 +43,7 @@ BROWSER_ARGS = [
 ]
 
 
-pytestmark = pytest.mark.usefixtures("local_ray")
+pytestmark = pytest.mark.usefixtures("session_ray")
 
 
 def run_quick(space: Path, results: Path) -> None:
@@ -51,7 +51,7 @@ def run_quick(space: Path, results: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def searched(tmp_path_factory, local_ray) -> Path:
+def searched(tmp_path_factory, session_ray) -> Path:
     """The finished study, its artifacts in a folder of its own (``study.artifacts``)."""
     folder = tmp_path_factory.mktemp("dashboard")
     space = write_space(

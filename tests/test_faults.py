@@ -44,7 +44,7 @@ from search.training.segment import run_segment
 from search.training.trainer import Trainer, TrainSpec
 from tests.fakes import SLOW_EPOCH_S, instant_curve_segment, slow_curve_segment
 
-pytestmark = pytest.mark.usefixtures("local_ray")
+pytestmark = pytest.mark.usefixtures("session_ray")
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -26,7 +26,7 @@ from search.cli import main
 from search.records import COMPLETE, TrialRecord
 from search.results.erf import effective_receptive_field
 
-pytestmark = pytest.mark.usefixtures("local_ray")
+pytestmark = pytest.mark.usefixtures("session_ray")
 
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "test-artifacts"
@@ -34,7 +34,7 @@ CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 
 
 @pytest.fixture(scope="module")
-def searched(tmp_path_factory, local_ray) -> Path:
+def searched(tmp_path_factory, session_ray) -> Path:
     """A finished 6-trial study whose weights were all kept."""
     folder = tmp_path_factory.mktemp("searched")
     space = write_space(folder, trials={"count": 6, "parallel": 2}, keep_weights="all")

@@ -15,7 +15,7 @@ from search.cli import main
 from search.records import COMPLETE, FAILED, PRUNED, REJECTED, TrialRecord
 from search.records import records as read_records
 
-pytestmark = pytest.mark.usefixtures("local_ray")
+pytestmark = pytest.mark.usefixtures("session_ray")
 
 
 def statuses(study: optuna.Study) -> list[str]:

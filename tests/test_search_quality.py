@@ -34,7 +34,7 @@ from search.space import load_space
 from tests.fakes import curve_segment
 
 ROOT = Path(__file__).resolve().parent.parent
-pytestmark = pytest.mark.usefixtures("local_ray")
+pytestmark = pytest.mark.usefixtures("session_ray")
 
 SPACE = WIDE_SPACE
 
@@ -70,7 +70,7 @@ def expected_decisions(records: list[TrialRecord], rungs: list[int], **rule) -> 
 
 
 @pytest.fixture(scope="module")
-def stopped_search(tmp_path_factory, local_ray) -> list[TrialRecord]:
+def stopped_search(tmp_path_factory, session_ray) -> list[TrialRecord]:
     rule = {"reduction": 2, "min_trials": 2}
     return search(
         tmp_path_factory.mktemp("stopping"),
