@@ -8,7 +8,7 @@ import signal
 import subprocess
 import sys
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import optuna
@@ -191,7 +191,7 @@ def fake_search(space: Path, results: Path, segment: Callable | None = None) -> 
 
 
 @pytest.fixture(scope="session")
-def session_ray() -> None:
+def session_ray() -> Iterator[None]:
     """One local Ray for the in-process searches of the session: a search leaves running a Ray it
     did not start, so each skips Ray's start-up and finds its workers warm."""
     from search.cluster import connect

@@ -1,6 +1,7 @@
 """GMACs: hand-derived counts for the dynamic linear layer, linear growth for the dynamic mixers."""
 
 import importlib
+import types
 
 import pytest
 import torch
@@ -103,7 +104,7 @@ def test_attention_macs_equal_the_hand_count():
 
 
 @pytest.fixture
-def costing() -> object:
+def costing() -> types.ModuleType:
     """``layers.complexity`` the module (the package's ``complexity`` is the function), with nothing
     remembered: a configuration another test costed first would not be traced again."""
     module = importlib.import_module("layers.complexity")
