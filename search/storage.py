@@ -22,7 +22,8 @@ from .defaults import DEFAULT_STORAGE
 
 T = TypeVar("T")
 SUPPORTED = ("sqlite", "postgresql")
-#: How long opening a new database waits for another process that is creating it at the same moment.
+#: How long opening a new database keeps retrying while another process creates it at the same
+#: moment (one SQLite attempt may itself wait up to its 60 s busy timeout).
 CREATE_PATIENCE_S = 30.0
 
 
