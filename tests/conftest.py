@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -108,6 +109,17 @@ def _popen(command: list[str], preexec_fn: Callable[[], None] | None = None) -> 
         start_new_session=True,
         preexec_fn=preexec_fn,
     )
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float, what: str, process: subprocess.Popen | None = None) -> None:
+    """Poll ``predicate`` until it holds; fail if ``process`` (a driver) exits first or time runs out.
+    Polling sleeps between looks: a busy loop would take a core, and the database, from the driver."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if process is not None and process.poll() is not None:
+            raise AssertionError(f"the driver exited while waiting for {what}:\n{process.stdout.read()}")
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.2)
 
 
 def records_of(url: str, name: str = "tiny") -> list[TrialRecord]:

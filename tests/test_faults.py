@@ -30,6 +30,7 @@ from conftest import (
     sqlite_url,
     start_driver,
     start_fake_driver,
+    wait_for,
     write_space,
 )
 from sqlalchemy.engine import make_url
@@ -50,15 +51,6 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 # ---------------------------------------------------------------------- helpers
-def wait_for(predicate, timeout: float, what: str, process: subprocess.Popen | None = None) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if process is not None and process.poll() is not None:
-            raise AssertionError(f"the driver exited while waiting for {what}:\n{process.stdout.read()}")
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.2)
-
-
 def check_accounting(recs: list[TrialRecord], budget: int) -> None:
     """Exactly the budget counted, no trial left running, each interrupted trial retried once."""
     assert len(counted(recs)) == budget

@@ -9,7 +9,6 @@ import json
 import os
 import signal
 import statistics
-import time
 from pathlib import Path
 
 import optuna
@@ -22,6 +21,7 @@ from conftest import (
     repeated_configurations,
     sqlite_url,
     start_fake_driver,
+    wait_for,
     write_space,
 )
 
@@ -130,9 +130,7 @@ def test_a_killed_and_resumed_driver_repeats_no_configuration(tmp_path, local_ra
     url = sqlite_url(tmp_path)
 
     driver = start_fake_driver(space, tmp_path / "results", local_ray)
-    while len(counted(records_of(url))) < 6:
-        assert driver.poll() is None, driver.stdout.read()
-        time.sleep(0.2)  # a busy loop would take a core, and the database, from the driver it waits for
+    wait_for(lambda: len(counted(records_of(url))) >= 6, 240, "six finished trials", driver)
     os.kill(driver.pid, signal.SIGKILL)
     driver.wait()
     before = max(r.number for r in read_records(load_study(url)))
