@@ -1,10 +1,10 @@
 """Dynamic-parameter vision layers: weights predicted from the input, at linear cost.
 
-Importing this package registers the models with timm. Everything another package needs is
-exported here, so that no caller depends on how the modules below are split.
+Importing this package registers the models with timm (without importing timm: see
+``timm_models.py``). Everything another package needs is exported here, so that no caller depends
+on how the modules below are split.
 """
 
-from . import timm_models  # noqa: F401  (registers the timm entry points)
 from .attention import Attention, LinearAttention
 from .backbone import DynamicBackbone
 from .blocks import Block, create_block
@@ -20,6 +20,9 @@ from .pooling import POOLS, create_pool, pool_extent
 from .presets import PRESETS
 from .registry import Registry, unknown_name_message
 from .schema import ConfigError, build, coerce_fields, coerce_value, join, type_name
+from .timm_models import register_with_timm
+
+register_with_timm()
 
 
 def create_model(arch: ArchConfig | dict | str) -> DynamicBackbone:

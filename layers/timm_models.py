@@ -3,15 +3,23 @@
 import layers, timm
 timm.create_model("weightformer_tiny", num_classes=10)
 timm.create_model("dynamic_backbone", arch="arch.yaml", img_size=64)
+
+Importing ``layers`` registers these with timm without importing timm: if timm is already imported
+they are registered at once, otherwise right after timm's own import finishes, whichever comes
+first. Importing timm pulls in torchvision and torch._dynamo, about 2 s per process, which the
+search's driver and its fake-trial workers never use.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import importlib.abc
+import importlib.util
+import sys
+from collections.abc import Callable, Mapping
+from importlib.machinery import ModuleSpec
 from pathlib import Path
+from types import ModuleType
 from typing import Any
-
-from timm.models import build_model_with_cfg, register_model
 
 from .backbone import DynamicBackbone
 from .config import ArchConfig
@@ -30,6 +38,8 @@ def _build(cfg: ArchConfig, num_classes: int, in_chans: int) -> DynamicBackbone:
 def _create(variant: str, arch: ArchConfig, pretrained: bool, **kwargs: Any) -> DynamicBackbone:
     overrides = {name: kwargs.pop(name) for name in _CONFIG_KWARGS if name in kwargs}
     cfg = arch.replace(**overrides)
+    from timm.models import build_model_with_cfg
+
     kwargs.pop("pretrained_cfg", None)
     pretrained_cfg = {
         "url": "",
@@ -46,22 +56,18 @@ def _create(variant: str, arch: ArchConfig, pretrained: bool, **kwargs: Any) -> 
     return build_model_with_cfg(_build, variant, pretrained, pretrained_cfg=pretrained_cfg, model_cfg=cfg, **kwargs)
 
 
-@register_model
 def weightformer_tiny(pretrained: bool = False, **kwargs: Any) -> DynamicBackbone:
     return _create("weightformer_tiny", PRESETS["weightformer_tiny"], pretrained, **kwargs)
 
 
-@register_model
 def weightformer_small(pretrained: bool = False, **kwargs: Any) -> DynamicBackbone:
     return _create("weightformer_small", PRESETS["weightformer_small"], pretrained, **kwargs)
 
 
-@register_model
 def weightformer_base(pretrained: bool = False, **kwargs: Any) -> DynamicBackbone:
     return _create("weightformer_base", PRESETS["weightformer_base"], pretrained, **kwargs)
 
 
-@register_model
 def dynamic_backbone(
     pretrained: bool = False, arch: ArchConfig | Mapping[str, Any] | str | Path | None = None, **kwargs: Any
 ) -> DynamicBackbone:
@@ -69,3 +75,63 @@ def dynamic_backbone(
     if arch is None:
         raise TypeError("dynamic_backbone needs arch=<ArchConfig | dict | path to a YAML file>")
     return _create("dynamic_backbone", ArchConfig.coerce(arch), pretrained, **kwargs)
+
+
+ENTRY_POINTS = (weightformer_tiny, weightformer_small, weightformer_base, dynamic_backbone)
+
+
+def _register() -> None:
+    from timm.models import register_model
+
+    for entry in ENTRY_POINTS:
+        register_model(entry)
+
+
+def register_with_timm() -> None:
+    """Register the entry points now if timm is imported, else as soon as it is."""
+    if "timm" in sys.modules:
+        _register()
+    elif not any(isinstance(finder, _AfterImport) for finder in sys.meta_path):
+        sys.meta_path.insert(0, _AfterImport("timm", _register))
+
+
+class _AfterImport(importlib.abc.MetaPathFinder):
+    """Finds module ``name`` the usual way, with a loader that calls ``then`` once the module has
+    run, and then leaves ``sys.meta_path``. A lookup that imports nothing (``importlib.util.find_spec``)
+    leaves it in place for the import that follows."""
+
+    def __init__(self, name: str, then: Callable[[], None]):
+        self.name, self.then, self.looking = name, then, False
+
+    def find_spec(self, fullname: str, path: Any = None, target: ModuleType | None = None) -> ModuleSpec | None:
+        if fullname != self.name or self.looking:
+            return None
+        self.looking = True  # the lookup below asks every finder again, this one included
+        try:
+            spec = importlib.util.find_spec(fullname)
+        finally:
+            self.looking = False
+        if spec is not None and spec.loader is not None:
+            spec.loader = _ThenLoader(spec.loader, self._imported)
+        return spec
+
+    def _imported(self) -> None:
+        sys.meta_path.remove(self)
+        self.then()
+
+
+class _ThenLoader(importlib.abc.Loader):
+    """A module's own loader, followed by a callback; everything else (resources, data) is the loader's."""
+
+    def __init__(self, loader: importlib.abc.Loader, then: Callable[[], None]):
+        self.loader, self.then = loader, then
+
+    def create_module(self, spec: ModuleSpec) -> ModuleType | None:
+        return self.loader.create_module(spec)
+
+    def exec_module(self, module: ModuleType) -> None:
+        self.loader.exec_module(module)
+        self.then()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.loader, name)

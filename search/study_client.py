@@ -12,7 +12,6 @@ from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import optuna
-import optuna_dashboard
 from optuna.artifacts import ArtifactMeta
 from optuna.trial import FrozenTrial, TrialState
 
@@ -136,6 +135,9 @@ class StudyClient:
 
     def save_note(self, body: str, trial_id: int | None = None) -> None:
         """optuna-dashboard's Markdown note of a trial, or of the study when ``trial_id`` is None."""
+        # Imported at the first note, not with this module: optuna-dashboard brings scikit-learn
+        # (about a second), which the commands that only read a study never need.
+        import optuna_dashboard
 
         def save() -> None:
             if trial_id is None:

@@ -1,10 +1,13 @@
 """The shape of the code: no import cycle, ``search`` reaches ``layers`` through its top level only,
-the command line parses its arguments without importing anything heavy, and every file the code,
+the command line parses its arguments without importing anything heavy, drivers, trial bodies and
+reports start without timm (whose models ``layers`` still registers), and every file the code,
 tests and documents cite exists."""
 
 from __future__ import annotations
 
 import ast
+import importlib
+import importlib.util
 import re
 import subprocess
 import sys
@@ -90,6 +93,13 @@ def test_search_uses_layers_through_its_top_level_only():
     assert deep == set()
 
 
+def fresh_output(probe: str) -> str:
+    """What a fresh interpreter running ``probe`` in the repository's root prints."""
+    return subprocess.run(
+        [sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.strip()
+
+
 def test_help_imports_nothing_heavy():
     probe = (
         "import sys, contextlib, io\n"
@@ -98,8 +108,44 @@ def test_help_imports_nothing_heavy():
         "    build_parser().parse_args(['--help'])\n"
         "print(sorted(m for m in ('torch', 'optuna', 'sqlalchemy', 'pandas', 'ray') if m in sys.modules))\n"
     )
-    out = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, check=True).stdout
-    assert out.strip() == "[]"
+    assert fresh_output(probe) == "[]"
+
+
+def test_drivers_trial_bodies_and_reports_start_without_timm_torchvision_or_sklearn():
+    """None of them uses timm or torchvision, and scikit-learn (optuna-dashboard's) only from the
+    first note or importance plot on; together these imports cost about 3 s of every start."""
+    probe = (
+        "import sys\n"
+        "import search.cli, search.driver, search.cluster, search.training.segment, tests.fakes\n"
+        "import search.results.report, search.results.export\n"
+        "print(sorted(m for m in ('timm', 'torchvision', 'sklearn') if m in sys.modules))\n"
+    )
+    assert fresh_output(probe) == "[]"
+
+
+def test_importing_timm_first_registers_the_models_at_once():
+    """The other order, layers first, is this test process's own: its timm tests use the hook."""
+    probe = (
+        "import timm, layers\nprint(sorted(timm.list_models('weightformer_*')), timm.is_model('dynamic_backbone'))\n"
+    )
+    assert fresh_output(probe) == "['weightformer_base', 'weightformer_small', 'weightformer_tiny'] True"
+
+
+def test_the_registration_hook_runs_after_the_import_and_not_at_a_mere_lookup(tmp_path, monkeypatch):
+    """Watched here on a module of the test's own: a lookup that imports nothing (``find_spec``, as
+    optional-dependency checks do) leaves the hook for the import, which runs it once, afterwards."""
+    from layers.timm_models import _AfterImport
+
+    (tmp_path / "watched_module.py").write_text("LOADED = True\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    seen: list[bool] = []
+    hook = _AfterImport("watched_module", lambda: seen.append(sys.modules["watched_module"].LOADED))
+    monkeypatch.setattr(sys, "meta_path", [hook, *sys.meta_path])
+    monkeypatch.delitem(sys.modules, "watched_module", raising=False)
+    assert importlib.util.find_spec("watched_module") is not None
+    assert seen == [] and hook in sys.meta_path
+    importlib.import_module("watched_module")
+    assert seen == [True] and hook not in sys.meta_path
 
 
 def citing_files() -> list[Path]:

@@ -220,3 +220,21 @@ def test_float16_update_sums_cannot_overflow_before_their_scale():
     dw = torch.bmm(left.transpose(1, 2), right)
     assert torch.isfinite(dw).all()
     torch.testing.assert_close(dw.float(), torch.full((1, 16, 16), 128.0 * 128.0 * 64 * scale))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_drop_path_draws_and_scales_as_timms_does(dtype):
+    """The layers' own DropPath: the same output as timm's for the same seed (a seeded run trains
+    the same model without timm), the identity in eval and at rate 0."""
+    from timm.layers import DropPath as TimmDropPath
+
+    from layers.stochastic_depth import DropPath
+
+    x = torch.randn(64, 3, 3, 8, dtype=dtype)
+    outputs = []
+    for module in (DropPath(0.3), TimmDropPath(0.3)):
+        torch.manual_seed(0)
+        outputs.append(module.train()(x))
+    assert torch.equal(*outputs)
+    assert 0 < (outputs[0] == 0).all(dim=(1, 2, 3)).sum() < 64  # whole samples dropped, not all
+    assert DropPath(0.3).eval()(x) is x and DropPath(0.0).train()(x) is x

@@ -14,6 +14,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import timm
@@ -267,6 +268,23 @@ def test_importance_intervals_separate_a_deciding_parameter_from_noise():
     rows = dict(zip(bars.y, zip(bars.x, bars.error_x.array, bars.error_x.arrayminus)))
     (mixer, _, mixer_below), (lr, lr_above, _) = rows["mixer"], rows["lr"]
     assert mixer - mixer_below > lr + lr_above
+
+
+def test_the_tree_by_tree_forest_gives_a_random_forests_importances():
+    """Grown tree by tree, the forest ranks and weighs features as RandomForestRegressor does:
+    on a target that two of four features set, both give the same shares within sampling noise."""
+    from sklearn.ensemble import RandomForestRegressor
+
+    from search.results.report import forest_importance
+
+    rng = np.random.default_rng(1)
+    features = rng.random((40, 4))
+    target = 2 * features[:, 0] + features[:, 1] + 0.01 * rng.random(40)
+    ours = forest_importance(features, target, 200, np.random.default_rng(0))
+    sklearns = RandomForestRegressor(n_estimators=200, random_state=0).fit(features, target).feature_importances_
+    assert ours.sum() == pytest.approx(1.0)
+    assert ours == pytest.approx(sklearns, abs=0.03)
+    assert ours[0] > ours[1] > max(ours[2], ours[3])
 
 
 def test_the_report_draws_hypervolume_against_compute_with_the_benchmarks_function():

@@ -266,10 +266,31 @@ def trust_section(records: Sequence[TrialRecord], settings: RecordedSettings) ->
     return Section(title, note, fig, warning)
 
 
+def forest_importance(features: np.ndarray, target: np.ndarray, trees: int, rng: np.random.Generator) -> np.ndarray:
+    """A random forest's impurity importance of each feature, normalised to sum to 1.
+
+    The forest is grown tree by tree, as RandomForestRegressor grows it: each tree on a bootstrap
+    sample (drawn as per-row counts used as sample weights), every feature considered at each
+    split, importances averaged over the trees that split at all. The forest class costs about
+    0.5 ms of parameter validation and cloning per tree, which over a report's 1,800 trees was
+    most of its time; a tree fitted on inputs already in its own dtypes skips those checks.
+    """
+    from sklearn.tree import DecisionTreeRegressor
+
+    features, target = np.ascontiguousarray(features, dtype=np.float32), np.ascontiguousarray(target, dtype=float)
+    total, split = np.zeros(features.shape[1]), 0
+    for _ in range(trees):
+        counts = np.bincount(rng.integers(0, len(target), len(target)), minlength=len(target)).astype(float)
+        tree = DecisionTreeRegressor(random_state=int(rng.integers(2**31 - 1)))
+        tree.fit(features, target, sample_weight=counts, check_input=False)
+        if tree.tree_.node_count > 1:
+            total += tree.feature_importances_
+            split += 1
+    return total / total.sum() if split else total
+
+
 def importance_section(records: Sequence[TrialRecord]) -> Section:
     """Random-forest importance of each parameter for final accuracy, with bootstrap intervals."""
-    from sklearn.ensemble import RandomForestRegressor
-
     title = "Parameter importance for accuracy"
     complete = [r for r in records if r.status == COMPLETE and r.params]
     names = sorted({k for r in complete for k in r.params})
@@ -298,8 +319,8 @@ def importance_section(records: Sequence[TrialRecord]) -> Section:
     samples = np.zeros((BOOTSTRAP_RESAMPLES, len(names)))
     for b in range(BOOTSTRAP_RESAMPLES):
         rows = rng.integers(0, len(complete), len(complete))
-        forest = RandomForestRegressor(n_estimators=BOOTSTRAP_TREES, random_state=b).fit(features[rows], target[rows])
-        for name, value in zip(owner, forest.feature_importances_):
+        importance = forest_importance(features[rows], target[rows], BOOTSTRAP_TREES, rng)
+        for name, value in zip(owner, importance):
             samples[b, names.index(name)] += float(value)
     low, median, high = np.percentile(samples, [5, 50, 95], axis=0)
     order = np.argsort(median)

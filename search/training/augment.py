@@ -14,7 +14,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torchvision.ops import roi_align
 
 from layers import ConfigError, coerce_fields
 
@@ -124,6 +123,9 @@ def _random_flip(images: Tensor, generator: torch.Generator) -> Tensor:
 
 def _random_resized_crop(images: Tensor, size: tuple[int, int], generator: torch.Generator) -> Tensor:
     """Inception-style crops: area 8-100 %, aspect 3/4-4/3, one box per sample, resized bilinearly."""
+    # Imported here: torchvision brings torch._dynamo (about a second), which only this crop needs.
+    from torchvision.ops import roi_align
+
     batch, _, height, width = images.shape
     device = images.device
     area = height * width * (0.08 + 0.92 * _uniform(batch, generator))

@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import timm.optim
 import torch
 import torch.nn.functional as F
 import yaml
@@ -94,6 +93,8 @@ class Trainer:
             spec.augment, data.mean, data.std, data.img_size, data.num_classes, spec.label_smoothing, device
         )
         self.generator = torch.Generator(device=device).manual_seed(seed)
+        import timm.optim  # here, not at the top: the driver imports this module for TrainSpec alone
+
         self.optimizer = timm.optim.create_optimizer_v2(model, "adamw", lr=spec.peak_lr, weight_decay=spec.weight_decay)
         self.steps_per_epoch = max(1, len(self.train_split) // spec.batch_size)
         self.images_per_epoch = min(len(self.train_split), self.steps_per_epoch * spec.batch_size)
