@@ -271,9 +271,9 @@ def forest_importance(features: np.ndarray, target: np.ndarray, trees: int, rng:
 
     The forest is grown tree by tree, as RandomForestRegressor grows it: each tree on a bootstrap
     sample (drawn as per-row counts used as sample weights), every feature considered at each
-    split, importances averaged over the trees that split at all. The forest class costs about
-    0.5 ms of parameter validation and cloning per tree, which over a report's 1,800 trees was
-    most of its time; a tree fitted on inputs already in its own dtypes skips those checks.
+    split, importances averaged over the trees that split at all. The forest class clones and
+    validates every tree, which over a report's 1,800 trees was most of its time; trees fitted
+    directly, on inputs already in their own dtypes (``check_input=False``), take 0.6 times as long.
     """
     from sklearn.tree import DecisionTreeRegressor
 
