@@ -36,10 +36,10 @@ def _build(cfg: ArchConfig, num_classes: int, in_chans: int) -> DynamicBackbone:
 
 
 def _create(variant: str, arch: ArchConfig, pretrained: bool, **kwargs: Any) -> DynamicBackbone:
+    from timm.models import build_model_with_cfg  # only timm calls this, so timm is imported by now
+
     overrides = {name: kwargs.pop(name) for name in _CONFIG_KWARGS if name in kwargs}
     cfg = arch.replace(**overrides)
-    from timm.models import build_model_with_cfg
-
     kwargs.pop("pretrained_cfg", None)
     pretrained_cfg = {
         "url": "",
