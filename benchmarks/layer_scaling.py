@@ -1,6 +1,6 @@
 """Forward + backward time and peak memory of one block as the token count grows.
 
-    python benchmarks/layer_scaling.py            # all blocks, 64 .. 12544 tokens (about 5 minutes)
+    python benchmarks/layer_scaling.py            # all blocks, 64 .. 12544 tokens (about 7 minutes)
     python benchmarks/layer_scaling.py --baseline DIR   # also the dynamic block of another checkout
 
 ``--baseline`` names a checkout of an earlier commit (``git worktree add DIR <commit>``); its
@@ -62,6 +62,8 @@ BLOCKS = {
 }
 if "baseline_layers" in sys.modules:
     BLOCKS[BASELINE] = lambda: baseline_layers.create_block(baseline_layers.PRESETS["weightformer_tiny"], 1)
+MIN_SECONDS = 10.0  # the least time the rounds of one token count take
+BLOCK_SECONDS = 30.0  # the step time after which a block with three rounds takes no more
 ALLOCATOR_ENV = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(1 << 40)}
 
 
@@ -88,10 +90,21 @@ def time_blocks(side: int) -> dict[str, dict]:
     for block in blocks.values():  # one-time allocation and kernel selection; not timed
         _step(block, tokens)
     seconds: dict[str, list[float]] = {name: [] for name in blocks}
-    deadline = time.perf_counter() + 60.0
-    while len(seconds["static"]) < 3 or (len(seconds["static"]) < 9 and time.perf_counter() < deadline):
-        for name, block in blocks.items():
-            seconds[name].append(_step(block, tokens))
+    start = time.perf_counter()
+
+    def wants_more(name: str) -> bool:
+        taken = seconds[name]
+        # Small grids step in milliseconds, where nine rounds leave a median that moves by 10 %
+        # from run to run: every block keeps stepping for MIN_SECONDS. After that a block stops at
+        # nine rounds, or at three once its own steps have taken BLOCK_SECONDS, so that attention
+        # at 12544 tokens (20 s a step) no longer leaves the fast blocks three rounds.
+        if len(taken) < 3 or time.perf_counter() - start < MIN_SECONDS:
+            return True
+        return len(taken) < 9 and sum(taken) < BLOCK_SECONDS
+
+    while stepping := [name for name in blocks if wants_more(name)]:
+        for name in stepping:
+            seconds[name].append(_step(blocks[name], tokens))
     return {name: {"seconds": statistics.median(values), "steps": len(values)} for name, values in seconds.items()}
 
 
@@ -203,6 +216,7 @@ def main() -> None:
             "block": r["block"],
             "tokens": r["tokens"],
             "fwd+bwd s": r["seconds"],
+            "rounds": r["steps"],
             "x static time": r["seconds"] / time_of["static", r["tokens"]],
             "fwd GMACs": r["gmacs"],
             "x static GMACs": r["gmacs"] / gmacs_of["static", r["tokens"]],
@@ -212,7 +226,8 @@ def main() -> None:
     ]
     notes = (
         f"One block, width {WIDTH}, batch {BATCH}, float32 on the CPU: median seconds of a forward + "
-        "backward step (blocks stepped in turn, 3 to 9 rounds), and the peak resident memory two "
+        f"backward step (blocks stepped in turn for at least {MIN_SECONDS:.0f} s, then up to 9 rounds, or 3 "
+        f"for a block whose steps took {BLOCK_SECONDS:.0f} s), and the peak resident memory two "
         "steps added to a fresh process (MiB); forward GMACs of the batch for comparison."
     )
     exit_with(write("layer_scaling", "Layer scaling", table, targets, notes))
