@@ -45,13 +45,13 @@ class DynamicDWConv(nn.Module):
 
     def delta(self, x: Tensor) -> Tensor:
         """The per-sample kernel update dK of shape (B, C, k, k) for tokens (B, H, W, C)."""
-        pooled = adaptive_avg_pool(x, self.predictor.grid).permute(0, 3, 1, 2)  # (B, C, g, g)
+        pooled = adaptive_avg_pool(x, self.predictor.grid)  # (B, g, g, C)
         # The conv predictors (adaptive, conv, amp_dir) leave their output channels-last, where
         # the norm's reduction over the k x k taps strides across channels: one copy makes it
         # contiguous (a no-op for gap), and the norm and its gradient then cost less than half as
         # much, which saves about a tenth of the mixer's time at small grids.
         kernel = self.predictor(pooled).contiguous()
-        return self.gate(self.norm(kernel, (2, 3)), pooled.mean(dim=(2, 3)))
+        return self.gate(self.norm(kernel, (2, 3)), pooled.mean(dim=(1, 2)))
 
     def forward(self, x: Tensor) -> Tensor:
         batch, height, width, dim = x.shape

@@ -125,6 +125,18 @@ def test_adaptive_pool_matches_torch():
         torch.testing.assert_close(adaptive_avg_pool(x, size), expected)
 
 
+@pytest.mark.parametrize("name", ["adaptive", "conv"])
+def test_kernel_predictors_read_channels_last_maps_as_their_convs_would(name):
+    """The 1x1 convs run as matmuls on the channels-last map, with the Conv2d parameters that
+    published checkpoints hold: the kernel must be the one the convs give on the usual layout."""
+    from layers.kernel_predictors import create_kernel_predictor
+
+    torch.manual_seed(0)
+    predictor = create_kernel_predictor(name, 8, 3, "gelu")
+    pooled = torch.randn(2, predictor.grid, predictor.grid, 8)
+    torch.testing.assert_close(predictor(pooled), predictor.mlp(pooled.permute(0, 3, 1, 2)))
+
+
 @pytest.mark.parametrize("factored", [False, True], ids=["weight built", "factored"])
 @pytest.mark.parametrize("gate", ["none", "scalar", "sigmoid"])
 @pytest.mark.parametrize("unit1", [False, True], ids=["none", "unit1"])
