@@ -27,8 +27,9 @@ def pointwise(conv: nn.Conv2d, x: Tensor) -> Tensor:
 
     The parameters stay a Conv2d's, as in the published checkpoints. On maps this small the
     conv's oneDNN set-up, forward and backward, costs several times its arithmetic, while the
-    matmul needs neither a layout change nor a reorder: the dynamic block takes 3-5 % less time
-    at 64 and 196 tokens (benchmarks/layer_scaling.py, against the conv route in the same runs).
+    matmul needs neither a layout change nor a reorder: the dynamic block takes 0.96x the conv
+    route's time at 64 tokens and 0.95x at 196 (medians of three A/Bs in the same processes,
+    benchmarks/layer_scaling.py).
     """
     return F.linear(x, conv.weight.flatten(1), conv.bias)
 
