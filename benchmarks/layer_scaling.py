@@ -2,6 +2,7 @@
 
     python benchmarks/layer_scaling.py            # all blocks, 64 .. 12544 tokens (about 7 minutes)
     python benchmarks/layer_scaling.py --baseline DIR   # also the dynamic block of another checkout
+    python benchmarks/layer_scaling.py --threads 1      # one core: results in layer_scaling_threads1.*
 
 ``--baseline`` names a checkout of an earlier commit (``git worktree add DIR <commit>``); its
 ``layers`` package is imported in the timing processes as a fifth block, "dynamic (baseline)",
@@ -126,11 +127,13 @@ def block_gmacs(block_name: str, side: int) -> float:
     return layers.count_macs(block, tokens) / 1e9
 
 
-def child(*args: str, baseline: str | None = None) -> object:
+def child(*args: str, baseline: str | None = None, threads: int | None = None) -> object:
     extra = ["--baseline", baseline] if baseline else []
+    # torch and MKL size their thread pools from this variable when the process starts
+    thread_env = {"OMP_NUM_THREADS": str(threads)} if threads else {}
     out = subprocess.run(
         [sys.executable, __file__, *args, *extra],
-        env={**os.environ, **ALLOCATOR_ENV},
+        env={**os.environ, **ALLOCATOR_ENV, **thread_env},
         check=True,
         capture_output=True,
         text=True,
@@ -143,6 +146,12 @@ def main() -> None:
     parser.add_argument("--time", type=int, metavar="SIDE", help=argparse.SUPPRESS)
     parser.add_argument("--memory", nargs=2, metavar=("BLOCK", "SIDE"), help=argparse.SUPPRESS)
     parser.add_argument("--baseline", metavar="DIR", help="a checkout whose dynamic block is timed alongside")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        metavar="N",
+        help="torch threads in the timing processes (default: one per core); the results get a _threadsN suffix",
+    )
     args = parser.parse_args()
     if args.time:
         print(json.dumps(time_blocks(args.time)))
@@ -151,15 +160,17 @@ def main() -> None:
         print(json.dumps(peak_memory(args.memory[0], int(args.memory[1]))))
         return
 
+    if args.threads:
+        torch.set_num_threads(args.threads)  # so that the results record the timing processes' count
     rows = []
     for side in SIDES:
-        timed = child("--time", str(side), baseline=args.baseline)
+        timed = child("--time", str(side), baseline=args.baseline, threads=args.threads)
         for name in timed:
             row = {
                 "block": name,
                 "tokens": side * side,
                 **timed[name],
-                "peak_mib": child("--memory", name, str(side), baseline=args.baseline),
+                "peak_mib": child("--memory", name, str(side), baseline=args.baseline, threads=args.threads),
                 "gmacs": block_gmacs(name, side),
             }
             print(
@@ -225,12 +236,14 @@ def main() -> None:
         for r in sorted(rows, key=lambda r: (list(BLOCKS).index(r["block"]), r["tokens"]))
     ]
     notes = (
-        f"One block, width {WIDTH}, batch {BATCH}, float32 on the CPU: median seconds of a forward + "
+        f"One block, width {WIDTH}, batch {BATCH}, float32 on the CPU with {torch.get_num_threads()} torch "
+        "threads: median seconds of a forward + "
         f"backward step (blocks stepped in turn for at least {MIN_SECONDS:.0f} s, then up to 9 rounds, or 3 "
         f"for a block whose steps took {BLOCK_SECONDS:.0f} s), and the peak resident memory two "
         "steps added to a fresh process (MiB); forward GMACs of the batch for comparison."
     )
-    exit_with(write("layer_scaling", "Layer scaling", table, targets, notes))
+    name = f"layer_scaling_threads{args.threads}" if args.threads else "layer_scaling"
+    exit_with(write(name, "Layer scaling", table, targets, notes))
 
 
 if __name__ == "__main__":
