@@ -45,6 +45,7 @@ def test_a_missing_architecture_says_what_was_expected(tmp_path, monkeypatch, ca
     )
 
 
+@pytest.mark.slow
 def test_a_quiet_run_shows_only_its_own_lines_and_ends_with_the_next_commands(tmp_path):
     space = write_space(tmp_path, trials={"count": 1, "parallel": 1})
     run = subprocess.run(

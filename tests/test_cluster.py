@@ -183,6 +183,7 @@ class OutOfMemoryWhenShared:
 
 
 # ---------------------------------------------------------------------- the tests
+@pytest.mark.slow
 def test_the_command_line_spreads_trials_over_both_nodes_with_data_shipped(cluster, tmp_path, monkeypatch, capsys):
     """``python -m search run --address``: real training on both worker nodes, at most two trials per
     GPU, on the CPU for want of CUDA (allowed, and said), from an image folder deleted once loaded."""
@@ -222,6 +223,7 @@ def test_the_command_line_spreads_trials_over_both_nodes_with_data_shipped(clust
     assert all(most_at_once(spans) <= 2 for spans in gpu_spans(trials).values())
 
 
+@pytest.mark.slow
 def test_half_gpus_pack_two_trials_per_gpu_four_at_once(cluster, tmp_path):
     address, workers = cluster
     folder = tmp_path / "marks"
@@ -289,6 +291,7 @@ def test_the_attempt_number_counts_retries(cluster):
         ray.shutdown()
 
 
+@pytest.mark.slow
 def test_a_node_lost_mid_trial_loses_nothing(module_cluster, tmp_path):
     """A worker node dies while a trial's second or third segment runs on it, the checkpoint it
     started from lost with it: Ray rebuilds that checkpoint on the surviving node (re-running the

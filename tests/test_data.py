@@ -90,6 +90,7 @@ def train_on_pairs(mixer: str, depth: int, every: int) -> float:
     return trainer.evaluate()
 
 
+@pytest.mark.slow
 def test_digit_pairs_needs_global_reach():
     """A static model whose receptive field (+-2 tokens) never joins the two ends stays at chance
     (10 %); an attention model, whose tokens see the whole canvas, learns the sum."""

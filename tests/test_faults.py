@@ -130,6 +130,7 @@ def test_a_worker_killed_mid_trial_is_retried(tmp_path, retries):
 
 
 # ---------------------------------------------------------------------- killed drivers
+@pytest.mark.slow
 def test_the_driver_killed_at_several_points_loses_nothing(tmp_path, local_ray):
     budget = 6
     space = write_space(tmp_path, training={"epochs": 2}, trials={"count": budget, "parallel": 2})
@@ -154,6 +155,7 @@ def test_the_driver_killed_at_several_points_loses_nothing(tmp_path, local_ray):
     assert any(r.status == STALE for r in recs)  # the kills did catch trials mid-run
 
 
+@pytest.mark.slow
 def test_ctrl_c_stops_cleanly_and_a_rerun_resumes(tmp_path):
     # The real command line (its exit code and message are what is checked), with trials long
     # enough to be caught running: at 40 epochs they ended before the interrupt once the small-grid
@@ -225,6 +227,7 @@ def named_space(tmp_path: Path, name: str, url: str, **sections) -> Path:
     return write_space(tmp_path, name=name, study={"name": name, "storage": url}, **sections)
 
 
+@pytest.mark.slow
 def test_dropped_connections_and_an_outage_are_survived(tmp_path, postgres_url, unique_name, local_ray):
     space = named_space(tmp_path, unique_name, postgres_url, training={"epochs": 2}, trials={"count": 4, "parallel": 2})
     driver = start_fake_driver(space, tmp_path / "results", local_ray)
@@ -239,6 +242,7 @@ def test_dropped_connections_and_an_outage_are_survived(tmp_path, postgres_url, 
     check_accounting(records_of(postgres_url, unique_name), 4)
 
 
+@pytest.mark.slow
 def test_two_drivers_share_one_postgres_study(tmp_path, postgres_url, unique_name, local_ray):
     space = named_space(
         tmp_path,
@@ -264,6 +268,7 @@ def test_two_drivers_share_one_postgres_study(tmp_path, postgres_url, unique_nam
     assert repeated_configurations(recs) == []  # each driver samples where the study stands, not from its seed
 
 
+@pytest.mark.slow
 def test_four_parallel_trials_and_a_reader_never_lock_sqlite(tmp_path, local_ray):
     space = write_space(tmp_path, trials={"count": 8, "parallel": 4}, resources={"cpus": 0.5}, training={"epochs": 3})
     url = sqlite_url(tmp_path)

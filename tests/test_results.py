@@ -337,6 +337,7 @@ def train_cmd(arch: Path, out: Path) -> list[str]:
     return [sys.executable, "-m", "search", "train", "--arch", str(arch), *options, "--out", str(out)]
 
 
+@pytest.mark.slow
 def test_full_training_resumes_after_interruption(tmp_path):
     arch = tmp_path / "arch.yaml"
     layers.ArchConfig(patch_size=2, embed_dim=16, depth=2, every=1, offset=0).save(arch)

@@ -125,6 +125,7 @@ def test_rejections_reach_the_sampler_as_constraints_and_grow_rarer(tmp_path):
     assert early >= 0.25 and late <= 0.6 * early, (early, late)
 
 
+@pytest.mark.slow
 def test_a_killed_and_resumed_driver_repeats_no_configuration(tmp_path, local_ray):
     space = write_space(tmp_path, space=SPACE, trials={"count": 24, "parallel": 2}, training={"epochs": 2})
     url = sqlite_url(tmp_path)
@@ -140,6 +141,7 @@ def test_a_killed_and_resumed_driver_repeats_no_configuration(tmp_path, local_ra
     assert repeated_configurations(records) == []
 
 
+@pytest.mark.slow
 def test_the_efficiency_benchmark_runs_end_to_end(tmp_path):
     from benchmarks import search_efficiency
 
