@@ -236,11 +236,10 @@ def main() -> None:
         for r in sorted(rows, key=lambda r: (list(BLOCKS).index(r["block"]), r["tokens"]))
     ]
     notes = (
-        f"One block, width {WIDTH}, batch {BATCH}, float32 on the CPU with {torch.get_num_threads()} torch "
-        "threads: median seconds of a forward + "
-        f"backward step (blocks stepped in turn for at least {MIN_SECONDS:.0f} s, then up to 9 rounds, or 3 "
-        f"for a block whose steps took {BLOCK_SECONDS:.0f} s), and the peak resident memory two "
-        "steps added to a fresh process (MiB); forward GMACs of the batch for comparison."
+        f"One block, width {WIDTH}, batch {BATCH}, float32 on the CPU with {torch.get_num_threads()} torch threads: "
+        f"median seconds of a forward + backward step (blocks stepped in turn for at least {MIN_SECONDS:.0f} s, "
+        f"then up to 9 rounds, or 3 for a block whose steps took {BLOCK_SECONDS:.0f} s), and the peak resident "
+        "memory two steps added to a fresh process (MiB); forward GMACs of the batch for comparison."
     )
     name = f"layer_scaling_threads{args.threads}" if args.threads else "layer_scaling"
     exit_with(write(name, "Layer scaling", table, targets, notes))
