@@ -10,7 +10,7 @@ stepped in turn with the others, so the old and new dynamic block are compared i
 
 Width 192 (the tiny preset's), batch 8, one block of each kind, all measured in the same run.
 Each token count is timed in its own process with the blocks stepped in turn; each (block, tokens)
-case is then run once more in a fresh process so that its peak resident memory is its own.
+case is then run once more in a fresh process so that the rise of its resident memory is its own.
 
 The cases run with glibc's allocator told to keep freed memory (MALLOC_MMAP_MAX_=0 and no heap
 trimming), as PyTorch's CPU performance guide advises through jemalloc/tcmalloc: by default,
@@ -22,10 +22,10 @@ curves by an allocator threshold rather than by the algorithms.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import itertools
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -110,14 +110,31 @@ def time_blocks(side: int) -> dict[str, dict]:
 
 
 def peak_memory(block_name: str, side: int) -> float:
-    """MiB of resident memory that two forward+backward steps of one block added to the process."""
+    """MiB by which two forward+backward steps of one block raised the process's resident memory
+    at their peak, over what it held just before them.
+
+    Two things would hide the steps' memory: heap that start-up freed but kept resident, which the
+    steps reuse without a page fault, and a peak already reached during start-up (imports peak
+    higher than a block at 64 tokens). So the free heap goes back to the system first, and the
+    kernel's high-water mark is reset to the present resident size before the steps.
+    """
     torch.manual_seed(0)
     block = BLOCKS[block_name]()
     tokens = torch.randn(BATCH, side, side, WIDTH, requires_grad=True)
-    baseline_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
+    Path("/proc/self/clear_refs").write_text("5")  # 5: reset VmHWM to VmRSS (Linux, proc(5))
+    before = _resident_kib("VmRSS")
     _step(block, tokens)
     _step(block, tokens)
-    return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - baseline_kib) / 1024
+    return (_resident_kib("VmHWM") - before) / 1024
+
+
+def _resident_kib(field: str) -> int:
+    """A resident-memory field of /proc/self/status (VmRSS, VmHWM), in KiB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1])
+    raise RuntimeError(f"/proc/self/status has no {field}")
 
 
 def block_gmacs(block_name: str, side: int) -> float:
@@ -238,8 +255,8 @@ def main() -> None:
     notes = (
         f"One block, width {WIDTH}, batch {BATCH}, float32 on the CPU with {torch.get_num_threads()} torch threads: "
         f"median seconds of a forward + backward step (blocks stepped in turn for at least {MIN_SECONDS:.0f} s, "
-        f"then up to 9 rounds, or 3 for a block whose steps took {BLOCK_SECONDS:.0f} s), and the peak resident "
-        "memory two steps added to a fresh process (MiB); forward GMACs of the batch for comparison."
+        f"then up to 9 rounds, or 3 for a block whose steps took {BLOCK_SECONDS:.0f} s), and how far two steps "
+        "raised a fresh process's resident memory at their peak (MiB); forward GMACs of the batch for comparison."
     )
     name = f"layer_scaling_threads{args.threads}" if args.threads else "layer_scaling"
     exit_with(write(name, "Layer scaling", table, targets, notes))
