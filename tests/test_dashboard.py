@@ -9,8 +9,11 @@ rejects the references and some samples, and a static mixer that fails on purpos
 
 from __future__ import annotations
 
+import ipaddress
+import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -20,7 +23,7 @@ from pathlib import Path
 import optuna
 import pytest
 from conftest import TINY_SPACE, load_study, sqlite_url, write_space
-from test_results import CHROMIUM, free_port, get_json
+from test_results import CHROMIUM
 
 from search.dashboard import REPORT, curve_name
 from search.driver import Driver
@@ -44,6 +47,17 @@ BROWSER_ARGS = [
 
 
 pytestmark = pytest.mark.usefixtures("session_ray")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def get_json(url: str):
+    with urllib.request.urlopen(url, timeout=5) as response:
+        return json.loads(response.read())
 
 
 def run_quick(space: Path, results: Path) -> None:
@@ -140,6 +154,17 @@ def chips(page) -> list[str]:
     return page.locator("h4:has-text('(trial_id=') + div [class*=MuiChip-label]").all_inner_texts()
 
 
+def test_the_api_serves_every_trial_with_readable_attributes(searched, trials, dashboard):
+    summary = next(s for s in get_json(f"{dashboard}/api/studies")["study_summaries"] if s["study_name"] == "tiny")
+    served = get_json(f"{dashboard}/api/studies/{summary['study_id']}")["trials"]
+    assert len(served) == len(load_study(sqlite_url(searched)).trials)
+    number = trials[COMPLETE][0].number
+    attrs = {a["key"]: a["value"] for a in next(t for t in served if t["number"] == number)["user_attrs"]}
+    assert {"arch", "summary", "gmacs", "mparams", "latency_ms", "curve", "status"} <= set(attrs)
+    arch = json.loads(attrs["arch"])  # readable: the whole architecture, not cut short
+    assert arch["mixer"] in attrs["summary"] and "dynamic" in arch
+
+
 def test_a_trial_page_shows_its_note_and_its_learning_curve(searched, trials, dashboard, page):
     record = trials[COMPLETE][0]
     open_trial(page, dashboard, searched, record.number)
@@ -206,6 +231,40 @@ def test_every_trial_has_a_note_and_each_that_trained_one_curve(searched, trials
         assert note.startswith(f"### Trial {record.number}:"), note
         curves = [m.filename for m in listed_artifacts(study.trials[record.number].system_attrs)]
         assert curves == ([curve_name(record.number)] if record.curve else [])
+
+
+def test_the_dashboard_listens_on_loopback_only(dashboard):
+    port = int(dashboard.rsplit(":", 1)[1])
+    assert listening_addresses(port) == {"127.0.0.1"}
+    address = outbound_address()
+    if address is not None:  # and from this machine's own network address, nothing answers
+        with pytest.raises(OSError):
+            urllib.request.urlopen(f"http://{address}:{port}/api/meta", timeout=2).close()
+
+
+def listening_addresses(port: int) -> set[str]:
+    """The local addresses of the sockets listening on ``port``, IPv4 and IPv6 (Linux's /proc)."""
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            local, state = line.split()[1], line.split()[3]
+            host, hex_port = local.split(":")
+            if state == "0A" and int(hex_port, 16) == port:  # 0A: LISTEN
+                raw = bytes.fromhex(host)  # in the kernel's byte order, 32 bits at a time
+                words = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))
+                found.add(str(ipaddress.ip_address(words)))
+    return found
+
+
+def outbound_address() -> str | None:
+    """This machine's non-loopback IPv4 address, if it has one (no packet is sent)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect(("10.255.255.255", 1))
+            address = s.getsockname()[0]
+        except OSError:
+            return None
+    return None if address.startswith("127.") else address
 
 
 def test_a_later_run_replaces_the_report_and_keeps_only_the_fronts_weights(tmp_path):

@@ -1,17 +1,14 @@
-"""After a search: the HTML report in a real browser, optuna-dashboard's API, tables, exports,
-full training with resume, evaluation at another size, and the effective receptive field."""
+"""After a search: the HTML report in a real browser, tables, exports, full training with resume,
+evaluation at another size, and the effective receptive field (optuna-dashboard: test_dashboard.py)."""
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -99,50 +96,6 @@ def external_resources(document: str) -> list[str]:
 
     Collector().feed(document)
     return found
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def get_json(url: str):
-    with urllib.request.urlopen(url, timeout=5) as response:
-        return json.loads(response.read())
-
-
-def test_dashboard_serves_the_study_and_its_trials(searched):
-    port = free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "search", "dashboard", *study_args(searched), "--port", str(port)],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                studies = get_json(f"http://127.0.0.1:{port}/api/studies")["study_summaries"]
-                break
-            except OSError:
-                assert server.poll() is None, server.stdout.read()
-                assert time.monotonic() < deadline, "the dashboard did not come up"
-                time.sleep(0.5)
-        summary = next(s for s in studies if s["study_name"] == "tiny")
-        detail = get_json(f"http://127.0.0.1:{port}/api/studies/{summary['study_id']}")
-        trials = detail["trials"]
-        assert len(trials) >= 6
-        attrs = {a["key"]: a["value"] for a in trials[0]["user_attrs"]}
-        assert {"arch", "summary", "gmacs", "mparams", "latency_ms", "curve", "status"} <= set(attrs)
-        arch = json.loads(attrs["arch"])  # readable: the whole architecture, not cut short
-        assert arch["mixer"] in attrs["summary"] and "dynamic" in arch
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=10)
 
 
 @pytest.mark.parametrize("fmt", ["csv", "parquet", "json"])
