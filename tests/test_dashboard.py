@@ -3,6 +3,8 @@ curve as an image, the report and the front's weights as study artifacts, and re
 read as rejections. The page checks open the real server, started by ``search dashboard`` with
 no flag about artifacts, in headless Chromium.
 
+The server's API and its listening only on loopback are checked on that same server.
+
 One study serves every check here: trials that train nothing (``tests/fakes.py``), a budget that
 rejects the references and some samples, and a static mixer that fails on purpose.
 """
@@ -250,9 +252,11 @@ def listening_addresses(port: int) -> set[str]:
             local, state = line.split()[1], line.split()[3]
             host, hex_port = local.split(":")
             if state == "0A" and int(hex_port, 16) == port:  # 0A: LISTEN
-                raw = bytes.fromhex(host)  # in the kernel's byte order, 32 bits at a time
-                words = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))
-                found.add(str(ipaddress.ip_address(words)))
+                raw = bytes.fromhex(host)  # 32-bit words, each in the host's byte order
+                words = [raw[i : i + 4] for i in range(0, len(raw), 4)]
+                if sys.byteorder == "little":
+                    words = [word[::-1] for word in words]
+                found.add(str(ipaddress.ip_address(b"".join(words))))
     return found
 
 
