@@ -249,8 +249,9 @@ def listening_addresses(port: int) -> set[str]:
     found = set()
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         for line in Path(table).read_text().splitlines()[1:]:
-            local, state = line.split()[1], line.split()[3]
-            host, hex_port = local.split(":")
+            fields = line.split()
+            host, hex_port = fields[1].split(":")
+            state = fields[3]
             if state == "0A" and int(hex_port, 16) == port:  # 0A: LISTEN
                 raw = bytes.fromhex(host)  # 32-bit words, each in the host's byte order
                 words = [raw[i : i + 4] for i in range(0, len(raw), 4)]
