@@ -28,6 +28,16 @@ POSTGRES_ENV = "DWS_TEST_POSTGRES_URL"
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Under pytest-xdist, each worker's torch gets its share of the cores: two workers with a
+    thread per core each leave OpenMP threads spinning on cores the other worker holds."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        import torch
+
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
+
+
 def sqlite_url(folder: Path) -> str:
     """The storage ``write_space`` gives the study of a space written into ``folder``."""
     return f"sqlite:///{folder / 'search.db'}"
@@ -188,6 +198,25 @@ def postgres_url() -> str:
     finally:
         engine.dispose()
     return url
+
+
+@pytest.fixture
+def own_postgres_url(postgres_url) -> Iterator[str]:
+    """A database of this test's own on the CI server, for a test that takes its database away
+    (dropped connections, an outage): tests that run beside it, in another pytest worker, keep theirs."""
+    import sqlalchemy
+
+    url = sqlalchemy.make_url(postgres_url)
+    name = f"dws_{uuid.uuid4().hex[:12]}"
+    admin = sqlalchemy.create_engine(url.set(database="postgres"), isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as connection:
+            connection.execute(sqlalchemy.text(f'CREATE DATABASE "{name}"'))
+        yield url.set(database=name).render_as_string(hide_password=False)
+        with admin.connect() as connection:
+            connection.execute(sqlalchemy.text(f'DROP DATABASE "{name}" WITH (FORCE)'))
+    finally:
+        admin.dispose()
 
 
 def fake_search(space: Path, results: Path, segment: Callable | None = None) -> None:

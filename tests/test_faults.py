@@ -5,6 +5,7 @@ dashboard's loopback-only listening is checked in test_dashboard.py, on its serv
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pickle
@@ -87,22 +88,56 @@ def test_a_nan_loss_is_reported_as_such():
 
 
 # ---------------------------------------------------------------------- killed workers
+def ray_workers(function: str) -> list[int]:
+    """Process ids of the Ray workers running ``function`` that this test session started.
+
+    Under pytest-xdist another worker's tests run trials beside ours: a process belongs to this
+    one when it inherited its ``PYTEST_XDIST_WORKER`` (Ray passes a driver's environment on to the
+    Ray it starts, and that Ray to its workers), which still holds once a killed driver leaves them.
+    """
+    found = subprocess.run(["pgrep", "-f", f"^ray::{function}"], capture_output=True, text=True).stdout.split()
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if worker is None:
+        return [int(pid) for pid in found]
+    mine = []
+    for pid in found:
+        with contextlib.suppress(OSError):  # it may end while we look
+            if f"PYTEST_XDIST_WORKER={worker}".encode() in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"):
+                mine.append(int(pid))
+    return mine
+
+
+def test_a_test_sees_only_the_ray_workers_of_its_own_pytest_worker(monkeypatch):
+    monkeypatch.setenv("PYTEST_XDIST_WORKER", "gw-mine")
+    started = {
+        worker: subprocess.Popen(
+            ["bash", "-c", "exec -a ray::probe_task sleep 30"], env={**os.environ, "PYTEST_XDIST_WORKER": worker}
+        )
+        for worker in ("gw-mine", "gw-other")
+    }
+    named = lambda process: Path(f"/proc/{process.pid}/cmdline").read_bytes().startswith(b"ray::probe_task")
+    try:
+        wait_for(lambda: all(named(process) for process in started.values()), 10, "both processes named")
+        assert ray_workers("probe_task") == [started["gw-mine"].pid]
+    finally:
+        for process in started.values():
+            process.kill()
+            process.wait()
+
+
 def training_workers() -> set[int]:
-    """Process ids of the Ray workers running a real trial on this machine."""
-    found = subprocess.run(["pgrep", "-f", "^ray::run_segment"], capture_output=True, text=True).stdout
-    return {int(pid) for pid in found.split()}
+    """Process ids of the Ray workers running a real trial."""
+    return set(ray_workers("run_segment"))
 
 
 def kill_a_worker_once(stop: threading.Event, killed: list[int]) -> None:
     """SIGKILL the first Ray worker seen running a (fake) trial, once it has run for a moment."""
     while not stop.is_set() and not killed:
-        found = subprocess.run(
-            ["pgrep", "-f", f"^ray::{slow_curve_segment.__name__}"], capture_output=True, text=True
-        ).stdout.split()
+        found = ray_workers(slow_curve_segment.__name__)
         if found:
             time.sleep(SLOW_EPOCH_S)
-            os.kill(int(found[0]), signal.SIGKILL)
-            killed.append(int(found[0]))
+            os.kill(found[0], signal.SIGKILL)
+            killed.append(found[0])
         time.sleep(0.1)
 
 
@@ -227,18 +262,20 @@ def named_space(tmp_path: Path, name: str, url: str, **sections) -> Path:
 
 
 @pytest.mark.slow
-def test_dropped_connections_and_an_outage_are_survived(tmp_path, postgres_url, unique_name, local_ray):
-    space = named_space(tmp_path, unique_name, postgres_url, training={"epochs": 2}, trials={"count": 4, "parallel": 2})
+def test_dropped_connections_and_an_outage_are_survived(tmp_path, own_postgres_url, unique_name, local_ray):
+    space = named_space(
+        tmp_path, unique_name, own_postgres_url, training={"epochs": 2}, trials={"count": 4, "parallel": 2}
+    )
     driver = start_fake_driver(space, tmp_path / "results", local_ray)
-    database = make_url(postgres_url).database
-    wait_for(lambda: len(counted(records_of(postgres_url, unique_name))) >= 1, 240, "a finished trial", driver)
-    assert drop_connections(postgres_url, database) > 0  # the driver's connections go away under it
-    wait_for(lambda: len(counted(records_of(postgres_url, unique_name))) >= 2, 240, "two finished trials", driver)
-    outage(postgres_url, database, seconds=6)  # then the database refuses everyone for a while
+    database = make_url(own_postgres_url).database
+    wait_for(lambda: len(counted(records_of(own_postgres_url, unique_name))) >= 1, 240, "a finished trial", driver)
+    assert drop_connections(own_postgres_url, database) > 0  # the driver's connections go away under it
+    wait_for(lambda: len(counted(records_of(own_postgres_url, unique_name))) >= 2, 240, "two finished trials", driver)
+    outage(own_postgres_url, database, seconds=6)  # then the database refuses everyone for a while
     out, _ = driver.communicate(timeout=300)
     assert driver.returncode == 0, out
     assert "database unavailable" in out  # it waited and retried rather than failing
-    check_accounting(records_of(postgres_url, unique_name), 4)
+    check_accounting(records_of(own_postgres_url, unique_name), 4)
 
 
 @pytest.mark.slow
