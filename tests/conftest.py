@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -15,6 +16,7 @@ from pathlib import Path
 import optuna
 import pytest
 import ray
+import sqlalchemy
 import yaml
 
 from search.records import COUNTED, TrialRecord
@@ -187,8 +189,6 @@ def postgres_url() -> str:
     url = os.environ.get(POSTGRES_ENV)
     if not url:
         pytest.skip(f"{POSTGRES_ENV} is not set")
-    import sqlalchemy
-
     engine = sqlalchemy.create_engine(url, connect_args={"connect_timeout": 5})
     try:
         with engine.connect():
@@ -200,23 +200,28 @@ def postgres_url() -> str:
     return url
 
 
+@contextlib.contextmanager
+def server_admin(url: str) -> Iterator[sqlalchemy.Connection]:
+    """A connection to the server of ``url`` outside its database (the ``postgres`` one, in
+    autocommit), for what cannot run inside a transaction or on the database it changes."""
+    engine = sqlalchemy.create_engine(sqlalchemy.make_url(url).set(database="postgres"), isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as connection:
+            yield connection
+    finally:
+        engine.dispose()
+
+
 @pytest.fixture
 def own_postgres_url(postgres_url) -> Iterator[str]:
     """A database of this test's own on the CI server, for a test that takes its database away
     (dropped connections, an outage): tests that run beside it, in another pytest worker, keep theirs."""
-    import sqlalchemy
-
-    url = sqlalchemy.make_url(postgres_url)
     name = f"dws_{uuid.uuid4().hex[:12]}"
-    admin = sqlalchemy.create_engine(url.set(database="postgres"), isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as connection:
-            connection.execute(sqlalchemy.text(f'CREATE DATABASE "{name}"'))
-        yield url.set(database=name).render_as_string(hide_password=False)
-        with admin.connect() as connection:
-            connection.execute(sqlalchemy.text(f'DROP DATABASE "{name}" WITH (FORCE)'))
-    finally:
-        admin.dispose()
+    with server_admin(postgres_url) as admin:
+        admin.execute(sqlalchemy.text(f'CREATE DATABASE "{name}"'))
+    yield sqlalchemy.make_url(postgres_url).set(database=name).render_as_string(hide_password=False)
+    with server_admin(postgres_url) as admin:
+        admin.execute(sqlalchemy.text(f'DROP DATABASE "{name}" WITH (FORCE)'))
 
 
 def fake_search(space: Path, results: Path, segment: Callable | None = None) -> None:

@@ -27,6 +27,7 @@ from conftest import (
     records_of,
     repeated_configurations,
     segment_job,
+    server_admin,
     sqlite_url,
     start_driver,
     start_fake_driver,
@@ -241,20 +242,16 @@ def outage(url: str, database: str, seconds: float) -> None:
     """Refuse every connection to ``database`` for a while (the server stays up for the others)."""
     import sqlalchemy
 
-    admin = sqlalchemy.create_engine(make_url(url).set(database="postgres"), isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as connection:
-            connection.execute(sqlalchemy.text(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS false'))
-            try:
-                connection.execute(
-                    sqlalchemy.text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :db"),
-                    {"db": database},
-                )
-                time.sleep(seconds)
-            finally:
-                connection.execute(sqlalchemy.text(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS true'))
-    finally:
-        admin.dispose()
+    with server_admin(url) as admin:
+        admin.execute(sqlalchemy.text(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS false'))
+        try:
+            admin.execute(
+                sqlalchemy.text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :db"),
+                {"db": database},
+            )
+            time.sleep(seconds)
+        finally:
+            admin.execute(sqlalchemy.text(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS true'))
 
 
 def named_space(tmp_path: Path, name: str, url: str, **sections) -> Path:
