@@ -31,13 +31,17 @@ def join(prefix: str, key: str) -> str:
 
 
 def build(cls: type, data: Any, path: str = "") -> Any:
-    """``cls(**data)`` after refusing unknown keys; errors inside get ``path`` prefixed."""
+    """``cls(**data)`` after refusing unknown keys and missing required ones; errors inside get ``path`` prefixed."""
     if not isinstance(data, Mapping):
         raise ConfigError(path, f"expected a mapping of keys to values, got {_describe(data)}")
-    names = [f.name for f in dataclasses.fields(cls)]
+    fields = dataclasses.fields(cls)
+    names = [f.name for f in fields]
     for key in data:
         if key not in names:
             raise ConfigError(join(path, str(key)), unknown_name_message("key", key, names))
+    for f in fields:
+        if f.name not in data and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise ConfigError(join(path, f.name), "is missing")
     try:
         return cls(**data)
     except ConfigError as err:

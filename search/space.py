@@ -441,6 +441,7 @@ def _parse(source: str, text: str, data: dict, storage: str | None, artifacts: s
         keep_weights=keep,
         params=_params(data["space"]),
     )
+    _check_single_values(spec)
     _check_grids(spec)
     _check_fixed_budget(spec)
     return spec
@@ -562,6 +563,10 @@ def _param(name: str, spec: Any, hint: Any, path: str) -> Param:
         raise ConfigError(join(path, "step"), f"expected a positive number, got {step!r}")
     if step is not None and log:
         raise ConfigError(join(path, "step"), "a log range cannot have a step")
+    if step is not None and numeric is int:
+        if step != int(step):  # Optuna's integer ranges, and the grid listed for conditions, step by whole numbers
+            raise ConfigError(join(path, "step"), f"an integer range takes a whole-number step, got {step!r}")
+        step = int(step)
     return Param(name, numeric, low=low, high=high, log=log, step=step, when=when)
 
 
@@ -616,6 +621,30 @@ def _check_grids(spec: SearchSpec) -> None:
                 f"but the largest this space makes is {largest_side} tokens on its "
                 f"short side ({height}x{width} input, patch {min(patches)})",
             )
+
+
+def _check_single_values(spec: SearchSpec) -> None:
+    """Refuse a value that no trial could run with, in the sections whose checks read one field alone.
+
+    A training recipe's and a dynamic config's checks (epochs at least 1, a hypernetwork depth of 1
+    to 3) hold for each field by itself, so every value a parameter there can take is checked now;
+    a range's bounds stand for it, as those checks are bounds too. An architecture's checks read
+    fields together (heads must divide the width), so a bad combination is rejected when sampled.
+    """
+    sections = {
+        "training.": lambda name, value: dataclasses.replace(spec.training, **{name: value}),
+        "dynamic.": lambda name, value: DynamicConfig(**{name: value}),
+    }
+    for param in spec.params:
+        prefix = next((p for p in sections if param.name.startswith(p)), None)
+        if prefix is None:
+            continue
+        values = (param.value,) if param.fixed else param.choices or (param.low, param.high)
+        for value in values:
+            try:
+                sections[prefix](param.name.removeprefix(prefix), value)
+            except ConfigError as err:
+                raise ConfigError(f"space.{param.name}", f"{value!r} is not allowed: {err.reason}") from None
 
 
 def _check_fixed_budget(spec: SearchSpec) -> None:
