@@ -294,13 +294,14 @@ def erf(args: argparse.Namespace) -> int:
 
     try:
         source = read_arch(args.arch)
+        arch = source.arch if args.size is None else source.arch.replace(img_size=args.size)
+        weights = Path(args.weights) if args.weights else source.weights
+        state = None if weights is None else load_file(str(weights))
     except (FileNotFoundError, ValueError) as err:
         return _usage_error(err)
-    arch = source.arch if args.size is None else source.arch.replace(img_size=args.size)
     model = layers.create_model(arch)
-    weights = Path(args.weights) if args.weights else source.weights
-    if weights is not None:
-        model.load_state_dict(load_file(str(weights)))
+    if state is not None:
+        model.load_state_dict(state)
     generator = torch.Generator().manual_seed(0)
     images = torch.randn(args.images, arch.in_chans, *arch.img_size, generator=generator)
     save_map(effective_receptive_field(model, images), Path(args.out))
@@ -324,6 +325,7 @@ def run(args: argparse.Namespace) -> int:
     from .cluster import ClusterError
     from .display import Display, next_steps
     from .driver import Driver, StudyMismatch
+    from .records import FolderError
     from .space import load_space
     from .storage import StorageError
     from .training.data import DataError
@@ -333,7 +335,7 @@ def run(args: argparse.Namespace) -> int:
     _listen_for_ctrl_c()
     try:
         driver.run()
-    except (ClusterError, StudyMismatch, DataError) as err:
+    except (ClusterError, StudyMismatch, DataError, FolderError) as err:
         return _usage_error(err)
     except StorageError as err:
         origin = "--storage" if args.storage else f"study.storage in {args.space}"

@@ -82,11 +82,10 @@ class DashboardWriter:
         if not publish:
             return
         name = self.spec.study.name
-        wanted = {}
-        for record in pareto_front(records, self.spec.directions):
-            path = weights_path(self.results, name, record.number)
-            if path.exists():
-                wanted[path.name] = path
+        # The front is the study's, every driver's trials included; each driver uploads the weights
+        # it holds, and keeps those that others uploaded for trials still on the front.
+        front = [weights_path(self.results, name, r.number) for r in pareto_front(records, self.spec.directions)]
+        wanted = {path.name: path for path in front if path.exists()}
         wanted[REPORT] = self.client.retry(
             lambda: build_report(
                 self.client.study,
@@ -96,16 +95,26 @@ class DashboardWriter:
             "write the report",
         )
         existing = [m for m in self.client.artifacts() if m.filename == REPORT or WEIGHTS_NAME.fullmatch(m.filename)]
-        stale = [m for m in existing if m.filename == REPORT or m.filename not in wanted]
+        on_front = {path.name for path in front}
+        stale = [m for m in existing if m.filename == REPORT or m.filename not in on_front]
         kept = {m.filename for m in existing} - {m.filename for m in stale}
+        uploaded = set()
         for filename, path in wanted.items():
-            if filename not in kept:
-                self._upload(path)
+            if filename not in kept and self._upload(path):
+                uploaded.add(filename)
         for meta in stale:  # after the uploads, so that the dashboard always lists a report
-            artifacts.remove(self.client, self.store, meta)
+            if meta.filename == REPORT and REPORT not in uploaded:
+                continue  # the new report could not be stored: the previous one stays listed
+            try:
+                artifacts.remove(self.client, self.store, meta)
+            except OSError as err:
+                self.log(f"could not remove {meta.filename} from the artifact store {self.folder}: {err}")
 
-    def _upload(self, path: Path, trial_id: int | None = None) -> None:
+    def _upload(self, path: Path, trial_id: int | None = None) -> bool:
+        """Whether ``path`` is now an artifact (of the trial, or of the study)."""
         try:
             artifacts.upload(self.client, self.store, path, trial_id)
         except OSError as err:
             self.log(f"could not put {path.name} in the artifact store {self.folder}: {err}")
+            return False
+        return True

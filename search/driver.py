@@ -33,11 +33,11 @@ from safetensors.torch import save_file
 from layers import ArchConfig, ConfigError, complexity
 
 from . import records
-from .artifacts import STORE_ATTR
+from .artifacts import STORE_ATTR, store_folder
 from .cluster import Attempt, History, connected, segment_task, share_data, task_name
 from .dashboard import DashboardWriter
 from .display import Display, Snapshot
-from .early_stopping import RungResult, decide
+from .early_stopping import RungResult, decide, rung_field
 from .recovery import Recovery
 from .references import reference_params
 from .samplers import create_sampler, trial_seed
@@ -49,6 +49,8 @@ from .training.trainer import TrainSpec
 
 #: Stop asking after this many rejections in a row: the budget and the space barely overlap.
 MAX_REJECTED_IN_A_ROW = 200
+#: How often a driver with nothing left of its own looks again at the trials other drivers run.
+AWAIT_OTHERS_S = 2.0
 #: A training step costs its forward pass and a backward pass of about twice that: the usual
 #: convention for counting training compute from forward MACs.
 TRAIN_MACS_PER_FORWARD_MAC = 3
@@ -118,12 +120,16 @@ class Driver:
         self.data: ray.ObjectRef | None = None  # the data set, in Ray's object store
 
     # ------------------------------------------------------------------ setup
-    def open(self) -> bool:
-        """Open (or create) the study; returns whether this driver created it."""
+    def open(self) -> None:
+        """Open the study, or create it with its reference trials queued."""
         spec = self.spec
         self.client, created = StudyClient.open(
             spec.study.name, spec.study.storage, spec.directions, on_retry=self.display.log
         )
+        if created:  # at once: only the creating driver enqueues them, and nothing may fail before
+            for name, params in reference_params(spec).items():
+                self.client.enqueue(params, {"reference": name})
+                self.display.log(f"reference trial {name!r} enqueued")
         study = self.client.study
         stored = records.directions(study)
         names = study.metric_names
@@ -136,34 +142,31 @@ class Driver:
             )
         if not names:
             self.client.retry(lambda: study.set_metric_names(wanted), "name the objectives")
-        self.client.set_study_attr("space", redact(spec.text, spec.study.storage))
+        self.client.set_study_attr("space", redact(spec.text))
         self.client.set_study_attr("space_file", spec.source)
         self.dashboard = DashboardWriter(self.client, spec, self.results, self.display.log)
         self.client.set_study_attr(STORE_ATTR, str(self.dashboard.folder))
         self.client.before_tell = self.dashboard.before_tell
         self.recovery = Recovery(self.client, self.id, self.display.log)
-        return created
 
     def run(self) -> optuna.Study:
         spec = self.spec
-        # Storage and cluster are checked before anything is written, so that a bad URL or address
-        # leaves neither a database nor a results folder behind.
+        # Storage, folders and cluster are checked before anything is written, so that a bad URL,
+        # folder or address leaves neither a database nor a results folder behind.
         check_storage(spec.study.storage)
+        records.check_writable(records.results_dir(self.results, spec.study.name), "the results folder")
+        records.check_writable(store_folder(spec.study.artifacts, self.results, spec.study.name), "the artifact store")
         with connected(self.address, cpus=spec.resources.cpus, gpus=spec.resources.gpus):
             self.data, shipped = share_data(spec.data)
             return self._run(shipped)
 
     def _run(self, shipped: str) -> optuna.Study:
         spec = self.spec
-        created = self.open()
+        self.open()
         records.results_dir(self.results, spec.study.name).mkdir(parents=True, exist_ok=True)
         self.recovery.beat(force=True)
         self.recovery.reconcile()
-        if created:
-            for name, params in reference_params(spec).items():
-                self.client.enqueue(params, {"reference": name})
-                self.display.log(f"reference trial {name!r} enqueued")
-        interrupted, shown = False, 0.0
+        interrupted, waiting, shown = False, False, 0.0
         self.display.start(spec)
         self.display.log(shipped)
         try:
@@ -176,7 +179,14 @@ class Driver:
                 self._ask_more()
                 self._tell_ready()
                 if self.stop_asking and not self.active:
-                    break
+                    if not self._awaiting_others():
+                        break
+                    if not waiting:
+                        self.display.log("the trial count is full with trials other drivers run: waiting for them")
+                    waiting = True
+                    time.sleep(AWAIT_OTHERS_S)
+                    # Ask again once those trials count or, their driver found dead, are retried.
+                    self.stop_asking = False
                 if self.display.live and time.time() - shown > 1.0:
                     self.display.update(self._snapshot())
                     shown = time.time()
@@ -193,18 +203,30 @@ class Driver:
 
     # ------------------------------------------------------------------ asking
     def _budget_left(self) -> bool:
+        count = self.spec.trials.count
+        return not self._out_of_time_or_compute() and (count is None or self._ahead_of(None) < count)
+
+    def _out_of_time_or_compute(self) -> bool:
         spec = self.spec
         if spec.trials.timeout_minutes is not None and time.time() - self.started > 60 * spec.trials.timeout_minutes:
-            return False
+            return True
         if spec.trials.max_train_tmacs is not None:
             # What the trials have spent so far, running ones included: they finish what they
             # started, so a study ends a little past its compute budget, never short of it.
-            spent = sum(r.train_macs for r in self.client.records())
-            if spent >= spec.trials.max_train_tmacs * 1e12:
-                return False
-        if spec.trials.count is None:
-            return True
-        return self._ahead_of(None) < spec.trials.count
+            return sum(r.train_macs for r in self.client.records()) >= spec.trials.max_train_tmacs * 1e12
+        return False
+
+    def _awaiting_others(self) -> bool:
+        """Whether the trial count is full only with trials that other drivers are running.
+
+        Those may yet not count: their driver may have died (a driver restarted on another machine
+        sees it beat for ``DEAD_AFTER_S``) and they are then retried. So a driver with nothing
+        left of its own waits for them rather than end the study short of its count.
+        """
+        count = self.spec.trials.count
+        if count is None or self.rejected_in_a_row >= MAX_REJECTED_IN_A_ROW or self._out_of_time_or_compute():
+            return False
+        return sum(t.user_attrs.get("status") in records.COUNTED for t in self.client.trials()) < count
 
     def _ahead_of(self, number: int | None) -> int:
         """Trials numbered below ``number`` (all if None) that count or may still count.
@@ -424,8 +446,7 @@ class Driver:
         stopping = self.spec.early_stopping
         earlier = [
             RungResult(r.number, tuple(self._objective_values(r, max(r.curve[:rung]))))
-            for r in self.client.records()
-            if r.number < active.number and r.gmacs is not None and len(r.curve) >= rung
+            for r in rung_field(self.client.records(), active.number, rung)
         ]
         decision = decide(
             rung,

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .pareto import crowding_distances, nondominated_ranks
+from .records import RETRIED, TrialRecord
 
 #: Below this many complete trials that passed a rung, a stopped trial's rung accuracy is taken
 #: as its estimate: a quantile map needs a few pairs to mean anything.
@@ -55,6 +56,18 @@ def rung_epochs(
         out.append(rung)
         rung *= reduction
     return tuple(out)
+
+
+def rung_field(records: Sequence[TrialRecord], number: int, rung: int) -> list[TrialRecord]:
+    """The earlier trials that trial ``number`` is ranked against at ``rung``: those numbered below
+    it that reached the rung, less the runs a retry repeats (interrupted or stale ones). Their
+    configuration and seed run again as a later trial, which would otherwise meet its own earlier
+    run at the rung, lose the tie to the lower number, and stop."""
+    return [
+        r
+        for r in records
+        if r.number < number and r.gmacs is not None and len(r.curve) >= rung and r.status not in RETRIED
+    ]
 
 
 def best(points: Sequence[Sequence[float]], count: int, directions: Sequence[str]) -> list[int]:

@@ -8,6 +8,7 @@ driver could ``tell`` it is told by the next driver instead of being run again.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -146,6 +147,24 @@ def directions(study: optuna.Study) -> list[str]:
 
 def results_dir(root: Path, study_name: str) -> Path:
     return root / study_name
+
+
+class FolderError(RuntimeError):
+    """A folder a run would write into (results, artifact store) that cannot be made or written."""
+
+
+def unwritable_ancestor(folder: Path) -> Path | None:
+    """The nearest existing path on the way to ``folder`` (itself included) if it is not a folder
+    this user can write into, else None: what makes ``folder.mkdir(parents=True)`` fail."""
+    existing = next(p for p in (folder, *folder.parents) if p.exists())
+    return None if existing.is_dir() and os.access(existing, os.W_OK | os.X_OK) else existing
+
+
+def check_writable(folder: Path, what: str) -> None:
+    """Refuse, before anything is written, a folder a run would fail to make once it has started."""
+    blocking = unwritable_ancestor(folder)
+    if blocking is not None:
+        raise FolderError(f"cannot make {what} {str(folder)!r}: {blocking} is not a folder this user can write")
 
 
 def weights_dir(root: Path, study_name: str) -> Path:

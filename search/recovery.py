@@ -23,11 +23,14 @@ from typing import Any
 from optuna.trial import FrozenTrial, TrialState
 
 from . import optuna_adapter, records
+from .storage import MAX_RETRY_DELAY_S, OUTAGE_PATIENCE_S
 from .study_client import StudyClient
 
 HEARTBEAT_S = 10.0  # how often a driver writes its heartbeat
 RECONCILE_S = 30.0  # how often a driver looks for trials that dead drivers left
-DEAD_AFTER_S = 60.0  # a driver silent this long on another host is presumed dead
+#: A driver silent this long on another host is presumed dead: longer than a live one can be
+#: silent, which is through an outage it rides out (after its last beat, and until its next try).
+DEAD_AFTER_S = OUTAGE_PATIENCE_S + HEARTBEAT_S + MAX_RETRY_DELAY_S + 10.0
 
 
 def beat_key(driver: str) -> str:

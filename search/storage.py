@@ -7,6 +7,7 @@ shown to a user goes through ``masked``.
 
 from __future__ import annotations
 
+import re
 import sqlite3
 import time
 from collections.abc import Callable
@@ -19,12 +20,16 @@ import sqlalchemy.exc
 from sqlalchemy.engine import make_url
 
 from .defaults import DEFAULT_STORAGE
+from .records import unwritable_ancestor
 
 T = TypeVar("T")
 SUPPORTED = ("sqlite", "postgresql")
 #: How long opening a new database keeps retrying while another process creates it at the same
 #: moment (one SQLite attempt may itself wait up to its 60 s busy timeout).
 CREATE_PATIENCE_S = 30.0
+#: How long a database action keeps retrying through an outage, and the longest wait between tries.
+OUTAGE_PATIENCE_S = 120.0
+MAX_RETRY_DELAY_S = 10.0
 
 
 class StorageError(RuntimeError):
@@ -58,7 +63,8 @@ def check_storage(url: str) -> None:
     """Refuse an unparsable or unreachable storage without writing anything to it."""
     parsed = _parse(url)
     if parsed.get_backend_name() == "sqlite":
-        return  # the file is made on opening; nothing to reach
+        _check_sqlite_folder(parsed.database)  # the file is made on opening; nothing to reach
+        return
     try:
         engine = sqlalchemy.create_engine(url, connect_args={"connect_timeout": 10})
     except ImportError as err:
@@ -74,13 +80,31 @@ def check_storage(url: str) -> None:
         engine.dispose()
 
 
-def redact(text: str, url: str) -> str:
-    """``text`` with the URL's password, if it has one, replaced by ***."""
-    try:
-        password = make_url(url).password
-    except Exception:
-        return text
-    return text.replace(str(password), "***") if password else text
+#: The password of a URL written in a text: what follows ``scheme://user:`` up to the host's ``@``
+#: (SQLAlchemy reads a URL's password the same way), as written, percent-encoding included.
+_URL_PASSWORD = re.compile(r"(?P<head>\b[A-Za-z][\w+.-]*://[^\s:/@]*:)[^\s@]+(?=@)")
+
+
+def _check_sqlite_folder(database: str | None) -> None:
+    """Refuse an SQLite file whose folder cannot be made or written: opening it would fail only
+    once Ray had started and the data set had loaded."""
+    if not database or database == ":memory:":
+        return  # refused when opened, before anything is written
+    blocking = unwritable_ancestor(Path(database).parent)
+    if blocking is not None:
+        raise StorageError(
+            f"cannot make the SQLite database {database!r}: {blocking} is not a folder this user can write"
+        )
+
+
+def redact(text: str) -> str:
+    """``text`` (a space file) with the password of every URL in it replaced by ***.
+
+    The URLs are masked where they are written, not by searching for the decoded password: a
+    percent-encoded one (``p%40ss`` for ``p@ss``) would not be found, and a short one such as
+    ``1`` would also be found in ``epochs: 10``.
+    """
+    return _URL_PASSWORD.sub(r"\g<head>***", text)
 
 
 def open_storage(url: str, *, create: bool = True) -> optuna.storages.RDBStorage:
@@ -140,7 +164,11 @@ def _first_line(err: BaseException) -> str:
 
 
 def with_retries(
-    action: Callable[[], T], what: str, *, patience_s: float = 120.0, on_retry: Callable[[str], None] | None = None
+    action: Callable[[], T],
+    what: str,
+    *,
+    patience_s: float = OUTAGE_PATIENCE_S,
+    on_retry: Callable[[str], None] | None = None,
 ) -> T:
     """Run a storage action, retrying through a database restart for up to ``patience_s``."""
     deadline, delay = time.monotonic() + patience_s, 0.5
@@ -160,4 +188,4 @@ def with_retries(
             if on_retry:
                 on_retry(f"database unavailable while trying to {what} ({_first_line(err)}); retrying in {delay:.1f} s")
             time.sleep(delay)
-            delay = min(delay * 2, 10.0)
+            delay = min(delay * 2, MAX_RETRY_DELAY_S)

@@ -12,6 +12,7 @@ import optuna
 import pytest
 from conftest import sqlite_url, write_space
 
+from layers import ArchConfig
 from search.cli import main
 from search.storage import open_storage
 
@@ -45,6 +46,40 @@ def test_a_missing_architecture_says_what_was_expected(tmp_path, monkeypatch, ca
     )
 
 
+@pytest.fixture
+def tiny_arch(tmp_path) -> Path:
+    """A patch-2 architecture for the 8x8 digits, as a YAML file."""
+    path = tmp_path / "arch.yaml"
+    ArchConfig.from_dict(
+        {"img_size": [8, 8], "in_chans": 1, "num_classes": 10, "patch_size": 2, "embed_dim": 16, "depth": 1}
+    ).save(path)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--weights", "nope.safetensors"], "nope.safetensors"),
+        (["--size", "1"], "img_size"),  # below the patch size
+    ],
+)
+def test_bad_erf_inputs_get_one_line_and_exit_code_2(tiny_arch, tmp_path, capsys, extra, message):
+    out = tmp_path / "erf.png"
+    assert main(["erf", "--arch", str(tiny_arch), *extra, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and message in err, err
+    assert not out.exists()
+
+
+def test_an_evaluation_size_the_model_cannot_take_is_refused_before_training(tiny_arch, tmp_path, capsys):
+    out = tmp_path / "trained"
+    args = ["train", "--arch", str(tiny_arch), "--dataset", "digits", "--epochs", "1", "--eval-size", "1"]
+    assert main([*args, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: eval_size: ") and err.count("\n") == 1, err
+    assert not out.exists()  # nothing trained, nothing written
+
+
 @pytest.mark.slow
 def test_a_quiet_run_shows_only_its_own_lines_and_ends_with_the_next_commands(tmp_path):
     space = write_space(tmp_path, trials={"count": 1, "parallel": 1})
@@ -66,3 +101,33 @@ def test_a_quiet_run_shows_only_its_own_lines_and_ends_with_the_next_commands(tm
         f"  python -m search dashboard --study tiny {where}",
         f"  python -m search export --study tiny {where} --pareto --out {tmp_path / 'r' / 'tiny' / 'export'}",
     ]
+
+
+def test_a_checkpoint_another_run_left_is_refused(tiny_arch, tmp_path, capsys):
+    """The same folder trained on another data set resumed the first run's checkpoint and reported it."""
+    args = ["train", "--arch", str(tiny_arch), "--dataset", "digits", "--epochs", "1", "--out", str(tmp_path / "run")]
+    assert main(args) == 0
+    capsys.readouterr()
+    assert main([*args[:4], "digit-pairs", *args[5:]]) == 2
+    err = capsys.readouterr().err
+    assert "checkpoint.pt is another run's: its data, arch differ" in err and err.count("\n") == 1, err
+
+
+def test_init_weights_without_weights_is_refused(tiny_arch, tmp_path, capsys):
+    out = tmp_path / "run"
+    args = [
+        "train",
+        "--arch",
+        str(tiny_arch),
+        "--dataset",
+        "digits",
+        "--epochs",
+        "1",
+        "--init-weights",
+        "--out",
+        str(out),
+    ]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: init_weights: the architecture has no weights.safetensors") and err.count("\n") == 1
+    assert not out.exists()

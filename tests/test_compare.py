@@ -97,6 +97,13 @@ def test_the_reference_comes_from_the_loosest_budget_or_is_asked_for():
         shared_reference([study("a", {"max_gmacs": 0.5}), study("b", None)])
 
 
+def test_a_study_without_objective_names_asks_for_a_reference():
+    """A study made with Optuna alone names its objectives "objective 0", ...: a KeyError escaped."""
+    unnamed = study("plain", {"max_gmacs": 1.0}, objectives=("objective 0", "objective 1"))
+    with pytest.raises(CompareError, match="give one with --reference"):
+        shared_reference([unnamed])
+
+
 def test_a_study_is_named_alone_or_with_its_storage():
     assert parse_study("tpe", "sqlite:///a.db") == parse_study("tpe@sqlite:///a.db", "sqlite:///b.db")
     # Study names hold no '@', so the first one ends the name, whatever the URL holds.

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import pickle
+import shutil
 
 import numpy as np
 import pytest
@@ -155,6 +157,27 @@ def test_imagefolder_in_memory_and_streaming(tmp_path, monkeypatch, streaming):
     images, _ = next(data.train.batches(4, torch.device("cpu"), torch.Generator().manual_seed(0)))
     assert images.dtype == torch.uint8 and images.shape == (4, 3, 19, 19)  # stored at 16 / 0.875
     assert isinstance(data.train, Split) != streaming
+
+
+def test_every_imagefolder_split_numbers_the_classes_as_training_does(tmp_path):
+    write_imagefolder(tmp_path)
+    shutil.rmtree(tmp_path / "val" / "dog")  # without the middle class, ImageFolder alone would make fox 1
+    spec = DataSpec(name="imagefolder", root=str(tmp_path), img_size=8)
+    assert load_dataset(spec).test.labels.tolist() == [0, 0, 2, 2]
+    shutil.copytree(tmp_path / "val" / "fox", tmp_path / "val" / "owl")
+    with pytest.raises(DataError, match="class folders that the training images lack: owl"):
+        load_dataset(dataclasses.replace(spec, seed=1))  # another spec: a data set loads once per process
+
+
+def test_a_root_that_is_the_training_folder_keeps_val_out_of_its_classes(tmp_path):
+    write_imagefolder(tmp_path)
+    for folder in (tmp_path / "train").iterdir():
+        folder.rename(tmp_path / folder.name)
+    (tmp_path / "train").rmdir()
+    spec = DataSpec(name="imagefolder", root=str(tmp_path), img_size=8, val_fraction=0.25)
+    data = load_dataset(spec)
+    assert describe(spec).num_classes == 3 and data.num_classes == 3
+    assert len(data.train) + len(data.val) == 18 and len(data.test) == 6
 
 
 def test_missing_or_empty_roots_are_refused(tmp_path):

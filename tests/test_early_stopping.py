@@ -1,10 +1,11 @@
-"""The rung decisions of early stopping, on hand-made rung tables: no search, no database."""
+"""The rung decisions of early stopping, on hand-made rung tables and records: no search, no database."""
 
 from __future__ import annotations
 
 import pytest
 
-from search.early_stopping import RungResult, best, decide, estimate_final_accuracy, rung_epochs
+from search.early_stopping import RungResult, best, decide, estimate_final_accuracy, rung_epochs, rung_field
+from search.records import COMPLETE, INTERRUPTED, PRUNED, RUNNING, STALE, TrialRecord
 
 MAX_MIN = ["maximize", "minimize"]  # accuracy up, GMACs down
 
@@ -86,3 +87,21 @@ def test_a_stopped_trial_is_estimated_by_its_place_at_the_rung(rung_accuracy, ex
 
 def test_without_enough_complete_trials_the_estimate_is_the_rung_accuracy():
     assert estimate_final_accuracy(0.3, 2, [[0.1, 0.2, 0.9]]) == 0.3
+
+
+def test_a_retried_trial_meets_no_earlier_run_of_itself_at_a_rung():
+    """Trial 5 passed rung 2 and was interrupted; its retry, trial 9, tied with it there and lost
+    to the lower number, stopped by its own earlier run."""
+
+    def reached(number: int, status: str, curve: list[float]) -> TrialRecord:
+        return TrialRecord(number, "RUNNING", status, {}, None, gmacs=0.1, curve=curve)
+
+    records = [
+        reached(3, COMPLETE, [0.5, 0.6, 0.7]),
+        reached(4, PRUNED, [0.4]),  # stopped before the rung
+        reached(5, INTERRUPTED, [0.7, 0.8]),
+        reached(6, STALE, [0.6, 0.7]),
+        reached(7, RUNNING, [0.5, 0.6]),  # another driver's trial, on its way
+        reached(10, COMPLETE, [0.9, 0.9]),  # later than trial 9
+    ]
+    assert [r.number for r in rung_field(records, 9, rung=2)] == [3, 7]

@@ -20,6 +20,7 @@ import optuna
 import pytest
 import torch
 from conftest import (
+    TINY_SPACE,
     WIDE_SPACE,
     counted,
     fake_search,
@@ -41,7 +42,7 @@ from search.driver import Driver
 from search.records import COMPLETE, FAILED, INTERRUPTED, RETRIED, RUNNING, STALE, TrialRecord, tell
 from search.results.report import build_report
 from search.space import load_space
-from search.storage import open_storage
+from search.storage import open_storage, redact
 from search.training.segment import run_segment
 from search.training.trainer import Trainer, TrainSpec
 from tests.fakes import SLOW_EPOCH_S, instant_curve_segment, slow_curve_segment
@@ -393,15 +394,56 @@ def test_passwords_never_appear(tmp_path, postgres_url, unique_name, capsys):
         assert "hunter2-secret" not in text
 
 
+@pytest.mark.parametrize(
+    ("written", "stored"),
+    [
+        # percent-encoded, as a password holding '@' must be: the decoded 'p@ss' is not in the text
+        ("storage: postgresql://me:p%40ss@db/search\n", "storage: postgresql://me:***@db/search\n"),
+        # a short password is masked in its URL only, not wherever its characters recur
+        ("epochs: 10\nstorage: postgresql://u:1@h/db\n", "epochs: 10\nstorage: postgresql://u:***@h/db\n"),
+        ('storage: "postgresql+psycopg2://u:a:b/c@h:5432/db"', 'storage: "postgresql+psycopg2://u:***@h:5432/db"'),
+        ("storage: postgresql://u@h/db  # no password\n", "storage: postgresql://u@h/db  # no password\n"),
+        ("storage: sqlite:////tmp/a:b@c.db\n", "storage: sqlite:////tmp/a:b@c.db\n"),
+    ],
+)
+def test_the_stored_space_masks_every_url_password_as_written(written, stored):
+    assert redact(written) == stored
+
+
 # ---------------------------------------------------------------------- reconciliation, unit by unit
-def idle_driver(tmp_path: Path):
+#: A space that no reference trial fits (none uses linear attention): its new study holds no trial.
+UNREFERENCED_SPACE = {
+    "patch_size": 2,
+    "num_heads": 2,
+    "mixer": {"choices": ["linear_attention"]},
+    "embed_dim": {"choices": [16, 32]},
+    "depth": {"low": 2, "high": 3},
+}
+
+
+def idle_driver(tmp_path: Path, space: dict = UNREFERENCED_SPACE):
     """A driver attached to a fresh study, without running it (no Ray needed)."""
     from search.driver import Driver
     from search.space import load_space
 
-    driver = Driver(load_space(write_space(tmp_path)), results=tmp_path / "results")
+    driver = Driver(load_space(write_space(tmp_path, space=space)), results=tmp_path / "results")
     driver.open()
     return driver
+
+
+def test_a_run_that_fails_once_the_study_exists_leaves_its_references_queued(tmp_path, monkeypatch):
+    """The references were queued only by the run that created the study, after steps that could
+    fail: the run after such a failure found the study made and never queued them."""
+    import search.driver as driver_module
+
+    def full_disk(*args, **kwargs):
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(driver_module, "DashboardWriter", full_disk)
+    with pytest.raises(OSError):
+        idle_driver(tmp_path, TINY_SPACE)
+    queued = {t.user_attrs.get("reference") for t in load_study(sqlite_url(tmp_path)).trials}
+    assert queued == {"weightformer", "attention", "static"}
 
 
 def waiting(study: optuna.Study) -> int:
@@ -426,6 +468,46 @@ def test_a_trial_another_driver_has_just_asked_is_left_alone(tmp_path):
     driver.client.study.ask()  # ...has claimed a trial and not yet written its name on it
     driver.recovery.reconcile()
     assert driver.client.study.trials[0].state == optuna.trial.TrialState.RUNNING and waiting(driver.client.study) == 0
+
+
+def test_a_driver_silent_through_an_outage_it_rides_out_is_not_presumed_dead(tmp_path):
+    """Presumed dead after 60 s of silence, a driver on another host that rode out a 70 s database
+    outage found its trial failed as stale by the first driver back, and crashed telling it."""
+    from search.recovery import HEARTBEAT_S, beat_key
+    from search.storage import MAX_RETRY_DELAY_S, OUTAGE_PATIENCE_S
+
+    driver = idle_driver(tmp_path)
+    trial = driver.client.study.ask({"mixer": optuna.distributions.CategoricalDistribution(["static"])})
+    trial.set_user_attr("driver", "other")
+    trial.set_user_attr("status", RUNNING)
+    silent = HEARTBEAT_S + OUTAGE_PATIENCE_S + MAX_RETRY_DELAY_S  # its last beat, the outage, the last wait
+    beat = {"host": "elsewhere", "pid": 1, "beat": time.time() - silent}
+    driver.client.study.set_user_attr(beat_key("other"), beat)
+    driver.recovery.reconcile()
+    assert driver.client.study.trials[0].state == optuna.trial.TrialState.RUNNING and waiting(driver.client.study) == 0
+
+
+@pytest.mark.usefixtures("session_ray")
+def test_a_driver_restarted_while_a_dead_one_still_seems_alive_completes_the_count(tmp_path, monkeypatch):
+    """Restarted on another machine before the dead driver's heartbeat went stale, a driver counted
+    that driver's running trial as done, found the count full, and ended the study one short."""
+    import search.driver as driver_module
+    import search.recovery as recovery_module
+
+    space = write_space(tmp_path, space=UNREFERENCED_SPACE, trials={"count": 2, "parallel": 1})
+    fake_search(space, tmp_path / "results")
+    space.write_text(space.read_text().replace("count: 2", "count: 3"))
+    study = load_study(sqlite_url(tmp_path))  # a driver on another machine claims the third, and dies
+    trial = study.ask({"mixer": optuna.distributions.CategoricalDistribution(["linear_attention"])})
+    trial.set_user_attr("driver", "gone")
+    trial.set_user_attr("status", RUNNING)
+    study.set_user_attr(recovery_module.beat_key("gone"), {"host": "elsewhere", "pid": 1, "beat": time.time()})
+    monkeypatch.setattr(recovery_module, "DEAD_AFTER_S", 2.0)  # its heartbeat goes stale during the run
+    monkeypatch.setattr(recovery_module, "RECONCILE_S", 0.5)
+    monkeypatch.setattr(driver_module, "AWAIT_OTHERS_S", 0.1)
+    fake_search(space, tmp_path / "results")
+    recs = records_of(sqlite_url(tmp_path))
+    assert [r.status for r in recs] == [COMPLETE, COMPLETE, STALE, COMPLETE] and recs[3].retry_of == 2
 
 
 def test_a_trial_claimed_by_a_driver_killed_before_it_named_itself_is_retried(tmp_path):

@@ -1,5 +1,6 @@
 """What the dashboard shows, piece by piece and without a server: the notes' text for every kind of
-trial, the learning-curve image, and a dashboard's view of several studies' artifact stores."""
+trial, the learning-curve image, a dashboard's view of several studies' artifact stores, and the
+study artifacts a run leaves when it ends."""
 
 from __future__ import annotations
 
@@ -7,15 +8,21 @@ import io
 import math
 from pathlib import Path
 
+import optuna
 import pytest
+from conftest import write_space
 from optuna.artifacts import FileSystemArtifactStore
 from optuna.artifacts.exceptions import ArtifactNotFound
 
+import search.dashboard as dashboard_module
+from search import artifacts
 from search.artifacts import StoreUnion, dashboard_store
+from search.dashboard import REPORT, DashboardWriter
 from search.notes import NOTE_CURVE_COLUMNS, study_note, trial_note
-from search.records import COMPLETE, FAILED, INTERRUPTED, PRUNED, REJECTED, TrialRecord
+from search.records import COMPLETE, FAILED, INTERRUPTED, PRUNED, REJECTED, TrialRecord, weights_path
 from search.results.curve import ACCURACY, LOSS, MARGIN, SIZE, draw_curve
 from search.space import load_space
+from search.study_client import StudyClient
 
 SPACE = load_space(Path(__file__).resolve().parent.parent / "spaces" / "dynamic.yaml")
 OBJECTIVES = ["accuracy", "gmacs"]
@@ -139,3 +146,72 @@ def test_a_dashboard_reads_each_studys_artifacts_from_its_own_store(tmp_path):
 def test_a_dashboard_serves_the_chosen_study_first_and_defaults_an_unrecorded_store(tmp_path):
     union = dashboard_store("new", {"old": "/shared/old", "other": "/shared/other"}, tmp_path)
     assert union.folders == [tmp_path / "new" / "artifacts", Path("/shared/old"), Path("/shared/other")]
+
+
+@pytest.fixture
+def writer(tmp_path, monkeypatch) -> tuple[DashboardWriter, list[str]]:
+    """A driver's dashboard writer on a study of two complete trials, both on the front (a report
+    stub stands for the real one), and the lines it logs."""
+    spec = load_space(write_space(tmp_path))
+    client, _ = StudyClient.open(spec.study.name, spec.study.storage, spec.directions)
+    for values in ([0.5, 0.1], [0.6, 0.2]):
+        client.study.add_trial(optuna.trial.create_trial(values=values))
+
+    def report(study, path: Path, **kwargs) -> Path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("report")
+        return path
+
+    monkeypatch.setattr(dashboard_module, "build_report", report)
+    logged: list[str] = []
+    return DashboardWriter(client, spec, tmp_path / "results", logged.append), logged
+
+
+def study_artifacts(writer: DashboardWriter) -> list[str]:
+    return sorted(m.filename for m in writer.client.artifacts())
+
+
+def hold_weights(folder: Path, number: int) -> Path:
+    path = weights_path(folder, "tiny", number)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"weights")
+    return path
+
+
+def test_a_run_that_ends_keeps_the_front_weights_another_driver_stored(writer, tmp_path):
+    writer, _ = writer
+    artifacts.upload(writer.client, writer.store, hold_weights(tmp_path / "other-driver", 1))
+    hold_weights(writer.results, 0)
+    writer.run_ended(publish=True)
+    assert study_artifacts(writer) == [REPORT, "trial_00000.safetensors", "trial_00001.safetensors"]
+
+
+def test_a_report_the_store_cannot_take_leaves_the_previous_one_listed(writer, monkeypatch):
+    writer, logged = writer
+    writer.run_ended(publish=True)
+    before = [m.artifact_id for m in writer.client.artifacts() if m.filename == REPORT]
+
+    def full(*args, **kwargs):
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(artifacts, "upload", full)
+    writer.run_ended(publish=True)
+    assert [m.artifact_id for m in writer.client.artifacts() if m.filename == REPORT] == before
+    assert logged[-1].startswith(f"could not put {REPORT} in the artifact store")
+
+
+def test_weights_the_store_cannot_delete_cost_the_run_nothing(writer, monkeypatch):
+    writer, logged = writer
+    hold_weights(writer.results, 0)
+    writer.run_ended(publish=True)
+    writer.client.study.add_trial(optuna.trial.create_trial(values=[0.7, 0.05]))  # trial 0 leaves the front
+
+    def refuse(artifact_id: str) -> None:
+        raise PermissionError("read-only store")
+
+    monkeypatch.setattr(writer.store, "remove", refuse)
+    writer.run_ended(publish=True)
+    assert "trial_00000.safetensors" not in study_artifacts(writer)
+    assert (
+        f"could not remove trial_00000.safetensors from the artifact store {writer.folder}: read-only store" in logged
+    )

@@ -21,7 +21,7 @@ from safetensors.torch import load_file
 
 import layers
 from search.cli import main
-from search.records import COMPLETE, TrialRecord
+from search.records import COMPLETE, STALE, TrialRecord
 from search.results.erf import effective_receptive_field
 
 pytestmark = pytest.mark.usefixtures("session_ray")
@@ -182,6 +182,19 @@ def test_a_cost_of_zero_is_left_off_the_log_axis():
     ]
     figure = tradeoff_figure(records, "latency_ms", "latency (ms)")
     assert sorted(x for trace in figure.data for x in trace.x) == [2.0, 2.0]  # the trial and the front through it
+
+
+def test_only_drawn_trials_carry_a_references_label():
+    """A reference run left stale by a killed driver, then run again, had two labels, one on nothing."""
+    from search.results.report import tradeoff_figure
+
+    figures = dict(arch={"mixer": "static"}, gmacs=0.1, mparams=0.1, reference="weightformer")
+    records = [
+        TrialRecord(0, "FAIL", STALE, {}, None, curve=[0.4], **figures),
+        TrialRecord(1, "COMPLETE", COMPLETE, {}, [0.6, 0.1], curve=[0.5, 0.6], retry_of=0, **figures),
+    ]
+    figure = tradeoff_figure(records, "gmacs", "GMACs")
+    assert [(a.text, a.y) for a in figure.layout.annotations] == [("weightformer", 0.6)]
 
 
 def trained(number: int, curve: list[float], params: dict | None = None, gmacs: float = 0.001) -> TrialRecord:

@@ -32,15 +32,16 @@ class CurvePoint:
 
 def reference_point(objectives: Sequence[str], budget: Mapping[str, float | None]) -> list[float] | None:
     """The fixed reference: accuracy 0, GMACs at ``max_gmacs``, parameters (millions) at
-    ``max_params``. None when an objective has no bound known before the run (latency, or a
-    budget the space does not set): a reference taken from the results would move with them."""
+    ``max_params``. None when an objective has no bound known before the run (latency, a budget
+    the space does not set, or a study whose objectives Optuna alone names, "objective 0"): a
+    reference taken from the results would move with them."""
     bounds = {
         "accuracy": 0.0,
         "gmacs": budget.get("max_gmacs"),
         "params": budget["max_params"] / 1e6 if budget.get("max_params") else None,
         "latency": None,
     }
-    point = [bounds[name] for name in objectives]
+    point = [bounds.get(name) for name in objectives]
     return None if any(v is None for v in point) else point
 
 

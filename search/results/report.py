@@ -87,7 +87,11 @@ def _colors(records: Sequence[TrialRecord]) -> dict[str, str]:
 def tradeoff_figure(records: Sequence[TrialRecord], x: str, x_title: str) -> go.Figure:
     """Accuracy against one cost, complete trials solid, pruned ones faded, the front as a line."""
     # The cost axis is logarithmic: a cost of 0 (a latency too small to measure) has no place on it.
-    usable = [r for r in records if r.accuracy is not None and (getattr(r, x) or 0) > 0]
+    # Only complete and pruned trials are drawn, so only they may carry a reference's label: a
+    # reference run that a killed driver left stale, or that failed, has a curve but no marker.
+    usable = [
+        r for r in records if r.status in (COMPLETE, PRUNED) and r.accuracy is not None and (getattr(r, x) or 0) > 0
+    ]
     colors = _colors(usable)
     fig = go.Figure()
     for label, color in colors.items():

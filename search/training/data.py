@@ -460,6 +460,10 @@ def load_imagefolder(spec: DataSpec) -> Dataset:
         test = ImageFolder(str(val_root), transform=transform) if val_root else None
     except (FileNotFoundError, RuntimeError) as err:
         raise DataError(f"no images under {spec.root!r}: {err}") from None
+    classes = _imagefolder_classes(train_root, val_root)
+    _relabel(full, classes, train_root, skip=val_root)
+    if test is not None:
+        _relabel(test, classes, val_root)
     labels = torch.tensor(full.targets)
     train_idx, val_idx = split_indices(len(full), spec.val_fraction, spec.seed)
     shape = (size, size)  # the model's input: train crops and eval centre crops of the stored images
@@ -508,9 +512,34 @@ def _imagefolder_layout(spec: DataSpec) -> tuple[Path, Path | None, int]:
     return train_root, root / "val" if (root / "val").is_dir() else None, spec.img_size or 224
 
 
+def _imagefolder_classes(train_root: Path, val_root: Path | None) -> list[str]:
+    """The class folders of the training images; val/ is the test split's, also where the training
+    folder is the root itself."""
+    return sorted(p.name for p in train_root.iterdir() if p.is_dir() and p != val_root)
+
+
+def _relabel(folder, classes: list[str], root: Path, skip: Path | None = None) -> None:
+    """Number ``folder``'s images by the training classes ``classes``, as the model does.
+
+    ImageFolder numbers the class folders it finds itself: a val/ lacking one of the training
+    classes would shift the labels of those after it, and a root that is itself the training folder
+    would make val/ (``skip``) a class. A class the training images lack is refused.
+    """
+    index = {name: i for i, name in enumerate(classes)}
+    left_out = {skip.name} if skip is not None and skip.parent == root else set()
+    unknown = sorted({folder.classes[label] for _, label in folder.samples} - set(index) - left_out)
+    if unknown:
+        raise DataError(f"{str(root)!r} has class folders that the training images lack: {', '.join(unknown)}")
+    samples = [(path, folder.classes[label]) for path, label in folder.samples]
+    folder.samples = [(path, index[name]) for path, name in samples if name in index]
+    folder.imgs = folder.samples  # ImageFolder's other name for the same list
+    folder.targets = [label for _, label in folder.samples]
+    folder.classes, folder.class_to_idx = list(classes), index
+
+
 def _imagefolder_info(spec: DataSpec) -> DataInfo:
-    train_root, _, size = _imagefolder_layout(spec)
-    classes = sorted(p.name for p in train_root.iterdir() if p.is_dir())
+    train_root, val_root, size = _imagefolder_layout(spec)
+    classes = _imagefolder_classes(train_root, val_root)
     if not classes:
         raise DataError(f"no class folders under {str(train_root)!r} (expected <root>/train/<class>/<images>)")
     return DataInfo((size, size), 3, len(classes))

@@ -10,6 +10,7 @@ fixed size whatever the number of tokens, so the same model runs at any input si
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from collections.abc import Callable
@@ -60,29 +61,45 @@ def train_architecture(
 ) -> dict[str, Any]:
     info = describe(data_spec)
     arch = source.arch.replace(img_size=info.img_size, in_chans=info.in_chans, num_classes=info.num_classes)
+    if eval_size is not None:  # checked before training, which would otherwise fail only at its end
+        try:
+            arch.replace(img_size=eval_size)
+        except layers.ConfigError as err:
+            raise layers.ConfigError("eval_size", err.reason) from None
+    if init_weights and source.weights is None:
+        raise FileNotFoundError(
+            "init_weights: the architecture has no weights.safetensors to start from "
+            "(an exported folder has one for a trial whose weights were kept)"
+        )
+    run = {
+        "data": dataclasses.asdict(data_spec),
+        "arch": arch.to_dict(),
+        "training": dataclasses.asdict(training),
+        "seed": seed,
+    }
+    checkpoint, metrics_file = out / "checkpoint.pt", out / "metrics.json"
+    state = _own_checkpoint(checkpoint, run)
     out.mkdir(parents=True, exist_ok=True)
     arch.save(out / "arch.yaml")
     training.save(out / "training.yaml")
     torch.manual_seed(seed)
     model = layers.create_model(arch)
-    if init_weights and source.weights is not None:
+    if init_weights:
         kept = transferable(model, load_file(str(source.weights)))
         model.load_state_dict(kept, strict=False)
         fresh = sorted(set(model.state_dict()) - set(kept))
         log(f"started from {source.weights}" + (f"; new for this data set: {', '.join(fresh)}" if fresh else ""))
     data = load_dataset(data_spec)
     trainer = Trainer(model, data, training, device, seed=seed)
-    checkpoint, metrics_file = out / "checkpoint.pt", out / "metrics.json"
     curve: list[float] = []
-    if checkpoint.exists():
-        state = torch.load(checkpoint, map_location="cpu", weights_only=True)  # never an arbitrary pickle
+    if state is not None:
         trainer.load_state_dict(state["trainer"])
         curve = state["curve"]
         log(f"resuming from {checkpoint} after epoch {trainer.epoch}")
     while trainer.epoch < training.epochs:
         loss = trainer.train_epoch()
         curve.append(trainer.evaluate())
-        _atomic_save({"trainer": trainer.state_dict(), "curve": curve}, checkpoint)
+        _atomic_save({"run": run, "trainer": trainer.state_dict(), "curve": curve}, checkpoint)
         log(f"epoch {trainer.epoch}/{training.epochs}: loss {loss:.4f}, validation accuracy {curve[-1]:.4f}")
     metrics: dict[str, Any] = {
         "curve": curve,
@@ -106,6 +123,25 @@ def transferable(model: torch.nn.Module, weights: dict[str, torch.Tensor]) -> di
     if unknown:
         raise ValueError(f"the weights do not belong to this architecture (unexpected: {', '.join(unknown[:3])})")
     return {k: v for k, v in weights.items() if v.shape == own[k].shape}
+
+
+def _own_checkpoint(path: Path, run: dict[str, Any]) -> dict[str, Any] | None:
+    """The checkpoint at ``path`` (None if there is none), refused unless ``run`` left it.
+
+    Only a second run of the same command resumes: a checkpoint that another data set,
+    architecture, recipe or seed left in the same folder would often load (the shapes agree) and
+    silently stand for this run's training.
+    """
+    if not path.exists():
+        return None
+    state = torch.load(path, map_location="cpu", weights_only=True)  # never an arbitrary pickle
+    differs = [key for key, value in run.items() if state.get("run", {}).get(key) != value]
+    if differs:
+        raise ValueError(
+            f"{path} is another run's: its {', '.join(differs)} differ from this one's "
+            "(train into another folder, or delete the checkpoint to start again)"
+        )
+    return state
 
 
 def _atomic_save(state: dict[str, Any], path: Path) -> None:
