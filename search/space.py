@@ -601,16 +601,23 @@ def _ordered(params: dict[str, Param]) -> list[Param]:
 
 
 def _check_grids(spec: SearchSpec) -> None:
-    """Refuse a context pool that is larger than every token grid the space can produce."""
+    """Refuse a patch larger than the data set's images, and a context pool that is larger than
+    every token grid the space can produce."""
     by_name = {p.name: p for p in spec.params}
+    patches = by_name["patch_size"].possible() if "patch_size" in by_name else (ArchConfig.patch_size,)
+    height, width = spec.data_info.img_size
+    for patch in patches:
+        # Every configuration with it would be rejected when sampled: with patch_size fixed, all of them.
+        if patch > min(height, width):
+            where = "space.patch_size" if "patch_size" in by_name else "space"
+            given = "" if "patch_size" in by_name else " (the default: set patch_size)"
+            raise ConfigError(where, f"a patch of {patch}{given} is larger than the data set's {height}x{width} images")
     pool_param = by_name.get("dynamic.pool")
     predictor = by_name.get("dynamic.linear_predictor")
     if pool_param is None or pool_param.possible() is None:
         return
     if predictor is not None and all(LINEAR_PREDICTORS.parse(v)[0].global_context for v in predictor.possible()):
         return  # every predictor ignores the pool
-    patches = by_name["patch_size"].possible() if "patch_size" in by_name else (ArchConfig.patch_size,)
-    height, width = spec.data_info.img_size
     largest_side = max(min(height // p, width // p) for p in patches)
     for pool in pool_param.possible():
         extent = pool_extent(pool)
