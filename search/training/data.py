@@ -527,10 +527,10 @@ def _relabel(folder, classes: list[str], root: Path, skip: Path | None = None) -
     """
     index = {name: i for i, name in enumerate(classes)}
     left_out = {skip.name} if skip is not None and skip.parent == root else set()
-    unknown = sorted({folder.classes[label] for _, label in folder.samples} - set(index) - left_out)
+    samples = [(path, folder.classes[label]) for path, label in folder.samples]
+    unknown = sorted({name for _, name in samples} - set(index) - left_out)
     if unknown:
         raise DataError(f"{str(root)!r} has class folders that the training images lack: {', '.join(unknown)}")
-    samples = [(path, folder.classes[label]) for path, label in folder.samples]
     folder.samples = [(path, index[name]) for path, name in samples if name in index]
     folder.imgs = folder.samples  # ImageFolder's other name for the same list
     folder.targets = [label for _, label in folder.samples]
