@@ -17,11 +17,12 @@ each ask, and so the sequence of configurations, then depends on the seed alone,
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 import signal
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -269,7 +270,13 @@ class Driver:
         seed = secrets.randbelow(2**31) if seed is None else seed
         active = Active(trial_id, number, {}, seed, reference=attrs.get("reference"), gpus=spec.resources.gpus)
         self.active.append(active)
-        self.client.set_trial_attrs(trial_id, driver=self.id, seed=seed)
+        with self._unless_settled_elsewhere(active):
+            self._start(active)
+
+    def _start(self, active: Active) -> None:
+        """Name a claimed trial this driver's, sample and cost it, and train it or settle it."""
+        spec, trial_id, number = self.spec, active.trial_id, active.number
+        self.client.set_trial_attrs(trial_id, driver=self.id, seed=active.seed)
         sampler = create_sampler(spec.sampler.name, trial_seed(spec.study.seed, number), spec.sampler.options)
         try:
             active.params = self.client.sample(trial_id, sampler, spec.sample)
@@ -357,19 +364,40 @@ class Driver:
         for ref in ready:
             active = pending[ref]
             active.pending = None
-            try:
-                attempt: Attempt = ray.get(ref)
-            except ray.exceptions.RayTaskError as err:  # the trial body raised past its own handling
-                self._finish(active, records.FAILED, reason=f"exception: {err.cause!r}")
-                continue
-            except ray.exceptions.RayError as err:  # the worker died more often than retries allow
-                self._finish(
-                    active,
-                    records.FAILED,
-                    reason=f"worker lost after {self.spec.trials.retries} retries: {type(err).__name__}",
-                )
-                continue
-            self._absorb(active, attempt)
+            with self._unless_settled_elsewhere(active):
+                self._take(active, ref)
+
+    def _take(self, active: Active, ref: ray.ObjectRef) -> None:
+        """Record what a finished segment returned, or why it returned nothing."""
+        try:
+            attempt: Attempt = ray.get(ref)
+        except ray.exceptions.RayTaskError as err:  # the trial body raised past its own handling
+            return self._finish(active, records.FAILED, reason=f"exception: {err.cause!r}")
+        except ray.exceptions.RayError as err:  # the worker died more often than retries allow
+            return self._finish(
+                active,
+                records.FAILED,
+                reason=f"worker lost after {self.spec.trials.retries} retries: {type(err).__name__}",
+            )
+        self._absorb(active, attempt)
+
+    @contextlib.contextmanager
+    def _unless_settled_elsewhere(self, active: Active) -> Iterator[None]:
+        """One step of a trial's bookkeeping; the trial is let go if another driver has settled it.
+
+        A driver silent past ``recovery.DEAD_AFTER_S`` (a suspended machine, a stalled VM) is taken
+        for dead: another driver fails its running trials as stale and queues their retries, and
+        Optuna then refuses every write to them. What this driver holds of such a trial is dropped;
+        the retry runs in its place.
+        """
+        try:
+            yield
+        except optuna.exceptions.UpdateFinishedTrialError:
+            self.active.remove(active)
+            self.display.log(
+                f"trial {active.number} was settled by another driver while this one was silent; "
+                "its retry runs in its place"
+            )
 
     def _absorb(self, active: Active, attempt: Attempt) -> None:
         # Every run counts, once: re-runs that rebuilt a checkpoint lost with its node included.
@@ -431,9 +459,10 @@ class Driver:
 
     # ------------------------------------------------------------------ early stopping
     def _decide_paused(self) -> None:
-        for active in self.active:
+        for active in list(self.active):
             if active.paused_at is not None:
-                self._decide(active)
+                with self._unless_settled_elsewhere(active):
+                    self._decide(active)
 
     def _decide(self, active: Active) -> None:
         """At a rung: continue, stop (pruned), or wait for earlier trials to reach the rung."""

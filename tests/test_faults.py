@@ -510,6 +510,33 @@ def test_a_driver_restarted_while_a_dead_one_still_seems_alive_completes_the_cou
     assert [r.status for r in recs] == [COMPLETE, COMPLETE, STALE, COMPLETE] and recs[3].retry_of == 2
 
 
+@pytest.mark.usefixtures("session_ray")
+def test_a_driver_whose_running_trial_another_driver_settled_lets_it_go(tmp_path):
+    """A driver silent past DEAD_AFTER_S (a suspended machine) is taken for dead: another driver
+    fails its running trial as stale and queues the retry. Woken, the first driver crashed at its
+    next write to that trial, which Optuna refuses once a trial is finished."""
+    space = write_space(tmp_path, space=UNREFERENCED_SPACE, training={"epochs": 4}, trials={"count": 2, "parallel": 1})
+    url, errors = sqlite_url(tmp_path), []
+
+    def settle_as_another_driver() -> None:
+        try:
+            wait_for(lambda: any(r.status == RUNNING for r in records_of(url)), 60, "a running trial")
+            other = idle_driver(tmp_path, UNREFERENCED_SPACE)
+            other.recovery.retry_later(0, STALE, "the driver stopped while it ran")
+        except Exception as err:
+            errors.append(err)
+
+    settler = threading.Thread(target=settle_as_another_driver)
+    settler.start()
+    try:
+        fake_search(space, tmp_path / "results", segment=slow_curve_segment)
+    finally:
+        settler.join()
+    assert not errors, errors
+    recs = records_of(url)
+    assert [r.status for r in recs] == [STALE, COMPLETE, COMPLETE] and recs[1].retry_of == 0
+
+
 def test_a_trial_claimed_by_a_driver_killed_before_it_named_itself_is_retried(tmp_path):
     driver = idle_driver(tmp_path)
     heartbeat(driver.client.study, "killed", dead_pid())
