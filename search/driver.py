@@ -70,6 +70,7 @@ class Active:
     params: dict[str, Any]
     seed: int  # of its training; its sampling is seeded with trial_seed(study seed, number)
     reference: str | None = None  # reference trials always run to the end
+    retry_of: int | None = None  # the trial whose parameters this one runs again
     arch: ArchConfig | None = None
     training: TrainSpec | None = None
     gmacs: float = 0.0
@@ -268,7 +269,15 @@ class Driver:
         # A retry keeps the seed it was first trained with; an unseeded study draws one.
         seed = attrs.get("seed", trial_seed(spec.study.seed, number))
         seed = secrets.randbelow(2**31) if seed is None else seed
-        active = Active(trial_id, number, {}, seed, reference=attrs.get("reference"), gpus=spec.resources.gpus)
+        active = Active(
+            trial_id,
+            number,
+            {},
+            seed,
+            reference=attrs.get("reference"),
+            retry_of=attrs.get("retry_of"),
+            gpus=spec.resources.gpus,
+        )
         self.active.append(active)
         with self._unless_settled_elsewhere(active):
             self._start(active)
@@ -293,6 +302,12 @@ class Driver:
             "mparams": cost.mparams,
         }
         record["summary"] = records.summary(record["arch"])
+        if active.retry_of is not None and self._retried_already(active):
+            active.status = records.SURPLUS
+            active.reason = f"a second retry of trial {active.retry_of}, queued as two drivers settled it at once"
+            self.client.set_trial_attrs(trial_id, **record, **records.outcome(records.SURPLUS, reason=active.reason))
+            self.display.log(f"trial {number} not run: {active.reason}")
+            return
         if over:
             self.client.set_trial_attrs(trial_id, **record)
             return self._reject(
@@ -307,6 +322,17 @@ class Driver:
             self.stop_asking = True
             return
         self._submit(active)
+
+    def _retried_already(self, active: Active) -> bool:
+        """Whether a trial numbered below ``active`` retries the same trial.
+
+        Two drivers that settle a dead driver's trial in the same instant may each find no retry
+        queued and queue one: Optuna's storage has no atomic claim to prevent it. Every driver
+        runs the lower-numbered retry alone, so the pair costs one trial number, not a second run.
+        """
+        return any(
+            t.number < active.number and t.user_attrs.get("retry_of") == active.retry_of for t in self.client.trials()
+        )
 
     def _reject(self, active: Active, reason: str, constraints: dict[str, float]) -> None:
         """Settle a configuration that will not be trained; its constraints teach the sampler why."""

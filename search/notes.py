@@ -50,7 +50,8 @@ CONSEQUENCES = {
     "(positive: violated) teach the sampler where the budget lies.",
     INTERRUPTED: "Not counted: its parameters were queued again as a new trial.",
     STALE: "Not counted: its parameters were queued again as a new trial.",
-    SURPLUS: "Asked after the study's trial budget was full; not counted.",
+    SURPLUS: "Asked after the study's trial budget was full, or a second retry of a trial that "
+    "another trial already runs again; not counted.",
 }
 
 

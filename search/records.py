@@ -28,7 +28,7 @@ FAILED = "failed"  # the trial's own failure (exception, NaN loss, out of memory
 REJECTED = "rejected"  # over the hard budget or an invalid combination: no compute spent
 INTERRUPTED = "interrupted"  # stopped by Ctrl-C: retried by the next run
 STALE = "stale"  # left running by a driver that died: retried
-SURPLUS = "surplus"  # asked by one of several drivers after the budget was full
+SURPLUS = "surplus"  # asked by one of several drivers after the budget was full, or a second retry
 
 COUNTED = (COMPLETE, PRUNED, FAILED)  # what the trial budget counts
 RETRIED = (INTERRUPTED, STALE)

@@ -39,7 +39,7 @@ from sqlalchemy.engine import make_url
 
 from search.cli import main
 from search.driver import Driver
-from search.records import COMPLETE, FAILED, INTERRUPTED, RETRIED, RUNNING, STALE, TrialRecord, tell
+from search.records import COMPLETE, FAILED, INTERRUPTED, RETRIED, RUNNING, STALE, SURPLUS, TrialRecord, tell
 from search.results.report import build_report
 from search.space import load_space
 from search.storage import open_storage, redact
@@ -57,8 +57,8 @@ def check_accounting(recs: list[TrialRecord], budget: int) -> None:
     """Exactly the budget counted, no trial left running, each interrupted trial retried once."""
     assert len(counted(recs)) == budget
     assert all(r.state != "RUNNING" for r in recs)
-    retried = [r.retry_of for r in recs if r.retry_of is not None]
-    assert len(retried) == len(set(retried))  # no trial retried twice
+    retried = [r.retry_of for r in recs if r.retry_of is not None and r.status != SURPLUS]
+    assert len(retried) == len(set(retried))  # no trial retried twice (a surplus retry never ran)
     by_number = {r.number: r for r in recs}
     for original in retried:  # an original that was retried never counts itself
         assert by_number[original].status in RETRIED
@@ -535,6 +535,28 @@ def test_a_driver_whose_running_trial_another_driver_settled_lets_it_go(tmp_path
     assert not errors, errors
     recs = records_of(url)
     assert [r.status for r in recs] == [STALE, COMPLETE, COMPLETE] and recs[1].retry_of == 0
+
+
+@pytest.mark.usefixtures("session_ray")
+def test_a_trial_retried_twice_by_two_drivers_at_once_runs_again_once(tmp_path):
+    """Two drivers settling a dead driver's trial in the same instant may each find no retry and
+    queue one; both retries ran, and the trial's parameters counted twice."""
+    from search.optuna_adapter import queued_params
+
+    driver = idle_driver(tmp_path)
+    trial = driver.client.study.ask({"mixer": optuna.distributions.CategoricalDistribution(["linear_attention"])})
+    trial.set_user_attr("driver", "gone")
+    trial.set_user_attr("status", RUNNING)
+    frozen = driver.client.study.trials[0]
+    for _ in range(2):  # what the two drivers queued, each before it saw the other's
+        driver.client.enqueue(queued_params(frozen), {"retry_of": 0})
+    driver.recovery.reconcile()  # the rest of their settling: the trial failed as stale
+    space = tmp_path / "tiny.yaml"
+    space.write_text(space.read_text().replace("count: 3", "count: 2"))
+    fake_search(space, tmp_path / "results", segment=instant_curve_segment)
+    recs = records_of(sqlite_url(tmp_path))
+    assert [(r.status, r.retry_of) for r in recs] == [(STALE, None), (COMPLETE, 0), (SURPLUS, 0), (COMPLETE, None)]
+    check_accounting(recs, 2)
 
 
 def test_a_trial_claimed_by_a_driver_killed_before_it_named_itself_is_retried(tmp_path):
