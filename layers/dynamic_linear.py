@@ -65,7 +65,7 @@ class DynamicLinear(nn.Module):
         """The per-sample update dW of shape (B, in, out) for tokens x of shape (B, H, W, in)."""
         context, left, right = self._factors(x)
         dw = torch.bmm(left.transpose(1, 2), right)
-        return self.gate(self.norm(dw, (1,)), context.mean(dim=1))
+        return self.gate(self.norm(dw, (1,)), context)
 
     def forward(self, x: Tensor) -> Tensor:
         batch, height, width, channels = x.shape
@@ -74,7 +74,7 @@ class DynamicLinear(nn.Module):
             y = torch.baddbmm(self.bias, tokens, self.weight + self.delta(x))
             return y.view(batch, height, width, -1)
         context, left, right = self._factors(x)
-        gate = self.gate.scale(context.mean(dim=1), 3)
+        gate = self.gate.scale(context, 3)
         # Under autocast everything enters in the compute dtype, so the per-sample weight is
         # built in it once rather than in float32 and copied.
         device = x.device.type

@@ -1,6 +1,8 @@
 """Gates on the predicted update: how much of dW reaches the weight, W = W0 + g * dW.
 
-A gate takes the update and a global summary of the input (B, C) and returns the gated update.
+A gate takes the update and the layer's context tokens (B, M, C) and returns the gated update;
+a gate that reads the input summarises those tokens itself (their mean), so that a layer without
+one computes no summary.
 ``channel_dim`` is the dimension of dW that holds output channels (last for a linear layer's
 (B, in, out) update, 1 for a conv's (B, C, k, k) kernel update).
 """
@@ -20,7 +22,7 @@ class Gate(nn.Module):
     broadcast against an update with ``dims`` dimensions, or None for no gate. A dynamic linear
     layer applies it to its factored update without building the gated one (dynamic_linear.py)."""
 
-    def scale(self, context: Tensor, dims: int) -> Tensor | None:
+    def scale(self, context: Tensor, dims: int) -> Tensor | None:  # context: (B, M, C)
         raise NotImplementedError
 
     def forward(self, dw: Tensor, context: Tensor) -> Tensor:
@@ -51,7 +53,7 @@ class ScalarGate(Gate):
 
 @GATES.register("sigmoid")
 class SigmoidGate(Gate):
-    """A per-sample, per-output-channel gate in (0, 1) predicted from the input's global mean."""
+    """A per-sample, per-output-channel gate in (0, 1) predicted from the mean context token."""
 
     def __init__(self, context_dim: int, channels: int, channel_dim: int):
         super().__init__()
@@ -59,7 +61,7 @@ class SigmoidGate(Gate):
         self.channel_dim = channel_dim
 
     def scale(self, context: Tensor, dims: int) -> Tensor:
-        gate = torch.sigmoid(self.proj(context))  # (B, channels)
+        gate = torch.sigmoid(self.proj(context.mean(dim=1)))  # (B, channels)
         shape = [gate.shape[0]] + [1] * (dims - 1)
         shape[self.channel_dim] = gate.shape[1]
         return gate.view(shape)

@@ -172,6 +172,31 @@ def test_dynamic_linear_matches_its_formula_forward_and_backward(tokens):
         torch.testing.assert_close(got, want)
 
 
+class _OpWatch(TorchDispatchMode):
+    """Records the ATen ops a forward runs."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops = set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops.add(func.overloadpacket)
+        return func(*args, **(kwargs or {}))
+
+
+def test_a_gate_reads_the_mean_context_token_and_a_layer_without_one_takes_no_mean():
+    from layers.gating import create_gate
+
+    torch.manual_seed(0)
+    gate, context = create_gate("sigmoid", 8, 4, channel_dim=-1), torch.randn(2, 5, 8)
+    torch.testing.assert_close(gate.scale(context, 3), torch.sigmoid(gate.proj(context.mean(dim=1))).view(2, 1, 4))
+    dyn = layers.DynamicConfig(gate="none")
+    for layer in (layers.DynamicLinear(8, 16, dyn), layers.DynamicDWConv(8, 3, dyn)):
+        with torch.no_grad(), _OpWatch() as watch:
+            layer(torch.randn(2, 6, 6, 8))
+        assert torch.ops.aten.mean not in watch.ops, type(layer).__name__
+
+
 class _WeightWatch(TorchDispatchMode):
     """Counts the tensors of a per-sample weight's shape that a forward creates, by dtype."""
 
