@@ -20,8 +20,14 @@ import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .defaults import DEFAULT_RESULTS, DEFAULT_STORAGE, TABLE_FORMATS
+
+if TYPE_CHECKING:  # the commands import what they use: --help stays light
+    import torch
+
+    from .training.data import DataSpec
 
 EXIT_OK, EXIT_USAGE, EXIT_INTERRUPTED = 0, 2, 130  # an unexpected error exits with Python's 1
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}
@@ -101,12 +107,20 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="train one architecture fully (checkpoints, resume)")
     train.add_argument("--arch", required=True, help="an exported folder or an architecture YAML")
     train.add_argument(
-        "--dataset", required=True, help="digits, digit-pairs, fashion-mnist, mnist, cifar10, cifar100 or imagefolder"
+        "--dataset",
+        help="digits, digit-pairs, fashion-mnist, mnist, cifar10, cifar100 or imagefolder "
+        "(default: an exported folder's, from its data.yaml)",
     )
     train.add_argument(
         "--data-root", help="local folder of mnist/cifar10/cifar100/imagefolder (fashion-mnist: optional)"
     )
     train.add_argument("--img-size", type=int, help="imagefolder: training image size")
+    train.add_argument(
+        "--val-fraction",
+        type=float,
+        help="share of the training images held out for validation (default: the search's, else 0.2)",
+    )
+    train.add_argument("--data-seed", type=int, help="seed of that split (default: the search's, else 0)")
     train.add_argument("--epochs", type=int, required=True)
     train.add_argument("--batch-size", type=int)
     train.add_argument("--lr", type=float)
@@ -246,15 +260,14 @@ def train(args: argparse.Namespace) -> int:
     import dataclasses
     import pickle
 
-    import torch
-
-    from .training.data import DataError, DataSpec
+    from .training.data import DataError
     from .training.full import read_arch, train_architecture
     from .training.trainer import TrainSpec
 
     try:
+        device = _device(args.device)
         source = read_arch(args.arch)
-        data = DataSpec(name=args.dataset, root=args.data_root, img_size=args.img_size)
+        data = _train_data(args, source.data)
         recipe = source.recipe or TrainSpec()
         changes = {
             k: v
@@ -267,7 +280,7 @@ def train(args: argparse.Namespace) -> int:
             data,
             dataclasses.replace(recipe, **changes),
             out,
-            device=torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu")),
+            device=device,
             seed=args.seed,
             eval_size=args.eval_size,
             init_weights=args.init_weights,
@@ -280,6 +293,51 @@ def train(args: argparse.Namespace) -> int:
         )
     print(json.dumps(metrics))
     return EXIT_OK
+
+
+def _device(name: str | None) -> torch.device:
+    """``--device``, checked before anything is written (default: cuda when there is one)."""
+    import torch
+
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"--device {name!r}: not a device (cpu, cuda, cuda:1, ...)") from None
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"--device {name!r}: training runs on cpu or cuda")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise ValueError(f"--device {name!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return device
+
+
+def _train_data(args: argparse.Namespace, searched: DataSpec | None) -> DataSpec:
+    """The data set to train on: the search's (an exported folder's data.yaml) unless ``--dataset``
+    names another, with the command line's settings on top.
+
+    The search's split is kept so that the validation images are the ones the search held out:
+    with another split, ``--init-weights`` would be validated on images its weights trained on.
+    All its training images are used, even where the search trained on a subset of them.
+    """
+    import dataclasses
+
+    from .training.data import DataSpec
+
+    if args.dataset is None and searched is None:
+        raise ValueError(f"--dataset is needed: {args.arch} is not an exported folder with a data.yaml")
+    base = searched if args.dataset in (None, getattr(searched, "name", None)) else DataSpec(name=args.dataset)
+    changes = {
+        key: value
+        for key, value in (
+            ("root", args.data_root),
+            ("img_size", args.img_size),
+            ("val_fraction", args.val_fraction),
+            ("seed", args.data_seed),
+        )
+        if value is not None
+    }
+    return dataclasses.replace(base, train_subset=None, **changes)
 
 
 @command("erf")

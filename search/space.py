@@ -308,6 +308,7 @@ class RecordedSettings:
     """The sections of a space that the report and the exports read back from a study (which
     keeps its space file's text): they need no data set, so they load where the data is absent."""
 
+    data: DataSpec
     training: TrainSpec
     budget: BudgetSection
     early_stopping: EarlyStoppingSection | None
@@ -316,6 +317,7 @@ class RecordedSettings:
     def of(cls, data: Mapping[str, Any]) -> RecordedSettings:
         stopping = data.get("early_stopping", {})
         return cls(
+            build(DataSpec, data.get("data") or {}, "data"),
             build(TrainSpec, data.get("training") or {}, "training"),
             build(BudgetSection, data.get("budget") or {}, "budget"),
             None if stopping is False else build(EarlyStoppingSection, stopping or {}, "early_stopping"),

@@ -4,12 +4,15 @@ finished run that says where its results are and what to run next."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 import optuna
 import pytest
+import torch
 from conftest import sqlite_url, write_space
 
 from layers import ArchConfig
@@ -69,6 +72,52 @@ def test_bad_erf_inputs_get_one_line_and_exit_code_2(tiny_arch, tmp_path, capsys
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1 and message in err, err
     assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--dataset", "digits", "--device", "bogus"], "--device 'bogus': not a device"),
+        (["--dataset", "digits", "--device", "cuda:64"], "--device 'cuda:64': this machine has"),
+        (["--dataset", "digits", "--arch", "malformed.yaml"], "malformed.yaml: not valid YAML"),
+        ([], "--dataset is needed"),  # a bare architecture YAML says nothing of its data
+    ],
+)
+def test_bad_train_inputs_get_one_line_and_exit_code_2(tiny_arch, tmp_path, capsys, extra, message):
+    (tmp_path / "malformed.yaml").write_text("embed_dim: [16\n")
+    out = tmp_path / "trained"
+    args = ["train", "--arch", str(tiny_arch), "--epochs", "1", *extra, "--out", str(out)]
+    assert main([a if a != "malformed.yaml" else str(tmp_path / a) for a in args]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and message in err, err
+    assert not out.exists()
+
+
+def test_training_an_export_keeps_the_searchs_validation_split_and_all_its_training_images(tiny_arch, tmp_path):
+    """Trained from an export, a model was validated on a split of its own (20 % by default): with
+    --init-weights, images its weights had trained on during the search (10 % held out there)."""
+    from search.training.data import DataSpec
+
+    folder = tmp_path / "trial_00003"
+    folder.mkdir()
+    shutil.copy(tiny_arch, folder / "arch.yaml")
+    DataSpec(name="digits", val_fraction=0.1, seed=3, train_subset=200).save(folder / "data.yaml")
+    assert main(["train", "--arch", str(folder), "--epochs", "1", "--out", str(tmp_path / "run")]) == 0
+    run = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["run"]
+    assert run["data"] == {**asdict(DataSpec(name="digits", val_fraction=0.1, seed=3)), "train_subset": None}
+
+
+def test_a_checkpoint_written_on_another_device_is_refused(tiny_arch, tmp_path, capsys):
+    """Its generators' states are the other device's: resuming from it ended in a traceback."""
+    args = ["train", "--arch", str(tiny_arch), "--dataset", "digits", "--epochs", "1", "--out", str(tmp_path / "run")]
+    assert main(args) == 0
+    checkpoint = tmp_path / "run" / "checkpoint.pt"
+    state = torch.load(checkpoint, weights_only=True)
+    state["run"]["device"] = "cuda"
+    torch.save(state, checkpoint)
+    capsys.readouterr()
+    assert main(args) == 2
+    assert "checkpoint.pt is another run's: its device differ" in capsys.readouterr().err
 
 
 def test_an_evaluation_size_the_model_cannot_take_is_refused_before_training(tiny_arch, tmp_path, capsys):

@@ -159,6 +159,18 @@ def test_imagefolder_in_memory_and_streaming(tmp_path, monkeypatch, streaming):
     assert isinstance(data.train, Split) != streaming
 
 
+@pytest.mark.parametrize("streaming", [False, True])
+def test_a_training_split_smaller_than_a_batch_still_gives_one(tmp_path, monkeypatch, streaming):
+    """A streamed split dropped its only, incomplete batch: its trials trained nothing at all."""
+    write_imagefolder(tmp_path)
+    if streaming:
+        monkeypatch.setattr(data_module, "IN_MEMORY_LIMIT", 0)
+    spec = DataSpec(name="imagefolder", root=str(tmp_path), img_size=8, val_fraction=0.25, seed=2 + int(streaming))
+    data = load_dataset(spec)
+    batches = list(data.train.batches(64, torch.device("cpu"), torch.Generator().manual_seed(0), drop_last=True))
+    assert [len(labels) for _, labels in batches] == [len(data.train)]
+
+
 def test_every_imagefolder_split_numbers_the_classes_as_training_does(tmp_path):
     write_imagefolder(tmp_path)
     shutil.rmtree(tmp_path / "val" / "dog")  # without the middle class, ImageFolder alone would make fox 1

@@ -23,6 +23,7 @@ import layers
 from search.cli import main
 from search.records import COMPLETE, STALE, TrialRecord
 from search.results.erf import effective_receptive_field
+from search.training.data import DataSpec
 
 pytestmark = pytest.mark.usefixtures("session_ray")
 
@@ -131,7 +132,14 @@ def test_export_builds_back_with_timm_and_gives_the_same_outputs(searched, tmp_p
     torch.manual_seed(0)
     for folder in folders:
         number = int(folder.name.removeprefix("trial_"))
-        assert {p.name for p in folder.iterdir()} == {"arch.yaml", "training.yaml", "weights.safetensors", "README.md"}
+        assert {p.name for p in folder.iterdir()} == {
+            "arch.yaml",
+            "training.yaml",
+            "data.yaml",
+            "weights.safetensors",
+            "README.md",
+        }
+        assert DataSpec.load(folder / "data.yaml") == DataSpec(name="digits")  # the search's data section
         arch = layers.ArchConfig.load(folder / "arch.yaml")
         images = torch.randn(3, arch.in_chans, *arch.img_size)
         # The model as the search left it: its config and the weights the run kept.

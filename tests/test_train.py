@@ -75,6 +75,18 @@ def test_evaluation_at_another_size_resizes_the_images():
     assert set(grids) == {(6, 6)}  # the model ran on the 36 tokens of the larger input, not the 16 of 8x8
 
 
+def test_evaluation_at_another_size_keeps_the_field_of_view_of_the_training_crop():
+    """Images stored with a margin (ImageFolder: 16 px crops of 20 px images) were resized whole at
+    another size: the margin, never seen at the training size, came into view."""
+    images = torch.zeros(1, 1, 20, 20, dtype=torch.uint8)
+    images[..., :2, :] = 255  # a band in the margin above the 16 x 16 training crop
+    augment = BatchAugment(AugmentSpec(), (0.0,), (1 / 255,), (16, 16), 2, label_smoothing=0.0)
+    assert augment.eval_batch(images).max() == 0
+    larger = augment.eval_batch(images, (32, 32))
+    # interpolation across the crop's edge leaves a quarter of the band in the first row, no more
+    assert larger[..., 1:, :].max() == 0 and larger[..., 0, :].max() <= 255 / 4
+
+
 FULL = AugmentSpec(
     crop_padding=2,
     flip=True,

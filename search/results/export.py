@@ -2,6 +2,7 @@
 
 <out>/trial_00012/arch.yaml            the ArchConfig (timm: dynamic_backbone, arch=...)
                   training.yaml        the recipe the trial was trained with
+                  data.yaml            the search's data set and validation split
                   weights.safetensors  the trained weights, when the run kept them
                   README.md            a model card: figures, learning curve, provenance
 """
@@ -19,6 +20,7 @@ from layers import ArchConfig
 
 from ..records import COMPLETE, TrialRecord, pareto_front, weights_path
 from ..space import RecordedSettings
+from ..training.data import DataSpec
 from ..training.trainer import TrainSpec
 from .report import MARKDOWN, describe
 
@@ -60,17 +62,19 @@ class Provenance:
     storage_label: str
     space_file: str
     objectives: list[str]
+    data: DataSpec  # the search's data set, and the split its trials were validated on
     base_training: TrainSpec  # the space's recipe, before what each trial sampled
 
     @classmethod
     def of(cls, study: optuna.Study, storage_label: str) -> Provenance:
-        attrs = study.user_attrs
+        settings = RecordedSettings.of_study(study.user_attrs)
         return cls(
             study.study_name,
             storage_label,
-            attrs.get("space_file", "?"),
+            study.user_attrs.get("space_file", "?"),
             list(study.metric_names or []),
-            RecordedSettings.of_study(attrs).training,
+            settings.data,
+            settings.training,
         )
 
 
@@ -85,6 +89,7 @@ def export(
         ArchConfig.from_dict(record.arch).save(folder / "arch.yaml")
         training = dataclasses.replace(provenance.base_training, **record.training)
         training.save(folder / "training.yaml")
+        provenance.data.save(folder / "data.yaml")
         weights = weights_path(results, study.study_name, record.number)
         if weights.exists():
             shutil.copyfile(weights, folder / "weights.safetensors")
@@ -130,16 +135,18 @@ import layers, timm  # importing layers registers the models with timm
 {load}
 ```
 
-Train it at full scale (checkpoints every epoch, resumes when run again):
+Train it at full scale (checkpoints every epoch, resumes when run again) on the search's data
+set, validated on the images the search held out (`data.yaml`), or on another with `--dataset`:
 
 ```bash
-python -m search train --arch trial_{record.number:05d} --dataset cifar10 --data-root ~/data/cifar10 --epochs 300
+python -m search train --arch trial_{record.number:05d} --epochs 300
 ```
 
 ## Where it comes from
 
 Trial {record.number} of study `{provenance.study_name}` ({provenance.storage_label}),
-searched with `{provenance.space_file}`;
+searched with `{provenance.space_file}` on {provenance.data.name}, {provenance.data.val_fraction:g} of its
+training images held out for validation with seed {provenance.data.seed} (`data.yaml`);
 trained for {training.epochs} epochs, batch {training.batch_size}, peak learning rate {training.peak_lr:.3g},
 weight decay {training.weight_decay}, label smoothing {training.label_smoothing} (`training.yaml`).
 """

@@ -59,12 +59,19 @@ class BatchAugment:
         self.std = torch.tensor(std, device=device).view(1, -1, 1, 1) * 255
 
     def eval_batch(self, images: Tensor, size: tuple[int, int] | None = None) -> Tensor:
-        """The centre crop at the training size, or the whole image resized to ``size``."""
+        """The centre crop at the training size; at another ``size``, the same view at that size.
+
+        Images stored with a margin around the training crop (ImageFolder: size / 0.875) are
+        resized by size / training size and then centre-cropped, so that only the resolution
+        changes: resizing the whole stored image would also widen the field of view.
+        """
         if size is None or tuple(size) == tuple(self.size):
             return self._normalise(_center_crop(images, self.size))
-        return F.interpolate(
-            self._normalise(images), size=tuple(size), mode="bilinear", antialias=True, align_corners=False
+        stored = [round(side * new / old) for side, new, old in zip(images.shape[-2:], size, self.size)]
+        resized = F.interpolate(
+            self._normalise(images), size=stored, mode="bilinear", antialias=True, align_corners=False
         )
+        return _center_crop(resized, tuple(size))
 
     def train_batch(self, images: Tensor, labels: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
         """Augmented images and soft targets (B, classes), label smoothing included."""

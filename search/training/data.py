@@ -30,9 +30,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 from torch import Tensor
 
-from layers import ConfigError, Registry, coerce_fields
+from layers import ConfigError, Registry, build, coerce_fields
 
 DATASETS: Registry = Registry("data set")
 
@@ -61,6 +62,16 @@ class DataSpec:
             raise ConfigError("val_fraction", f"must be between 0 and 1, got {self.val_fraction}")
         if self.train_subset is not None and self.train_subset < 1:
             raise ConfigError("train_subset", f"must be at least 1 (or null for all), got {self.train_subset}")
+        if self.img_size is not None and self.img_size < 1:
+            raise ConfigError("img_size", f"must be at least 1 (or null for 224), got {self.img_size}")
+
+    def save(self, path: Path) -> None:
+        """Write the data set and its split as YAML (``data.yaml`` of an export)."""
+        path.write_text(yaml.safe_dump(dataclasses.asdict(self), sort_keys=False))
+
+    @classmethod
+    def load(cls, path: Path) -> DataSpec:
+        return build(cls, yaml.safe_load(path.read_text()) or {}, "data")
 
 
 @dataclass(frozen=True)
@@ -164,7 +175,8 @@ class StreamingSplit:
                 sampler=self._order,
                 num_workers=self.workers,
                 persistent_workers=self.workers > 0,
-                drop_last=drop_last,
+                # as Split.batches: a split smaller than one batch still gives one, never none
+                drop_last=drop_last and len(self) >= batch_size,
                 pin_memory=pin,
             )
         for images, labels in self._loaders[key]:
@@ -509,7 +521,11 @@ def _imagefolder_layout(spec: DataSpec) -> tuple[Path, Path | None, int]:
     """Training folder (root/train, or root itself), test folder (root/val) if any, image size."""
     root = Path(spec.root).expanduser()
     train_root = root / "train" if (root / "train").is_dir() else root
-    return train_root, root / "val" if (root / "val").is_dir() else None, spec.img_size or 224
+    return (
+        train_root,
+        root / "val" if (root / "val").is_dir() else None,
+        224 if spec.img_size is None else spec.img_size,
+    )
 
 
 def _imagefolder_classes(train_root: Path, val_root: Path | None) -> list[str]:

@@ -1,10 +1,10 @@
 """Full training of one architecture, with a checkpoint every epoch and resume after interruption.
 
-    python -m search train --arch results/export/trial_00012 --dataset cifar10 --data-root ~/data/cifar10 --epochs 300
+    python -m search train --arch results/export/trial_00012 --epochs 300
 
-``--arch`` is an exported folder (arch.yaml, and training.yaml and weights.safetensors when
-present) or an architecture YAML. The model is adapted to the data set's image size, channels
-and classes. ``--eval-size`` also evaluates at another resolution: the dynamic weights have a
+``--arch`` is an exported folder (arch.yaml, and training.yaml, data.yaml and
+weights.safetensors when present) or an architecture YAML. The model is adapted to the data
+set's image size, channels and classes. ``--eval-size`` also evaluates at another resolution: the dynamic weights have a
 fixed size whatever the number of tokens, so the same model runs at any input size.
 """
 
@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 from safetensors.torch import load_file, save_file
 
 import layers
@@ -32,19 +33,27 @@ class ArchSource:
     arch: layers.ArchConfig
     recipe: TrainSpec | None  # training.yaml of an exported folder
     weights: Path | None  # weights.safetensors of an exported folder
+    data: DataSpec | None  # data.yaml of an exported folder: the search's data set and split
 
 
 def read_arch(path: str | Path) -> ArchSource:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such file or folder (expected an exported folder or an architecture YAML)")
-    if path.is_dir():
+    try:
+        if not path.is_dir():
+            return ArchSource(layers.ArchConfig.load(path), None, None, None)
         if not (path / "arch.yaml").exists():
             raise FileNotFoundError(f"{path} holds no arch.yaml (expected an exported folder)")
-        recipe_file, weights = path / "training.yaml", path / "weights.safetensors"
-        recipe = TrainSpec.load(recipe_file) if recipe_file.exists() else None
-        return ArchSource(layers.ArchConfig.load(path / "arch.yaml"), recipe, weights if weights.exists() else None)
-    return ArchSource(layers.ArchConfig.load(path), None, None)
+        recipe, data, weights = path / "training.yaml", path / "data.yaml", path / "weights.safetensors"
+        return ArchSource(
+            layers.ArchConfig.load(path / "arch.yaml"),
+            TrainSpec.load(recipe) if recipe.exists() else None,
+            weights if weights.exists() else None,
+            DataSpec.load(data) if data.exists() else None,
+        )
+    except yaml.YAMLError as err:
+        raise ValueError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
 
 
 def train_architecture(
@@ -72,6 +81,8 @@ def train_architecture(
             "(an exported folder has one for a trial whose weights were kept)"
         )
     run = {
+        # a checkpoint holds the generators' states of the device it was written on
+        "device": device.type,
         "data": dataclasses.asdict(data_spec),
         "arch": arch.to_dict(),
         "training": dataclasses.asdict(training),

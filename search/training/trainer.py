@@ -57,10 +57,16 @@ class TrainSpec:
             raise ConfigError("lr", "must be positive")
         if self.label_smoothing >= 1:
             raise ConfigError("label_smoothing", "must be below 1")
+        # A negative max norm would flip every gradient (clip_grad_norm_ scales by it), and a
+        # reference batch below 1 a learning rate's sign or size: refused, not trained with.
+        if self.grad_clip is not None and self.grad_clip <= 0:
+            raise ConfigError("grad_clip", "must be positive (or null for no clipping)")
+        if self.lr_reference_batch is not None and self.lr_reference_batch < 1:
+            raise ConfigError("lr_reference_batch", "must be at least 1 (or null for no scaling)")
 
     @property
     def peak_lr(self) -> float:
-        return self.lr * self.batch_size / self.lr_reference_batch if self.lr_reference_batch else self.lr
+        return self.lr if self.lr_reference_batch is None else self.lr * self.batch_size / self.lr_reference_batch
 
     def save(self, path: Path) -> None:
         """Write the recipe as YAML (``training.yaml`` of an export or a training run)."""
@@ -121,7 +127,7 @@ class Trainer:
                 loss = F.cross_entropy(self.model(x), targets)
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
-            if self.spec.grad_clip:
+            if self.spec.grad_clip is not None:
                 self.scaler.unscale_(self.optimizer)
                 nn.utils.clip_grad_norm_(self.model.parameters(), self.spec.grad_clip)
             self.scaler.step(self.optimizer)
