@@ -89,7 +89,7 @@ def main() -> None:
     for name, make in (("cifar10 (raw pixels)", write_cifar10), ("image folder (PNGs)", write_image_folder)):
         with tempfile.TemporaryDirectory() as folder:
             spec = make(Path(folder))
-            shipped, line = cluster.share_data(spec)
+            shipped, line = cluster.share_data(spec, cpus=1, gpus=0)
             disk = [ray.get(from_disk.remote(spec)) for _ in range(REPEATS)]
             store = [ray.get(from_object_store.remote([shipped])) for _ in range(REPEATS)]
         ratio = statistics.median(disk) / statistics.median(store)

@@ -57,10 +57,11 @@ def connect(address: str | None, *, cpus: float, gpus: float) -> dict[str, float
     (``/tmp/ray/ray_current_cluster``); "local" starts a fresh instance, as the user asked.
     Returns the cluster's total resources.
     """
+    if address and address != "auto":
+        # also where this process already runs Ray: the search must not quietly use that one
+        _check_reachable(address)
     if not ray.is_initialized():
         logging.getLogger(_DropTokenNotice.LOGGER).addFilter(_TOKEN_NOTICE_FILTER)  # adding it twice is a no-op
-        if address and address != "auto":
-            _check_reachable(address)
         try:
             ray.init(
                 address=address or "local",
@@ -75,21 +76,39 @@ def connect(address: str | None, *, cpus: float, gpus: float) -> dict[str, float
             raise ClusterError(
                 f"cannot {'join the Ray cluster at ' + address if address else 'start Ray'}: {err}"
             ) from None
-    totals = ray.cluster_resources()
-    if cpus > totals.get("CPU", 0):
-        raise ClusterError(f"each trial asks for {cpus:g} CPUs but the Ray cluster has {totals.get('CPU', 0):g}")
-    if gpus > totals.get("GPU", 0):
+    if not trial_nodes(cpus, gpus):
+        # Ray's totals sum over nodes, while a task runs on one: a request no single node can
+        # hold would leave every trial pending for ever, without an error.
+        sizes = sorted({(r.get("CPU", 0), r.get("GPU", 0)) for r in _alive_resources()}, reverse=True)
+        listed = ", ".join(f"{c:g} CPUs and {g:g} GPUs" for c, g in sizes[:4]) or "none alive"
+        hint = " (set resources.gpus: 0 to train on CPUs)" if gpus and not any(g for _, g in sizes) else ""
         raise ClusterError(
-            f"each trial asks for {gpus:g} GPUs but the Ray cluster has {totals.get('GPU', 0):g} "
-            "(set resources.gpus: 0 to train on CPUs)"
+            f"each trial asks for {cpus:g} CPUs and {gpus:g} GPUs on one node, but no Ray node has that "
+            f"many (its nodes: {listed}){hint}"
         )
-    return totals
+    return ray.cluster_resources()
+
+
+def _alive_resources() -> list[dict[str, float]]:
+    return [n["Resources"] for n in ray.nodes() if n["Alive"]]
+
+
+def trial_nodes(cpus: float, gpus: float) -> list[str]:
+    """The ids of the alive Ray nodes that can hold one trial: its CPUs and GPUs on one node."""
+    return [
+        n["NodeID"]
+        for n in ray.nodes()
+        if n["Alive"] and n["Resources"].get("CPU", 0) >= cpus and n["Resources"].get("GPU", 0) >= gpus
+    ]
 
 
 def _check_reachable(address: str, timeout: float = 5.0) -> None:
     """Fail fast with a clear message where ray.init would wait a long time for a dead address."""
     parsed = urlparse(address if "://" in address else f"ray://{address}")
-    host, port = parsed.hostname, parsed.port
+    try:
+        host, port = parsed.hostname, parsed.port
+    except ValueError:  # a port that is not a number, or out of range
+        host = port = None
     if not host or not port:
         raise ClusterError(f"cannot parse Ray address {address!r}: expected host:port or ray://host:port")
     try:
@@ -209,7 +228,7 @@ class History:
 
 
 # ---------------------------------------------------------------------- data on every node
-def share_data(spec: DataSpec) -> tuple[ray.ObjectRef, str]:
+def share_data(spec: DataSpec, cpus: float, gpus: float) -> tuple[ray.ObjectRef, str]:
     """Load the data set once, here, and put it in Ray's object store, whence every node reads it.
 
     A data set held in memory (up to ``IN_MEMORY_LIMIT`` of images) travels whole: workers need
@@ -218,8 +237,8 @@ def share_data(spec: DataSpec) -> tuple[ray.ObjectRef, str]:
     30 % of the node's memory unless ``ray start --object-store-memory`` says otherwise, and keeps
     larger objects in slower files on the node's disk). A larger
     image folder streams from disk: only its index of files travels, so ``data.root`` must exist
-    at the same path on every node, which is checked on every node alive now. Returns the
-    reference and a line for the log.
+    at the same path on every node that can run a trial (``cpus`` and ``gpus`` on one node),
+    which is checked on every such node alive now. Returns the reference and a line for the log.
     """
     dataset = load_dataset.__wrapped__(spec)  # uncached: the object store holds the one copy
     if dataset.in_memory:
@@ -227,7 +246,7 @@ def share_data(spec: DataSpec) -> tuple[ray.ObjectRef, str]:
         size = _gib(sum(s.images.nbytes + s.labels.nbytes for s in splits))
         shipped = f"data set {spec.name!r} ({size}) shipped to every node through Ray's object store"
     else:
-        require_folder_on_every_node(spec.root)
+        require_folder_on_every_node(spec.root, cpus, gpus)
         size = "its index of files"
         shipped = f"data set {spec.name!r} streams from {spec.root} on every node (over {_gib(IN_MEMORY_LIMIT)})"
     try:
@@ -244,9 +263,9 @@ def _is_folder(path: str) -> tuple[bool, str]:
     return Path(path).expanduser().is_dir(), socket.gethostname()
 
 
-def require_folder_on_every_node(path: str) -> None:
+def require_folder_on_every_node(path: str, cpus: float, gpus: float) -> None:
     """Refuse to start when a node that can run trials cannot see ``path``, naming the node."""
-    nodes = [n["NodeID"] for n in ray.nodes() if n["Alive"] and n["Resources"].get("CPU", 0) > 0]
+    nodes = trial_nodes(cpus, gpus)
     checks = {
         node: _is_folder.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False)).remote(path)
         for node in nodes

@@ -159,7 +159,7 @@ class Driver:
         records.check_writable(records.results_dir(self.results, spec.study.name), "the results folder")
         records.check_writable(store_folder(spec.study.artifacts, self.results, spec.study.name), "the artifact store")
         with connected(self.address, cpus=spec.resources.cpus, gpus=spec.resources.gpus):
-            self.data, shipped = share_data(spec.data)
+            self.data, shipped = share_data(spec.data, spec.resources.cpus, spec.resources.gpus)
             return self._run(shipped)
 
     def _run(self, shipped: str) -> optuna.Study:

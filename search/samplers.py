@@ -34,6 +34,9 @@ SAMPLERS: Registry = Registry("sampler")
 #: Trial seeds are study_seed * SEED_STRIDE + trial number: a prime, so that the trials of two
 #: studies whose seeds differ by one never share a seed for any realistic trial count.
 SEED_STRIDE = 100_003
+#: Optuna's samplers (numpy's generators) take seeds below 2**32; trial seeds wrap around it, so a
+#: large study seed (a date such as 20240101) or a negative one seeds every trial as well.
+SEED_RANGE = 2**32
 
 
 @SAMPLERS.register("tpe")
@@ -59,7 +62,7 @@ def gp(seed: int | None, options: dict[str, Any]) -> optuna.samplers.BaseSampler
 
 def trial_seed(study_seed: int | None, number: int) -> int | None:
     """The seed of trial ``number``: its sampling and its training. None for an unseeded study."""
-    return None if study_seed is None else study_seed * SEED_STRIDE + number
+    return None if study_seed is None else (study_seed * SEED_STRIDE + number) % SEED_RANGE
 
 
 def create_sampler(name: str, seed: int | None, options: dict[str, Any]) -> optuna.samplers.BaseSampler:

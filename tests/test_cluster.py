@@ -261,15 +261,41 @@ def test_streamed_image_folders_need_data_root_on_every_node(cluster, tmp_path, 
     monkeypatch.setattr(data_module, "IN_MEMORY_LIMIT", 0)  # too large to ship: stream from data.root
     ray.init(address=address)
     try:
-        ref, line = search_cluster.share_data(DataSpec(name="imagefolder", root=str(tmp_path), img_size=16))
+        spec = DataSpec(name="imagefolder", root=str(tmp_path), img_size=16)
+        ref, line = search_cluster.share_data(spec, cpus=1, gpus=0)
         assert "streams from" in line  # every node sees the folder: its index of files travels
         assert not ray.get(ref).in_memory
         missing = str(tmp_path / "elsewhere")
         with pytest.raises(search_cluster.ClusterError) as error:
-            search_cluster.require_folder_on_every_node(missing)
+            search_cluster.require_folder_on_every_node(missing, cpus=1, gpus=0)
         message = str(error.value)
         assert f"data.root {missing!r} is not a folder on Ray node " in message
         assert any(w in message for w in workers) and "every node needs them at that path" in message
+    finally:
+        ray.shutdown()
+
+
+@pytest.mark.parametrize(("cpus", "gpus"), [(3, 0), (1, 2)])
+def test_a_trial_no_single_node_can_hold_is_refused(cluster, cpus, gpus):
+    """The check compared a trial's request with the cluster's totals (4 CPUs, 2 GPUs over two
+    nodes of 2 and 1): Ray then left every trial pending for ever."""
+    address, _ = cluster
+    try:
+        with pytest.raises(search_cluster.ClusterError, match="no Ray node has that many") as error:
+            search_cluster.connect(address, cpus=cpus, gpus=gpus)
+        assert "its nodes: 2 CPUs and 1 GPUs" in str(error.value)
+    finally:
+        ray.shutdown()
+
+
+def test_an_address_is_checked_where_this_process_already_runs_ray(cluster):
+    """With Ray already up in the process (a notebook, a test session), another address was ignored
+    and the search ran on the Ray at hand."""
+    address, _ = cluster
+    ray.init(address=address)
+    try:
+        with pytest.raises(search_cluster.ClusterError, match=r"cannot reach the Ray cluster at 127\.0\.0\.1:1"):
+            search_cluster.connect("127.0.0.1:1", cpus=1, gpus=0)
     finally:
         ray.shutdown()
 

@@ -80,6 +80,14 @@ def test_each_trial_has_its_own_seed_and_an_unseeded_study_none():
     assert trial_seed(None, 3) is None
 
 
+@pytest.mark.parametrize("study_seed", [42949, 20240101, -1])
+def test_every_study_seed_gives_trial_seeds_the_samplers_take(study_seed):
+    """From 42949 up, and below 0, the first trial's sampler refused its seed: a traceback mid-run."""
+    for name in ("tpe", "random", "nsga2", "gp"):
+        create_sampler(name, trial_seed(study_seed, 7), {})
+    assert trial_seed(3, 7) == 3 * 100_003 + 7  # seeds that always fitted are as before
+
+
 def test_a_trial_seed_fixes_what_is_sampled():
     def first(seed: int) -> float:
         study = optuna.create_study(sampler=create_sampler("tpe", seed, {}))
