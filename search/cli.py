@@ -251,7 +251,8 @@ def export(args: argparse.Namespace) -> int:
     for folder in write_exports(
         study, chosen, Path(args.out), results=Path(args.results), storage_label=masked(args.storage)
     ):
-        print(folder)
+        kept = (folder / "weights.safetensors").exists()
+        print(folder if kept else f"{folder} (no weights: none kept under {args.results})")
     return EXIT_OK
 
 

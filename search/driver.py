@@ -18,6 +18,7 @@ each ask, and so the sequence of configurations, then depends on the seed alone,
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import secrets
 import signal
 import time
@@ -42,7 +43,7 @@ from .early_stopping import RungResult, decide, rung_field
 from .recovery import Recovery
 from .references import reference_params
 from .samplers import create_sampler, trial_seed
-from .space import SearchSpec, budget_constraints, over_budget
+from .space import RecordedSettings, SearchSpec, budget_constraints, over_budget
 from .storage import check_storage, masked, redact
 from .study_client import StudyClient
 from .training.segment import SegmentJob, run_segment
@@ -144,12 +145,37 @@ class Driver:
             )
         if not names:
             self.client.retry(lambda: study.set_metric_names(wanted), "name the objectives")
+        if not created:
+            self._check_same_recipe(self.client.user_attrs())
         self.client.set_study_attr("space", redact(spec.text))
         self.client.set_study_attr("space_file", spec.source)
         self.dashboard = DashboardWriter(self.client, spec, self.results, self.display.log)
         self.client.set_study_attr(STORE_ATTR, str(self.dashboard.folder))
         self.client.before_tell = self.dashboard.before_tell
         self.recovery = Recovery(self.client, self.id, self.display.log)
+
+    def _check_same_recipe(self, attrs: dict[str, Any]) -> None:
+        """Refuse to go on with a study under another training recipe or data set.
+
+        Its trials would not compare with the earlier ones, and the earlier ones would be reported
+        and exported with the new recipe: a trial records only what it sampled, over the space's.
+        """
+        if "space" not in attrs:
+            return  # created by a driver that stopped before it wrote the space
+        before = RecordedSettings.of_study(attrs)
+        changes = [
+            f"{section}.{key}: {old!r} -> {new!r}"
+            for section, earlier, now in (
+                ("data", before.data, self.spec.data),
+                ("training", before.training, self.spec.training),
+            )
+            for key, old, new in _differences(earlier, now)
+        ]
+        if changes:
+            raise StudyMismatch(
+                f"study {self.spec.study.name!r} was searched with another recipe ({'; '.join(changes[:3])}): "
+                "its trials would not compare with new ones. Use another study name."
+            )
 
     def run(self) -> optuna.Study:
         spec = self.spec
@@ -584,6 +610,12 @@ class Driver:
         )
 
 
+def _differences(before: Any, now: Any) -> list[tuple[str, Any, Any]]:
+    """The fields of two dataclasses of one type that differ: (name, before, now)."""
+    old, new = dataclasses.asdict(before), dataclasses.asdict(now)
+    return [(key, old[key], new[key]) for key in old if old[key] != new[key]]
+
+
 def _training_overrides(base: TrainSpec, actual: TrainSpec) -> dict[str, Any]:
     """The training fields a trial changed from the space's recipe (what the space sampled)."""
-    return {k: v for k, v in actual.__dict__.items() if getattr(base, k) != v}
+    return {key: value for key, _, value in _differences(base, actual)}

@@ -276,6 +276,19 @@ def test_the_report_draws_hypervolume_against_compute_with_the_benchmarks_functi
     assert "accuracy 0, gmacs 0.004" in section.note
 
 
+def test_an_export_without_weights_leaves_none_of_an_earlier_export(searched, tmp_path, capsys):
+    """Exported again into the same folder, from a run whose weights are elsewhere, a trial kept the
+    earlier export's weights beside its new arch.yaml: train and erf then loaded them."""
+    out = tmp_path / "export"
+    assert main(["export", *study_args(searched), "--trial", "0", "--out", str(out)]) == 0
+    assert (out / "trial_00000" / "weights.safetensors").exists()
+    elsewhere = [*study_args(searched)[:4], "--results", str(tmp_path / "other")]
+    capsys.readouterr()
+    assert main(["export", *elsewhere, "--trial", "0", "--out", str(out)]) == 0
+    assert not (out / "trial_00000" / "weights.safetensors").exists()
+    assert "(no weights: none kept under" in capsys.readouterr().out
+
+
 def test_full_training_can_start_from_exported_weights_on_another_data_set(searched, tmp_path, capsys):
     from test_data import write_imagefolder
 

@@ -165,6 +165,16 @@ def test_a_study_with_other_objectives_is_not_mixed_up(tmp_path, capsys):
     assert "was created with objectives ['accuracy', 'gmacs']" in capsys.readouterr().err
 
 
+def test_a_study_is_not_resumed_with_another_recipe(tmp_path, capsys):
+    """Resumed with other epochs, a study mixed trials of two recipes, and its report and exports
+    gave the earlier trials the new one (a trial records only what it sampled)."""
+    space = write_space(tmp_path, trials={"count": 1, "parallel": 1}, training={"epochs": 1})
+    fake_search(space, tmp_path / "results")
+    space.write_text(space.read_text().replace("epochs: 1", "epochs: 3"))
+    assert run_cli(space, tmp_path) == 2
+    assert "was searched with another recipe (training.epochs: 1 -> 3)" in capsys.readouterr().err
+
+
 def test_rungs_follow_each_trials_own_epochs(tmp_path):
     """With the epochs sampled, each trial stops at the rungs of its own count, not the base's."""
     from dataclasses import replace

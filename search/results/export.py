@@ -90,9 +90,11 @@ def export(
         training = dataclasses.replace(provenance.base_training, **record.training)
         training.save(folder / "training.yaml")
         provenance.data.save(folder / "data.yaml")
-        weights = weights_path(results, study.study_name, record.number)
+        weights, kept = weights_path(results, study.study_name, record.number), folder / "weights.safetensors"
         if weights.exists():
-            shutil.copyfile(weights, folder / "weights.safetensors")
+            shutil.copyfile(weights, kept)
+        else:  # an earlier export into this folder left another model's; train and erf would load it
+            kept.unlink(missing_ok=True)
         (folder / "README.md").write_text(model_card(provenance, record, training, weights.exists()))
         folders.append(folder)
     return folders
