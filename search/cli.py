@@ -133,10 +133,19 @@ def build_parser() -> argparse.ArgumentParser:
     erf = sub.add_parser("erf", help="draw the effective receptive field of a model")
     erf.add_argument("--arch", required=True, help="an exported folder or an architecture YAML")
     erf.add_argument("--weights", help="weights (safetensors); default: the folder's, else the initialisation")
-    erf.add_argument("--images", type=int, default=16, help="random images to average over (default: %(default)s)")
+    erf.add_argument(
+        "--images", type=_positive, default=16, help="random images to average over (default: %(default)s)"
+    )
     erf.add_argument("--size", type=_size, metavar="S or HxW", help="input size (default: the architecture's)")
     erf.add_argument("--out", required=True, help="PNG file to write")
     return parser
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value}: must be at least 1")
+    return value
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -144,42 +153,52 @@ def _size(text: str) -> tuple[int, int]:
     return int(height), int(width or height)
 
 
-def _load_study(args: argparse.Namespace):
-    return _open_study(args.study, args.storage)
+def _load_study(args: argparse.Namespace, searched: bool = True):
+    return _open_study(args.study, args.storage, searched)
 
 
-def _open_study(name: str, url: str):
+def _open_study(name: str, url: str, searched: bool = True):
+    """The study ``name``; with ``searched``, refused unless ``search run`` made it: the report,
+    exports and comparisons read what its trials recorded (architecture, curve, status)."""
     import optuna
 
     from .storage import StorageError, masked, open_storage
 
     storage = open_storage(url, create=False)
     try:
-        return optuna.load_study(study_name=name, storage=storage)
+        study = optuna.load_study(study_name=name, storage=storage)
     except KeyError:
         names = [s.study_name for s in optuna.get_all_study_summaries(storage)]
         raise StorageError(f"no study {name!r} in {masked(url)}; studies there: {', '.join(names) or 'none'}") from None
+    if searched and "space" not in study.user_attrs:
+        raise StorageError(
+            f"study {name!r} in {masked(url)} was not made by `search run` (it has no recorded space): "
+            "its trials carry no architectures to report, export or compare"
+        )
+    return study
 
 
 @command("report")
 def report(args: argparse.Namespace) -> int:
-    from .records import results_dir
+    from .records import check_writable, results_dir
     from .results.report import build_report
     from .storage import masked
 
     study = _load_study(args)
-    path = build_report(
-        study, results_dir(Path(args.results), args.study) / "report.html", storage_label=masked(args.storage)
-    )
+    folder = results_dir(Path(args.results), args.study)
+    check_writable(folder, "the results folder")
+    path = build_report(study, folder / "report.html", storage_label=masked(args.storage))
     print(path)
     return EXIT_OK
 
 
 @command("compare")
 def compare(args: argparse.Namespace) -> int:
+    from .records import check_writable
     from .results.compare import Compared, CompareError, build_comparison, parse_reference, parse_study
     from .storage import masked
 
+    check_writable(Path(args.out).parent, "the folder of --out")
     try:
         refs = [parse_study(text, args.storage) for text in args.study]
         names = [ref.name for ref in refs]
@@ -206,7 +225,11 @@ def dashboard(args: argparse.Namespace) -> int:
     from .artifacts import STORE_ATTR, dashboard_store
     from .storage import open_storage
 
-    study = _load_study(args)
+    study = _load_study(args, searched=False)
+    try:
+        _check_can_listen(args.host, args.port)
+    except ValueError as err:
+        return _usage_error(err)
     storage = open_storage(args.storage, create=False)
     recorded = {
         s.study_name: s.user_attrs[STORE_ATTR]
@@ -224,12 +247,26 @@ def dashboard(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _check_can_listen(host: str, port: int) -> None:
+    """Refuse a port that is taken (8080 often is, or a second dashboard holds it) or a host that is
+    not this machine's, before the server prints that it is starting up."""
+    import socket
+
+    try:
+        family, kind, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        with socket.socket(family, kind) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server will
+            probe.bind(address)
+    except OSError as err:
+        raise ValueError(f"cannot serve on {host}:{port}: {err.strerror or err}") from None
+
+
 @command("results")
 def results(args: argparse.Namespace) -> int:
     from .records import records, results_dir
     from .results.tables import trials_frame, write_table
 
-    study = _load_study(args)
+    study = _load_study(args, searched=False)
     frame = trials_frame(records(study), list(study.metric_names or []))
     out = Path(args.out) if args.out else results_dir(Path(args.results), args.study) / f"trials.{args.format}"
     print(write_table(frame, out, args.format))
@@ -238,12 +275,13 @@ def results(args: argparse.Namespace) -> int:
 
 @command("export")
 def export(args: argparse.Namespace) -> int:
-    from .records import directions, records
+    from .records import check_writable, directions, records
     from .results.export import ExportError, select
     from .results.export import export as write_exports
     from .storage import masked
 
     study = _load_study(args)
+    check_writable(Path(args.out), "the export folder")
     try:
         chosen = select(records(study), directions(study), pareto=args.pareto, top=args.top, trial=args.trial)
     except ExportError as err:
@@ -348,19 +386,24 @@ def erf(args: argparse.Namespace) -> int:
 
     import layers
 
+    from .records import check_writable
     from .results.erf import effective_receptive_field, save_map
     from .training.full import read_arch
 
+    check_writable(Path(args.out).parent, "the folder of --out")
     try:
         source = read_arch(args.arch)
         arch = source.arch if args.size is None else source.arch.replace(img_size=args.size)
         weights = Path(args.weights) if args.weights else source.weights
         state = None if weights is None else load_file(str(weights))
+        model = layers.create_model(arch)
+        if state is not None:
+            try:
+                model.load_state_dict(state)
+            except RuntimeError as err:
+                raise ValueError(f"{weights} does not fit {args.arch}: {' '.join(str(err).split())[:300]}") from None
     except (FileNotFoundError, ValueError) as err:
         return _usage_error(err)
-    model = layers.create_model(arch)
-    if state is not None:
-        model.load_state_dict(state)
     generator = torch.Generator().manual_seed(0)
     images = torch.randn(args.images, arch.in_chans, *arch.img_size, generator=generator)
     save_map(effective_receptive_field(model, images), Path(args.out))
@@ -414,6 +457,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import optuna
 
+    from .records import FolderError
     from .space import SpaceError
     from .storage import StorageError
 
@@ -421,7 +465,7 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     try:
         return COMMANDS[args.command](args)
-    except (SpaceError, StorageError) as err:
+    except (SpaceError, StorageError, FolderError) as err:
         return _usage_error(err)
     except KeyboardInterrupt:
         print(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from dataclasses import asdict
@@ -14,7 +15,9 @@ import optuna
 import pytest
 import torch
 from conftest import sqlite_url, write_space
+from safetensors.torch import save_file
 
+import layers
 from layers import ArchConfig
 from search.cli import main
 from search.storage import open_storage
@@ -33,7 +36,8 @@ def test_help_is_plain_text(capsys):
 
 def test_export_of_no_trial_is_refused(tmp_path, capsys):
     url = sqlite_url(tmp_path)
-    optuna.create_study(study_name="tiny", storage=open_storage(url), directions=["maximize", "minimize"])
+    study = optuna.create_study(study_name="tiny", storage=open_storage(url), directions=["maximize", "minimize"])
+    study.set_user_attr("space", "")  # made by a search that has yet to finish a trial
     code = main(["export", "--study", "tiny", "--storage", url, "--top", "0", "--out", str(tmp_path / "out")])
     assert code == 2
     assert capsys.readouterr().err == "error: --top 0: K must be at least 1\n"
@@ -47,6 +51,55 @@ def test_a_missing_architecture_says_what_was_expected(tmp_path, monkeypatch, ca
     assert capsys.readouterr().err == (
         "error: missing.yaml: no such file or folder (expected an exported folder or an architecture YAML)\n"
     )
+
+
+def plain_study(tmp_path: Path) -> str:
+    """A two-objective study made with Optuna alone, in the default storage's kind of database."""
+    url = sqlite_url(tmp_path)
+    study = optuna.create_study(study_name="plain", storage=open_storage(url), directions=["maximize", "minimize"])
+    study.optimize(lambda trial: (trial.suggest_float("x", 0, 1), 1.0), n_trials=2)
+    return url
+
+
+@pytest.mark.parametrize(
+    "command", [["report"], ["export", "--top", "1", "--out", "ex"], ["compare", "--out", "c.html"]], ids=str
+)
+def test_a_study_that_search_run_did_not_make_is_refused_where_its_trials_are_read(
+    tmp_path, monkeypatch, capsys, command
+):
+    """Its trials carry no architecture: report and export ended in tracebacks."""
+    monkeypatch.chdir(tmp_path)
+    url = plain_study(tmp_path)
+    assert main([command[0], "--study", "plain", "--storage", url, *command[1:]]) == 2
+    err = capsys.readouterr().err
+    assert "was not made by `search run`" in err and err.count("\n") == 1, err
+    assert main(["results", "--study", "plain", "--storage", url]) == 0  # a table needs nothing of the search
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["report", "--results", "a_file/results"], ["export", "--top", "1", "--out", "a_file"]],
+    ids=["report", "export"],
+)
+def test_an_output_folder_that_cannot_be_made_gets_one_line(tmp_path, monkeypatch, capsys, command):
+    monkeypatch.chdir(tmp_path)
+    url = plain_study(tmp_path)
+    optuna.load_study(study_name="plain", storage=open_storage(url)).set_user_attr("space", "")  # as if searched
+    (tmp_path / "a_file").write_text("")
+    assert main([command[0], "--study", "plain", "--storage", url, *command[1:]]) == 2
+    err = capsys.readouterr().err
+    assert "is not a folder this user can write" in err and err.count("\n") == 1, err
+
+
+def test_a_dashboard_on_a_port_in_use_gets_one_line(tmp_path, capsys):
+    url = plain_study(tmp_path)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["dashboard", "--study", "plain", "--storage", url, "--port", str(port)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: cannot serve on 127.0.0.1:{port}: ") and err.count("\n") == 1, err
 
 
 @pytest.fixture
@@ -64,14 +117,25 @@ def tiny_arch(tmp_path) -> Path:
     [
         (["--weights", "nope.safetensors"], "nope.safetensors"),
         (["--size", "1"], "img_size"),  # below the patch size
+        (["--weights", "other.safetensors"], "other.safetensors does not fit"),
+        (["--out", "other.safetensors/erf.png"], "is not a folder this user can write"),
     ],
 )
-def test_bad_erf_inputs_get_one_line_and_exit_code_2(tiny_arch, tmp_path, capsys, extra, message):
+def test_bad_erf_inputs_get_one_line_and_exit_code_2(tiny_arch, tmp_path, capsys, monkeypatch, extra, message):
+    monkeypatch.chdir(tmp_path)
+    other = ArchConfig.load(tiny_arch).replace(embed_dim=32)
+    save_file(layers.create_model(other).state_dict(), str(tmp_path / "other.safetensors"))
     out = tmp_path / "erf.png"
-    assert main(["erf", "--arch", str(tiny_arch), *extra, "--out", str(out)]) == 2
+    assert main(["erf", "--arch", str(tiny_arch), "--out", str(out), *extra]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1 and message in err, err
     assert not out.exists()
+
+
+def test_an_erf_over_no_images_is_a_usage_error(tiny_arch, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["erf", "--arch", str(tiny_arch), "--images", "0", "--out", str(tmp_path / "erf.png")])
+    assert exit_.value.code == 2 and "--images: 0: must be at least 1" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
