@@ -39,11 +39,21 @@ REFERENCES: dict[str, dict[str, Any]] = {
 
 
 def middle(param: Param) -> Any:
-    """The value a reference takes for a parameter it does not define: the middle of its range."""
+    """The value a reference takes for a parameter it does not define: the middle of its range.
+
+    Numbers take the middle by size (the geometric one on a log scale, on the grid where there is
+    one); named choices the middle of the list as written.
+    """
     options = param.possible()
-    if options is not None:
+    if options is None:
+        return math.sqrt(param.low * param.high) if param.log else (param.low + param.high) / 2
+    if not all(isinstance(o, (int, float)) and not isinstance(o, bool) for o in options):
         return options[len(options) // 2]
-    return math.sqrt(param.low * param.high) if param.log else (param.low + param.high) / 2
+    ordered = sorted(options)
+    if not param.log:
+        return ordered[len(ordered) // 2]
+    centre = math.sqrt(param.low * param.high)
+    return min(ordered, key=lambda o: abs(math.log(o / centre)))
 
 
 def reference_params(spec: SearchSpec) -> dict[str, dict[str, Any]]:

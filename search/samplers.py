@@ -76,6 +76,31 @@ def create_sampler(name: str, seed: int | None, options: dict[str, Any]) -> optu
             raise ValueError(f"sampler {name!r}: bad option ({err})") from None
 
 
+def check_options(name: str, options: dict[str, Any]) -> None:
+    """Raise ValueError unless the sampler runs with ``options``, past its start-up.
+
+    Optuna stores most options unchecked (TPE's ``gamma: 0.2``, a string for a count), so a bad
+    one would first fail at the trial that uses it, mid-run. The sampler is run instead on a small
+    in-memory study of one float and one categorical parameter, for as many trials as its
+    start-up or first generation takes, and two more.
+    """
+    sampler = create_sampler(name, 0, options)
+    study = optuna.create_study(sampler=sampler, directions=["maximize", "minimize"])
+    try:
+        trials = int(options.get("n_startup_trials", options.get("population_size", 10))) + 2
+    except (TypeError, ValueError):
+        trials = 12  # an unreadable count: the sampler fails on it within its start-up
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            for _ in range(trials):
+                trial = study.ask()
+                x, kind = trial.suggest_float("x", 0.0, 1.0), trial.suggest_categorical("kind", ["a", "b"])
+                study.tell(trial, [x, 1.0 - x if kind == "a" else x])
+    except Exception as err:  # whatever the option breaks inside the sampler
+        raise ValueError(f"sampler {name!r}: bad option ({type(err).__name__}: {err})") from None
+
+
 def seen_by_sampler(study: optuna.Study, trials: list[FrozenTrial]) -> list[FrozenTrial]:
     """``trials`` with every early-stopped one turned complete, valued by what its rung predicts."""
     objectives = list(study.metric_names or [])

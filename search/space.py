@@ -53,7 +53,7 @@ from layers import (
 
 from .defaults import DEFAULT_STORAGE
 from .early_stopping import rung_epochs
-from .samplers import SAMPLERS, create_sampler
+from .samplers import SAMPLERS, check_options
 from .training.data import DataError, DataInfo, DataSpec, describe
 from .training.trainer import TrainSpec
 
@@ -139,7 +139,8 @@ class SamplerSection:
         except ValueError as err:
             raise ConfigError("name", str(err)) from None
         try:
-            create_sampler(self.name, 0, self.options)  # refuses unknown options now, not mid-run
+            if self.options:  # the defaults are known to run
+                check_options(self.name, self.options)  # refuses bad options now, not mid-run
         except ValueError as err:
             raise ConfigError("options", str(err)) from None
 
@@ -238,13 +239,21 @@ class Param:
             return self.choices
         if self.is_int:
             return tuple(range(int(self.low), int(self.high) + 1, int(self.step or 1)))
+        if self.step is not None:  # Optuna's grid: low + k step, up to the last one not above high
+            steps = math.floor((self.high - self.low) / self.step + 1e-9)
+            return tuple(self.low + k * self.step for k in range(steps + 1))
         return None
 
     def contains(self, value: Any) -> bool:
         options = self.possible()
         if options is not None:
-            return value in options
+            # a float grid point computed elsewhere may differ from ours in its last bits
+            return any(value == o or (isinstance(o, float) and _same_float(value, o)) for o in options)
         return isinstance(value, (int, float)) and self.low <= value <= self.high
+
+
+def _same_float(value: Any, grid_point: float) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isclose(value, grid_point)
 
 
 # ---------------------------------------------------------------------- the spec
@@ -491,7 +500,9 @@ def _params(raw: Any) -> tuple[Param, ...]:
                     f"refers to {ref!r}, which is not a parameter of this space (parameters: {', '.join(params)})",
                 )
             possible = params[ref].possible()
-            impossible = [v for v in allowed if possible is not None and v not in possible]
+            if possible is None:  # a continuous value would meet the condition almost never
+                raise ConfigError(where, f"{ref!r} is continuous: a condition needs choices or a stepped range")
+            impossible = [v for v in allowed if not params[ref].contains(v)]
             if impossible:
                 raise ConfigError(where, f"{impossible[0]!r} is not a value {ref!r} can take ({list(possible)})")
     return tuple(_ordered(params))
@@ -509,6 +520,9 @@ def _param(name: str, spec: Any, hint: Any, path: str) -> Param:
         kinds.append("low")
     if len(set(kinds)) != 1:
         raise ConfigError(path, "give exactly one of: choices: [...], low: and high:, or a fixed value")
+    for key in ("log", "step"):
+        if key in spec and kinds[0] != "low":  # it would be ignored without a word
+            raise ConfigError(join(path, key), "applies to a range (low: and high:) only")
     when = _when(spec.get("when"), join(path, "when"))
     registry = NAMED_FIELDS.get(name)
 
@@ -577,7 +591,11 @@ def _when(raw: Any, path: str) -> tuple[tuple[str, tuple], ...]:
         return ()
     if not isinstance(raw, Mapping) or not raw:
         raise ConfigError(path, "expected a mapping such as {mixer: dynamic} or {mixer: [dynamic, attention]}")
-    return tuple((str(name), tuple(v if isinstance(v, list) else [v])) for name, v in raw.items())
+    when = tuple((str(name), tuple(v if isinstance(v, list) else [v])) for name, v in raw.items())
+    for name, allowed in when:
+        if not allowed:
+            raise ConfigError(join(path, name), "an empty list: the parameter would never be sampled")
+    return when
 
 
 def _ordered(params: dict[str, Param]) -> list[Param]:

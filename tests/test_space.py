@@ -185,3 +185,25 @@ def test_every_sampler_works_with_the_conditional_space(sampler):
         seen.add(values["mixer"])
         study.tell(trial, [0.1 * (i % 5), complexity(arch).gmacs])
     assert len(study.trials) == 8 and len(seen) >= 2
+
+
+def test_references_take_the_middle_value_the_space_can_take(tmp_path):
+    """A stepped float range gave the references its arithmetic middle, off the grid (Optuna warned
+    and trained it anyway); an integer log range the arithmetic middle; numeric choices the middle
+    of the list as written."""
+    from conftest import write_space
+
+    space = {
+        "patch_size": 2,
+        "num_heads": 2,
+        "mixer": {"choices": ["dynamic", "attention", "static"]},
+        "embed_dim": {"choices": [64, 16, 32]},
+        "depth": {"low": 1, "high": 16, "log": True},
+        "drop_path_rate": {"low": 0.0, "high": 0.35, "step": 0.1},
+    }
+    spec = load_space(write_space(tmp_path, space=space, budget={"max_gmacs": 1.0}))
+    references = reference_params(spec)
+    assert set(references) == {"weightformer", "attention", "static"}
+    for values in references.values():
+        assert values["embed_dim"] == 32 and values["depth"] == 4
+        assert values["drop_path_rate"] in (0.1, 0.2)
