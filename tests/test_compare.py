@@ -127,3 +127,25 @@ def test_only_complete_trials_enter_the_fronts(storages):
     assert len(complete) < len(compared.records)  # the budget rejected some
     plotted = sum(len(trace.x) for trace in fronts_figure([compared]).data if trace.name.endswith("complete trials"))
     assert plotted == len(complete)
+
+
+def test_a_front_steps_along_the_edge_of_what_it_dominates():
+    """With the cost first and accuracy on the x axis, the front's steps went along x first, across
+    configurations that no trial reaches."""
+    from search.records import TrialRecord
+    from search.results.compare import fronts_figure
+
+    def record(number: int, values: list[float]) -> TrialRecord:
+        return TrialRecord(number, "COMPLETE", "complete", {}, values, curve=[0.5], gmacs=1.0, mparams=0.1)
+
+    cost_first = Compared(
+        "c", "x", ["gmacs", "accuracy"], ["minimize", "maximize"], [record(0, [1, 0.5]), record(1, [2, 0.8])], {}
+    )
+    accuracy_first = Compared(
+        "a", "x", ["accuracy", "gmacs"], ["maximize", "minimize"], [record(0, [0.5, 1]), record(1, [0.8, 2])], {}
+    )
+    shapes = [
+        next(trace.line.shape for trace in fronts_figure([study]).data if trace.name.endswith("front"))
+        for study in (cost_first, accuracy_first)
+    ]
+    assert shapes == ["vh", "hv"]

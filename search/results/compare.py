@@ -133,6 +133,9 @@ def fronts_figure(studies: Sequence[Compared]) -> go.Figure:
     fig = go.Figure()
     y_name, x_name = studies[0].objectives[:2]
     directions = studies[0].directions[:2]
+    # The step between two front points follows the edge of what they dominate: along x first
+    # when x is a cost (minimised), along y first when x is maximised.
+    shape = "hv" if directions[1] == "minimize" else "vh"
     for index, study in enumerate(studies):
         color = PALETTE[index % len(PALETTE)]
         complete = [r for r in study.records if r.status == COMPLETE and r.values]
@@ -140,7 +143,7 @@ def fronts_figure(studies: Sequence[Compared]) -> go.Figure:
         on_front = sorted((complete[i] for i in front(points, directions)), key=lambda r: r.values[1])
         for group, name, style in (
             (complete, f"{study.label}: complete trials", dict(mode="markers", opacity=0.35)),
-            (on_front, f"{study.label}: front", dict(mode="lines+markers", line=dict(shape="hv", width=3))),
+            (on_front, f"{study.label}: front", dict(mode="lines+markers", line=dict(shape=shape, width=3))),
         ):
             fig.add_trace(
                 go.Scatter(
