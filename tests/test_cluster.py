@@ -194,8 +194,8 @@ def test_the_command_line_spreads_trials_over_both_nodes_with_data_shipped(clust
     write_imagefolder(root)
     loaded = search_cluster.share_data
 
-    def share_then_delete(spec: DataSpec):
-        shared = loaded(spec)
+    def share_then_delete(spec: DataSpec, cpus: float, gpus: float):
+        shared = loaded(spec, cpus, gpus)
         shutil.rmtree(root)  # no worker can read data.root from now on
         return shared
 

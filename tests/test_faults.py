@@ -521,7 +521,8 @@ def test_a_driver_whose_running_trial_another_driver_settled_lets_it_go(tmp_path
     def settle_as_another_driver() -> None:
         try:
             wait_for(lambda: any(r.status == RUNNING for r in records_of(url)), 60, "a running trial")
-            other = idle_driver(tmp_path, UNREFERENCED_SPACE)
+            other = Driver(load_space(space), results=tmp_path / "results")  # on the same study and space
+            other.open()
             other.recovery.retry_later(0, STALE, "the driver stopped while it ran")
         except Exception as err:
             errors.append(err)
