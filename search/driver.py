@@ -312,9 +312,11 @@ class Driver:
         """Name a claimed trial this driver's, sample and cost it, and train it or settle it."""
         spec, trial_id, number = self.spec, active.trial_id, active.number
         self.client.set_trial_attrs(trial_id, driver=self.id, seed=active.seed)
-        sampler = create_sampler(spec.sampler.name, trial_seed(spec.study.seed, number), spec.sampler.options)
+        seed = trial_seed(spec.study.seed, number)
         try:
-            active.params = self.client.sample(trial_id, sampler, spec.sample)
+            active.params = self.client.sample(
+                trial_id, lambda: create_sampler(spec.sampler.name, seed, spec.sampler.options), spec.sample
+            )
             active.arch, active.training = spec.configs(active.params)
         except ConfigError as err:
             return self._reject(active, f"invalid combination: {err}", {"valid": 1.0})
@@ -329,10 +331,9 @@ class Driver:
         }
         record["summary"] = records.summary(record["arch"])
         if active.retry_of is not None and self._retried_already(active):
-            active.status = records.SURPLUS
-            active.reason = f"a second retry of trial {active.retry_of}, queued as two drivers settled it at once"
-            self.client.set_trial_attrs(trial_id, **record, **records.outcome(records.SURPLUS, reason=active.reason))
-            self.display.log(f"trial {number} not run: {active.reason}")
+            reason = f"a second retry of trial {active.retry_of}, queued as two drivers settled it at once"
+            self._settle(active, records.SURPLUS, reason=reason, **record)
+            self.display.log(f"trial {number} not run: {reason}")
             return
         if over:
             self.client.set_trial_attrs(trial_id, **record)
@@ -343,8 +344,7 @@ class Driver:
         self.client.set_trial_attrs(trial_id, **records.started(**record))
         if spec.trials.count is not None and self._ahead_of(active.number) >= spec.trials.count:
             # Another driver on this study filled the budget between our check and our ask.
-            active.status, active.reason = records.SURPLUS, "the trial budget was already full"
-            self.client.set_trial_attrs(trial_id, **records.outcome(records.SURPLUS, reason=active.reason))
+            self._settle(active, records.SURPLUS, reason="the trial budget was already full")
             self.stop_asking = True
             return
         self._submit(active)
@@ -362,9 +362,8 @@ class Driver:
 
     def _reject(self, active: Active, reason: str, constraints: dict[str, float]) -> None:
         """Settle a configuration that will not be trained; its constraints teach the sampler why."""
-        active.status, active.reason = records.REJECTED, reason
         self.client.constrain(active.trial_id, constraints)
-        self.client.set_trial_attrs(active.trial_id, **records.outcome(records.REJECTED, reason=reason))
+        self._settle(active, records.REJECTED, reason=reason)
         self.display.log(f"trial {active.number} rejected: {reason}")
         self.rejected_in_a_row += 1
         if self.rejected_in_a_row >= MAX_REJECTED_IN_A_ROW:
@@ -546,14 +545,22 @@ class Driver:
     def _finish(
         self, active: Active, status: str, *, values: list[float] | None = None, reason: str | None = None
     ) -> None:
-        active.status, active.values, active.reason = status, values, reason
         wall = time.time() - active.started
-        self.client.set_trial_attrs(
-            active.trial_id,
-            **records.outcome(status, values=values, reason=reason, wall_time_s=wall, compute_s=active.compute_s),
-        )
+        self._settle(active, status, values=values, reason=reason, wall_time_s=wall, compute_s=active.compute_s)
         self.finished_this_run += status in records.COUNTED
         self.display.trial_ended(active.number, status, active.curve, active.gmacs, reason)
+
+    def _settle(
+        self, active: Active, status: str, *, values: list[float] | None = None, reason: str | None = None, **attrs
+    ) -> None:
+        """Record a trial's outcome, and only then hold it as settled here.
+
+        In that order a Ctrl-C during the write (which may wait out an outage) leaves the trial
+        unsettled, so the interrupt retries it; the other order told Optuna a status that the
+        trial's record lacked, and the trial was neither counted nor retried.
+        """
+        self.client.set_trial_attrs(active.trial_id, **records.outcome(status, values=values, reason=reason, **attrs))
+        active.status, active.values, active.reason = status, values, reason
 
     def _tell_oldest(self) -> bool:
         if not self.active or self.active[0].status is None:

@@ -104,14 +104,24 @@ class StudyClient:
             "ask for a trial",
         )
 
-    def sample(self, trial_id: int, sampler: optuna.samplers.BaseSampler, sample: Callable[[optuna.Trial], T]) -> T:
-        """``sample(handle)`` on a claimed trial with ``sampler``; every suggestion is a database write.
+    def sample(
+        self,
+        trial_id: int,
+        make_sampler: Callable[[], optuna.samplers.BaseSampler],
+        sample: Callable[[optuna.Trial], T],
+    ) -> T:
+        """``sample(handle)`` on a claimed trial, with a sampler from ``make_sampler``; every
+        suggestion is a database write.
 
         A retry samples through a fresh handle, which knows the suggestions the database kept (one
         whose reply was lost included), so none is written twice: Optuna refuses a second write.
+        It also takes a fresh sampler: the first attempt's has drawn from its generator already,
+        and the parameters still to write would come from another state than a run without the
+        failure draws them from.
         """
         return self.retry(
-            lambda: sample(optuna_adapter.trial_handle(self.storage, self.name, trial_id, sampler)), "sample a trial"
+            lambda: sample(optuna_adapter.trial_handle(self.storage, self.name, trial_id, make_sampler())),
+            "sample a trial",
         )
 
     def set_trial_attrs(self, trial_id: int, **attrs: Any) -> None:

@@ -655,11 +655,65 @@ def drop_the_second_parameter_write(storage, reply_lost: bool) -> list[str]:
 def test_an_outage_while_sampling_is_retried_and_writes_each_parameter_once(tmp_path, reply_lost):
     driver = idle_driver(tmp_path)
     attempts = drop_the_second_parameter_write(driver.client.storage, reply_lost)
-    params = driver.client.sample(driver.client.claim(), optuna.samplers.RandomSampler(seed=0), driver.spec.sample)
+    params = driver.client.sample(
+        driver.client.claim(), lambda: optuna.samplers.RandomSampler(seed=0), driver.spec.sample
+    )
     stored = driver.client.study.trials[0].params
     searched = {p.name for p in driver.spec.params if not p.fixed and p.active(params)}
     assert stored == {name: params[name] for name in searched}  # every suggestion kept, as returned
     assert len(driver.client.study.trials) == 1 and attempts.count(attempts[1]) == (1 if reply_lost else 2)
+
+
+def test_a_trial_sampled_through_an_outage_gets_the_configuration_it_would_have_had(tmp_path):
+    """The retry sampled with the first attempt's sampler, whose generator had moved on: the
+    parameters not yet written came out otherwise, and a seeded study depended on the timing."""
+    from search.samplers import create_sampler, trial_seed
+    from search.study_client import StudyClient
+
+    def configuration(folder: Path, outage: bool) -> dict:
+        folder.mkdir()
+        client, _ = StudyClient.open("seeded", sqlite_url(folder), ["maximize", "minimize"])
+
+        def sampler(number: int):
+            return lambda: create_sampler("tpe", trial_seed(0, number), {"n_startup_trials": 2})
+
+        def space(trial: optuna.Trial) -> dict:
+            return {"a": trial.suggest_float("a", 0, 1), "b": trial.suggest_float("b", 0, 1)}
+
+        for number in range(4):  # past TPE's start-up
+            params = client.sample(client.claim(), sampler(number), space)
+            client.tell(number, COMPLETE, [params["a"], params["b"]])
+        if outage:
+            drop_the_second_parameter_write(client.storage, reply_lost=False)
+        return client.sample(client.claim(), sampler(4), space)
+
+    assert configuration(tmp_path / "calm", False) == configuration(tmp_path / "outage", True)
+
+
+def test_a_ctrl_c_while_a_trials_outcome_is_written_leaves_it_to_be_retried(tmp_path, monkeypatch):
+    """Interrupted during the write (which may wait out an outage), a finished trial was told to
+    Optuna as complete while its record still said running: never counted, never retried."""
+    from search.driver import Active
+
+    driver = idle_driver(tmp_path)
+    trial_id = driver.client.claim()
+    driver.client.set_trial_attrs(trial_id, driver=driver.id, status=RUNNING)
+    active = Active(trial_id, 0, {}, 0, curve=[0.5, 0.7])
+    driver.active.append(active)
+    write = driver.client.storage.set_trial_user_attr
+
+    def ctrl_c_at_the_status(trial_id, key, value):
+        if key == "status":
+            raise KeyboardInterrupt
+        write(trial_id, key, value)
+
+    monkeypatch.setattr(driver.client.storage, "set_trial_user_attr", ctrl_c_at_the_status)
+    with pytest.raises(KeyboardInterrupt):
+        driver._finish(active, COMPLETE, values=[0.7, 0.001])
+    monkeypatch.setattr(driver.client.storage, "set_trial_user_attr", write)
+    driver._interrupt()
+    recs = records_of(sqlite_url(tmp_path))
+    assert [(r.status, r.retry_of) for r in recs] == [(INTERRUPTED, None), ("waiting", 0)]  # failed, and queued again
 
 
 def test_an_outage_during_an_ask_claims_one_trial_not_two(tmp_path, monkeypatch):
