@@ -7,6 +7,7 @@ convolution, so the hypernetwork's own work (building dW and dK) is included.
 
 from __future__ import annotations
 
+import copy
 import functools
 from dataclasses import dataclass
 
@@ -32,7 +33,14 @@ class Complexity:
 
 
 def count_macs(module: torch.nn.Module, *inputs: torch.Tensor) -> int:
-    """Multiply-adds of one forward of ``module`` (inputs may be meta tensors)."""
+    """Multiply-adds of one forward of ``module``, by the GMACs convention (docs/design.md section 4).
+
+    It is counted on a meta copy whatever the inputs: on real tensors a dynamic linear layer takes
+    a cheaper route than the convention counts, and attention a fused kernel the counter misses.
+    """
+    if any(t.device.type != "meta" for t in (*inputs, *module.parameters(), *module.buffers())):
+        module = copy.deepcopy(module).to("meta")
+        inputs = tuple(torch.empty_like(t, device="meta") for t in inputs)
     with FlopCounterMode(display=False) as counter, torch.no_grad():
         module(*inputs)
     return counter.get_total_flops() // 2

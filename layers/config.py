@@ -151,7 +151,7 @@ def _check_values(cfg: ArchConfig) -> None:
         "img_size",
         f"{list(cfg.img_size)} is smaller than the patch size {cfg.patch_size}",
     )
-    require(cfg.mlp_ratio > 0, "mlp_ratio", "must be positive")
+    require(cfg.mlp_hidden >= 1, "mlp_ratio", f"{cfg.mlp_ratio} gives an MLP of no units at width {cfg.embed_dim}")
     require(cfg.offset >= 0, "offset", "must not be negative")
     require(cfg.kernel_size % 2 == 1, "kernel_size", f"must be odd, got {cfg.kernel_size}")
     require(0.0 <= cfg.drop_path_rate < 1.0, "drop_path_rate", "must be in [0, 1)")

@@ -17,6 +17,7 @@ import math
 
 import torch
 from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
 
 from .dynamic_config import DynamicConfig
 from .gating import create_gate
@@ -150,6 +151,7 @@ class _FactoredLinear(torch.autograd.Function):
         return torch.baddbmm(bias, x, weight)
 
     @staticmethod
+    @once_differentiable  # its saved Z, Gram and norm are no graph: a second derivative would be wrong
     def backward(ctx, grad):
         x, w0, left, right, norm, gate, *kept = ctx.saved_tensors
         unit, scale = _column_scale(norm, gate)

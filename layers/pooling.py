@@ -56,6 +56,11 @@ class _GridPool(ContextPool):
         raise NotImplementedError
 
     def forward(self, x: Tensor) -> Tensor:
+        if not self.ceil_mode and min(x.shape[1:3]) < self.size:  # the published rounding keeps no window
+            raise ValueError(
+                f"a {self.size} x {self.size} pool in floor rounding needs a token grid of at least "
+                f"{self.size} x {self.size}, got {x.shape[1]} x {x.shape[2]}: give a larger input"
+            )
         pooled = self._pool(x.permute(0, 3, 1, 2))
         return pooled.flatten(2).transpose(1, 2)
 

@@ -25,13 +25,31 @@ from .backbone import DynamicBackbone
 from .config import ArchConfig
 from .presets import PRESETS
 
-# timm arguments that map onto config fields; everything else goes to timm's builder.
-_CONFIG_KWARGS = ("num_classes", "img_size", "in_chans", "drop_path_rate")
+# timm arguments that map onto config fields and are applied before the build. The classes and
+# channels are not among them: timm's builder passes them to _build, and its weight loading
+# compares them with the pretrained config's to refit the head and the stem.
+_CONFIG_KWARGS = ("img_size", "drop_path_rate")
+#: timm's generic model arguments (its train.py passes some on every call) and the values that
+#: leave these models as they are; another value asks for a part these models do not have.
+_NEUTRAL_KWARGS = {
+    "drop_rate": (0, 0.0),
+    "drop_block_rate": (0, 0.0),
+    "global_pool": ("avg",),
+    "scriptable": (False,),
+    "exportable": (False,),
+    "no_jit": (False,),
+}
 
 
-def _build(cfg: ArchConfig, num_classes: int, in_chans: int) -> DynamicBackbone:
-    # timm's builder passes the classes and channels back from the pretrained config, where
-    # _create put the config's own; pretrained loading reads them from the same place.
+def _build(cfg: ArchConfig, num_classes: int, in_chans: int, **generic: Any) -> DynamicBackbone:
+    for name, value in generic.items():
+        if name not in _NEUTRAL_KWARGS:
+            raise TypeError(f"unexpected keyword argument {name!r}")
+        if value not in _NEUTRAL_KWARGS[name]:
+            raise ValueError(
+                f"{name}={value!r}: these models take only {' or '.join(map(repr, _NEUTRAL_KWARGS[name]))} "
+                "(stochastic depth is drop_path_rate; the tokens are averaged before the head)"
+            )
     return DynamicBackbone(cfg.replace(num_classes=num_classes, in_chans=in_chans))
 
 
@@ -41,10 +59,12 @@ def _create(variant: str, arch: ArchConfig, pretrained: bool, **kwargs: Any) -> 
     overrides = {name: kwargs.pop(name) for name in _CONFIG_KWARGS if name in kwargs}
     cfg = arch.replace(**overrides)
     kwargs.pop("pretrained_cfg", None)
+    # The architecture's own classes and channels, which its saved weights have: asked for others,
+    # timm loads the weights that fit and starts the head (and adapts the stem) anew.
     pretrained_cfg = {
         "url": "",
-        "num_classes": cfg.num_classes,
-        "input_size": (cfg.in_chans, *cfg.img_size),
+        "num_classes": arch.num_classes,
+        "input_size": (arch.in_chans, *cfg.img_size),
         "fixed_input_size": False,
         "mean": (0.485, 0.456, 0.406),
         "std": (0.229, 0.224, 0.225),

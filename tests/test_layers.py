@@ -152,6 +152,17 @@ def test_factored_linear_gradients_are_exact(unit1, gate, factored):
     assert torch.autograd.gradcheck(lambda *a: _FactoredLinear.apply(*a, unit1, factored), (*inputs, scale))
 
 
+def test_a_second_derivative_through_the_factored_linear_is_refused_not_wrong():
+    """Its backward saves Z, the Gram matrix and the norm as constants: differentiated again, it
+    gave second derivatives off by 0.5 % (factored route) or failed on an in-place write."""
+    torch.manual_seed(0)
+    layer = layers.DynamicLinear(16, 64, layers.DynamicConfig()).double()
+    x = torch.randn(2, 3, 4, 16, dtype=torch.float64, requires_grad=True)
+    (grad,) = torch.autograd.grad(layer(x).square().sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match="once_differentiable"):
+        grad.square().sum().backward()
+
+
 def _reference_forward(layer, x):
     """The layer's formula written plainly: x (W0 + g(norm(dW))) + b, the per-sample weight built whole."""
     tokens = x.flatten(1, 2)
@@ -275,3 +286,16 @@ def test_drop_path_draws_and_scales_as_timms_does(dtype):
     assert torch.equal(*outputs)
     assert 0 < (outputs[0] == 0).all(dim=(1, 2, 3)).sum() < 64  # whole samples dropped, not all
     assert DropPath(0.3).eval()(x) is x and DropPath(0.0).train()(x) is x
+
+
+def test_the_presets_floor_pool_on_too_small_a_grid_says_so():
+    """The published rounding keeps no window on a grid side below the pool's: a 16 px input to the
+    tiny preset ended in avg_pool2d's 'Output size is too small'."""
+    model = layers.create_model(layers.PRESETS["weightformer_tiny"])
+    with pytest.raises(ValueError, match=r"pool in floor rounding needs a token grid of at least 2 x 2, got 1 x 1"):
+        model(torch.randn(1, 3, 16, 16))
+
+
+def test_an_mlp_ratio_that_leaves_no_units_is_refused():
+    with pytest.raises(layers.ConfigError, match=r"mlp_ratio: 0\.001 gives an MLP of no units"):
+        layers.ArchConfig(embed_dim=16, mlp_ratio=0.001)

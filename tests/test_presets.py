@@ -109,6 +109,35 @@ def test_generic_timm_entry_builds_from_any_form(form, tmp_path):
     assert model(torch.randn(2, 3, 32, 32)).shape == (2, 4)
 
 
+def test_timms_generic_arguments_are_taken_at_values_that_change_nothing():
+    """timm's train.py passes drop_rate (and scriptable) on every call: creation raised TypeError."""
+    cfg = ArchConfig(img_size=32, patch_size=8, embed_dim=16, depth=2)
+    model = timm.create_model("dynamic_backbone", arch=cfg, drop_rate=0.0, global_pool="avg", scriptable=False)
+    assert model.cfg == cfg
+    with pytest.raises(ValueError, match=r"drop_rate=0\.1: these models take only 0 or 0\.0"):
+        timm.create_model("dynamic_backbone", arch=cfg, drop_rate=0.1)
+
+
+def test_saved_weights_fine_tune_with_other_classes_and_channels(tmp_path):
+    """Loaded for a 5-class task, a 10-class checkpoint failed on its head's shape: the pretrained
+    config named the requested classes, so timm never dropped the old head."""
+    from safetensors.torch import save_file
+
+    cfg = ArchConfig(img_size=32, patch_size=8, embed_dim=16, depth=2, num_classes=10, in_chans=1)
+    trained = timm.create_model("dynamic_backbone", arch=cfg)
+    save_file(trained.state_dict(), str(tmp_path / "w.safetensors"))
+    tuned = timm.create_model(
+        "dynamic_backbone",
+        arch=cfg,
+        pretrained=True,
+        pretrained_cfg_overlay={"file": str(tmp_path / "w.safetensors")},
+        num_classes=5,
+        in_chans=3,
+    )
+    assert tuned.head.out_features == 5 and tuned.patch_embed.weight.shape[1] == 3
+    torch.testing.assert_close(tuned.blocks[1].state_dict(), trained.blocks[1].state_dict(), rtol=0, atol=0)
+
+
 def test_generic_timm_entry_without_arch_is_an_error():
     with pytest.raises(TypeError, match="arch="):
         timm.create_model("dynamic_backbone")
