@@ -153,6 +153,12 @@ def _check_values(cfg: ArchConfig) -> None:
     )
     require(cfg.mlp_hidden >= 1, "mlp_ratio", f"{cfg.mlp_ratio} gives an MLP of no units at width {cfg.embed_dim}")
     require(cfg.offset >= 0, "offset", "must not be negative")
+    require(
+        cfg.mixer == "static" or any(cfg.uses_mixer(i) for i in range(cfg.depth)),
+        "offset",
+        f"no block of {cfg.depth} is a {cfg.mixer} block (every {cfg.every}, offset {cfg.offset}): "
+        "the model would be all static",
+    )
     require(cfg.kernel_size % 2 == 1, "kernel_size", f"must be odd, got {cfg.kernel_size}")
     require(0.0 <= cfg.drop_path_rate < 1.0, "drop_path_rate", "must be in [0, 1)")
     if cfg.mixer in ("attention", "linear_attention"):

@@ -85,7 +85,12 @@ def check_options(name: str, options: dict[str, Any]) -> None:
     start-up or first generation takes, and two more.
     """
     sampler = create_sampler(name, 0, options)
-    study = optuna.create_study(sampler=sampler, directions=["maximize", "minimize"])
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "new study created" line for a probe
+    try:
+        study = optuna.create_study(sampler=sampler, directions=["maximize", "minimize"])
+    finally:
+        optuna.logging.set_verbosity(verbosity)
     try:
         trials = int(options.get("n_startup_trials", options.get("population_size", 10))) + 2
     except (TypeError, ValueError):

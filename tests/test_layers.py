@@ -299,3 +299,9 @@ def test_the_presets_floor_pool_on_too_small_a_grid_says_so():
 def test_an_mlp_ratio_that_leaves_no_units_is_refused():
     with pytest.raises(layers.ConfigError, match=r"mlp_ratio: 0\.001 gives an MLP of no units"):
         layers.ArchConfig(embed_dim=16, mlp_ratio=0.001)
+
+
+def test_a_placement_that_selects_no_block_is_refused():
+    """Depth 2 with every 5, offset 4 built an all-static model that reports and fronts labelled dynamic."""
+    with pytest.raises(layers.ConfigError, match="offset: no block of 2 is a dynamic block"):
+        layers.ArchConfig(mixer="dynamic", depth=2, every=5, offset=4)

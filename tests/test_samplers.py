@@ -94,3 +94,16 @@ def test_a_trial_seed_fixes_what_is_sampled():
         return study.ask().suggest_float("x", 0.0, 1.0)
 
     assert first(trial_seed(0, 5)) == first(trial_seed(0, 5)) != first(trial_seed(0, 6))
+
+
+def test_checking_sampler_options_logs_nothing(caplog):
+    """The probe study announced itself ("A new study created in memory") at every space load."""
+    from search.samplers import check_options
+
+    optuna.logging.enable_propagation()
+    try:
+        with caplog.at_level("INFO", logger="optuna"):
+            check_options("tpe", {"n_startup_trials": 2})
+    finally:
+        optuna.logging.disable_propagation()
+    assert caplog.records == []
