@@ -107,7 +107,15 @@ def tiny_arch(tmp_path) -> Path:
     """A patch-2 architecture for the 8x8 digits, as a YAML file."""
     path = tmp_path / "arch.yaml"
     ArchConfig.from_dict(
-        {"img_size": [8, 8], "in_chans": 1, "num_classes": 10, "patch_size": 2, "embed_dim": 16, "depth": 1}
+        {
+            "img_size": [8, 8],
+            "in_chans": 1,
+            "num_classes": 10,
+            "patch_size": 2,
+            "embed_dim": 16,
+            "depth": 1,
+            "mixer": "static",
+        }
     ).save(path)
     return path
 

@@ -149,7 +149,15 @@ def test_a_streamed_data_set_whose_folder_is_missing_fails_saying_where(tmp_path
     spec = DataSpec(name="imagefolder", root=str(tmp_path / "images"), img_size=16)
     shipped = load_dataset.__wrapped__(spec)  # what the driver ships: the index of files
     shutil.rmtree(tmp_path / "images")  # not on this node
-    arch = {"img_size": [16, 16], "in_chans": 3, "num_classes": 3, "patch_size": 4, "embed_dim": 16, "depth": 1}
+    arch = {
+        "img_size": [16, 16],
+        "in_chans": 3,
+        "num_classes": 3,
+        "patch_size": 4,
+        "embed_dim": 16,
+        "depth": 1,
+        "mixer": "static",
+    }
     result, _ = run_segment(segment_job(arch=arch, data=spec), None, shipped)
     assert result.failure_kind == "data"
     assert str(tmp_path / "images") in result.failure and result.failure.endswith(f"(on {result.host})")

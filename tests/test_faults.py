@@ -42,7 +42,7 @@ from search.driver import Driver
 from search.records import COMPLETE, FAILED, INTERRUPTED, RETRIED, RUNNING, STALE, SURPLUS, TrialRecord, tell
 from search.results.report import build_report
 from search.space import load_space
-from search.storage import open_storage, redact
+from search.storage import StorageError, open_storage, redact
 from search.training.segment import run_segment
 from search.training.trainer import Trainer, TrainSpec
 from tests.fakes import SLOW_EPOCH_S, instant_curve_segment, slow_curve_segment
@@ -510,6 +510,15 @@ def test_a_driver_restarted_while_a_dead_one_still_seems_alive_completes_the_cou
     assert [r.status for r in recs] == [COMPLETE, COMPLETE, STALE, COMPLETE] and recs[3].retry_of == 2
 
 
+def training(url: str) -> bool:
+    """Whether a trial's driver has written its status ``running``: the trial is sampled and costed,
+    and trains (a trial only claimed already reads as running in its record)."""
+    try:
+        return any(t.user_attrs.get("status") == RUNNING for t in load_study(url).trials)
+    except (KeyError, StorageError):
+        return False
+
+
 @pytest.mark.usefixtures("session_ray")
 def test_a_driver_whose_running_trial_another_driver_settled_lets_it_go(tmp_path):
     """A driver silent past DEAD_AFTER_S (a suspended machine) is taken for dead: another driver
@@ -520,7 +529,7 @@ def test_a_driver_whose_running_trial_another_driver_settled_lets_it_go(tmp_path
 
     def settle_as_another_driver() -> None:
         try:
-            wait_for(lambda: any(r.status == RUNNING for r in records_of(url)), 60, "a running trial")
+            wait_for(lambda: training(url), 60, "a training trial")
             other = Driver(load_space(space), results=tmp_path / "results")  # on the same study and space
             other.open()
             other.recovery.retry_later(0, STALE, "the driver stopped while it ran")
