@@ -583,14 +583,15 @@ class Driver:
             for active in self.active:
                 if active.pending is not None:
                     ray.cancel(active.pending, force=True)
-            for active in self.active:
-                if active.status is None:
-                    self.recovery.retry_later(active.number, records.INTERRUPTED, "interrupted")
-                    self.display.trial_ended(
-                        active.number, records.INTERRUPTED, active.curve, active.gmacs, "interrupted"
-                    )
-                else:
-                    self.client.tell(active.number, active.status, active.values)
+            for active in list(self.active):
+                with self._unless_settled_elsewhere(active):
+                    if active.status is None:
+                        self.recovery.retry_later(active.number, records.INTERRUPTED, "interrupted")
+                        self.display.trial_ended(
+                            active.number, records.INTERRUPTED, active.curve, active.gmacs, "interrupted"
+                        )
+                    else:
+                        self.client.tell(active.number, active.status, active.values)
             self.active.clear()
         finally:
             signal.signal(signal.SIGINT, signal.default_int_handler)

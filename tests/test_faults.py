@@ -725,6 +725,21 @@ def test_a_ctrl_c_while_a_trials_outcome_is_written_leaves_it_to_be_retried(tmp_
     assert [(r.status, r.retry_of) for r in recs] == [(INTERRUPTED, None), ("waiting", 0)]  # failed, and queued again
 
 
+def test_a_ctrl_c_lets_go_of_a_trial_another_driver_has_settled(tmp_path):
+    """Interrupted after a silence in which another driver settled its trial, a driver crashed in
+    its Ctrl-C bookkeeping: queueing the retry wrote to a finished trial."""
+    from search.driver import Active
+
+    driver, other = idle_driver(tmp_path), idle_driver(tmp_path)
+    trial_id = driver.client.claim()
+    driver.client.set_trial_attrs(trial_id, driver=driver.id, status=RUNNING)
+    driver.active.append(Active(trial_id, 0, {}, 0))
+    other.recovery.retry_later(0, STALE, "the driver stopped while it ran")
+    driver._interrupt()
+    recs = records_of(sqlite_url(tmp_path))
+    assert [(r.status, r.retry_of) for r in recs] == [(STALE, None), ("waiting", 0)] and driver.active == []
+
+
 def test_an_outage_during_an_ask_claims_one_trial_not_two(tmp_path, monkeypatch):
     driver = idle_driver(tmp_path)
     fail_once_after_the_claim(monkeypatch, driver.client.study)
