@@ -42,6 +42,8 @@ class Recovery:
     def __init__(self, client: StudyClient, driver_id: str, log: Callable[[str], None]):
         self.client, self.driver_id, self.log = client, driver_id, log
         self._last_beat = self._last_reconcile = 0.0
+        #: When this driver first saw each claimed trial without its driver's name (monotonic).
+        self._unnamed_since: dict[int, float] = {}
 
     # ------------------------------------------------------------------ heartbeats
     def beat(self, force: bool = False) -> None:
@@ -61,7 +63,10 @@ class Recovery:
             # Claimed a moment ago and not yet named by its driver. Every driver beats before it
             # asks, so the claimer can only be a live driver other than this one: with none left,
             # the trial was claimed by one that died in between, and nobody will ever finish it.
-            if time.time() - trial.datetime_start.timestamp() >= DEAD_AFTER_S:
+            # How long it has stayed unnamed is timed on this driver's clock: the claim's own time
+            # is the claiming host's naive local time, hours off for a host in another time zone.
+            first_seen = self._unnamed_since.setdefault(trial.number, time.monotonic())
+            if time.monotonic() - first_seen >= DEAD_AFTER_S:
                 return False
             return any(
                 _beating(beat)

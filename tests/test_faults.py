@@ -470,6 +470,27 @@ def test_a_trial_another_driver_has_just_asked_is_left_alone(tmp_path):
     assert driver.client.study.trials[0].state == optuna.trial.TrialState.RUNNING and waiting(driver.client.study) == 0
 
 
+def test_an_unnamed_claim_is_timed_on_the_settling_drivers_clock(tmp_path, monkeypatch):
+    """Optuna records a claim in the claiming host's naive local time: a driver in a time zone
+    hours ahead took a trial another live driver had just claimed for hours old, and failed it."""
+    import copy
+    import datetime
+
+    import search.recovery as recovery_module
+
+    driver = idle_driver(tmp_path)
+    heartbeat(driver.client.study, "other", os.getpid())  # a live driver, on a host hours behind...
+    driver.client.study.ask()  # ...has just claimed a trial
+    as_recorded = copy.copy(driver.client.study.trials[0])
+    as_recorded.datetime_start = datetime.datetime.now() - datetime.timedelta(hours=5)
+    monkeypatch.setattr(driver.client, "trials", lambda states=None: [as_recorded])
+    driver.recovery.reconcile()
+    assert driver.client.study.trials[0].state == optuna.trial.TrialState.RUNNING and waiting(driver.client.study) == 0
+    monkeypatch.setattr(recovery_module, "DEAD_AFTER_S", 0.0)  # unnamed for that long, as seen from here
+    driver.recovery.reconcile()
+    assert waiting(driver.client.study) == 1  # its claimer died before naming it: retried
+
+
 def test_a_driver_silent_through_an_outage_it_rides_out_is_not_presumed_dead(tmp_path):
     """Presumed dead after 60 s of silence, a driver on another host that rode out a 70 s database
     outage found its trial failed as stale by the first driver back, and crashed telling it."""
