@@ -19,7 +19,7 @@ from .mixers import MIXERS
 from .pooling import POOLS, create_pool, pool_extent
 from .presets import PRESETS
 from .registry import Registry, unknown_name_message
-from .schema import ConfigError, build, coerce_fields, coerce_value, join, type_name
+from .schema import ConfigError, build, coerce_fields, coerce_value, join, load_yaml, save_yaml, type_name
 from .timm_models import register_with_timm
 
 register_with_timm()
@@ -58,7 +58,9 @@ __all__ = [
     "create_model",
     "create_pool",
     "join",
+    "load_yaml",
     "pool_extent",
+    "save_yaml",
     "type_name",
     "unknown_name_message",
 ]

@@ -12,7 +12,10 @@ import dataclasses
 import math
 import types
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, Union, get_args, get_origin, get_type_hints
+
+import yaml
 
 from .registry import unknown_name_message
 
@@ -132,3 +135,13 @@ def type_name(hint: Any) -> str:
 def _describe(value: Any) -> str:
     text = repr(value)
     return text if len(text) <= 60 else f"a {type(value).__name__}"
+
+
+def save_yaml(obj: Any, path: Path) -> None:
+    """Write a config dataclass as YAML, field by field in declaration order."""
+    path.write_text(yaml.safe_dump(dataclasses.asdict(obj), sort_keys=False))
+
+
+def load_yaml(cls: type, path: Path, section: str) -> Any:
+    """A config dataclass read back from a ``save_yaml`` file, checked as ``build`` checks it."""
+    return build(cls, yaml.safe_load(path.read_text()) or {}, section)

@@ -79,7 +79,9 @@ def connect(address: str | None, *, cpus: float, gpus: float) -> dict[str, float
     if not trial_nodes(cpus, gpus):
         # Ray's totals sum over nodes, while a task runs on one: a request no single node can
         # hold would leave every trial pending for ever, without an error.
-        sizes = sorted({(r.get("CPU", 0), r.get("GPU", 0)) for r in _alive_resources()}, reverse=True)
+        sizes = sorted(
+            {(n["Resources"].get("CPU", 0), n["Resources"].get("GPU", 0)) for n in _alive_nodes()}, reverse=True
+        )
         listed = ", ".join(f"{c:g} CPUs and {g:g} GPUs" for c, g in sizes[:4]) or "none alive"
         hint = " (set resources.gpus: 0 to train on CPUs)" if gpus and not any(g for _, g in sizes) else ""
         raise ClusterError(
@@ -89,16 +91,16 @@ def connect(address: str | None, *, cpus: float, gpus: float) -> dict[str, float
     return ray.cluster_resources()
 
 
-def _alive_resources() -> list[dict[str, float]]:
-    return [n["Resources"] for n in ray.nodes() if n["Alive"]]
+def _alive_nodes() -> list[dict[str, Any]]:
+    return [n for n in ray.nodes() if n["Alive"]]
 
 
 def trial_nodes(cpus: float, gpus: float) -> list[str]:
     """The ids of the alive Ray nodes that can hold one trial: its CPUs and GPUs on one node."""
     return [
         n["NodeID"]
-        for n in ray.nodes()
-        if n["Alive"] and n["Resources"].get("CPU", 0) >= cpus and n["Resources"].get("GPU", 0) >= gpus
+        for n in _alive_nodes()
+        if n["Resources"].get("CPU", 0) >= cpus and n["Resources"].get("GPU", 0) >= gpus
     ]
 
 

@@ -30,10 +30,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 from torch import Tensor
 
-from layers import ConfigError, Registry, build, coerce_fields
+from layers import ConfigError, Registry, coerce_fields, load_yaml, save_yaml
 
 DATASETS: Registry = Registry("data set")
 
@@ -67,11 +66,11 @@ class DataSpec:
 
     def save(self, path: Path) -> None:
         """Write the data set and its split as YAML (``data.yaml`` of an export)."""
-        path.write_text(yaml.safe_dump(dataclasses.asdict(self), sort_keys=False))
+        save_yaml(self, path)
 
     @classmethod
     def load(cls, path: Path) -> DataSpec:
-        return build(cls, yaml.safe_load(path.read_text()) or {}, "data")
+        return load_yaml(cls, path, "data")
 
 
 @dataclass(frozen=True)

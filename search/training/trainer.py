@@ -7,7 +7,6 @@ training resumes after an interruption.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
 import time
@@ -17,10 +16,9 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-import yaml
 from torch import nn
 
-from layers import ConfigError, build, coerce_fields
+from layers import ConfigError, coerce_fields, load_yaml, save_yaml
 
 from .augment import AugmentSpec, BatchAugment
 from .data import Dataset, Split, StreamingSplit
@@ -70,11 +68,11 @@ class TrainSpec:
 
     def save(self, path: Path) -> None:
         """Write the recipe as YAML (``training.yaml`` of an export or a training run)."""
-        path.write_text(yaml.safe_dump(dataclasses.asdict(self), sort_keys=False))
+        save_yaml(self, path)
 
     @classmethod
     def load(cls, path: Path) -> TrainSpec:
-        return build(cls, yaml.safe_load(path.read_text()) or {}, "training")
+        return load_yaml(cls, path, "training")
 
 
 class NonFiniteLoss(RuntimeError):
