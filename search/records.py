@@ -92,6 +92,10 @@ class TrialRecord:
     def from_frozen(cls, trial: FrozenTrial) -> TrialRecord:
         attrs = trial.user_attrs
         status = attrs.get("status") or _status_of_state(trial.state)
+        if status == RUNNING and trial.state.is_finished():
+            # Another driver took this trial's driver for dead and failed it as stale (its retry is
+            # queued); the stalled driver, woken, wrote "running" between that outcome and the tell.
+            status = STALE
         return cls(
             number=trial.number,
             state=trial.state.name,

@@ -568,6 +568,23 @@ def test_a_driver_whose_running_trial_another_driver_settled_lets_it_go(tmp_path
     assert [r.status for r in recs] == [STALE, COMPLETE, COMPLETE] and recs[1].retry_of == 0
 
 
+def test_a_trial_named_running_while_another_driver_settled_it_reads_stale(tmp_path, monkeypatch):
+    """A driver woken from a long stall wrote "running" on a trial another driver had just failed as
+    stale, before that driver told it: the finished trial was reported running for ever."""
+    driver = idle_driver(tmp_path)
+    trial = driver.client.study.ask()  # claimed by a driver that then stalled
+    tell = driver.client.tell
+
+    def named_in_between(number: int, status: str, values: list[float] | None) -> None:
+        trial.set_user_attr("status", RUNNING)  # the stalled driver's start, landing before the tell
+        tell(number, status, values)
+
+    monkeypatch.setattr(driver.client, "tell", named_in_between)
+    driver.recovery.retry_later(0, STALE, "the driver stopped while it ran")
+    first, retry = records_of(sqlite_url(tmp_path))
+    assert (first.state, first.status, retry.retry_of) == ("FAIL", STALE, 0)
+
+
 @pytest.mark.usefixtures("session_ray")
 def test_a_trial_retried_twice_by_two_drivers_at_once_runs_again_once(tmp_path):
     """Two drivers settling a dead driver's trial in the same instant may each find no retry and
