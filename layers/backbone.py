@@ -44,6 +44,8 @@ class DynamicBackbone(nn.Module):
         return self.head
 
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        if global_pool not in (None, "avg"):
+            raise ValueError(f"global_pool={global_pool!r}: these models average the tokens before the head")
         self.num_classes = num_classes
         self.cfg = self.cfg.replace(num_classes=num_classes)
         self.head = nn.Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()

@@ -159,7 +159,11 @@ def _check_values(cfg: ArchConfig) -> None:
         f"no block of {cfg.depth} is a {cfg.mixer} block (every {cfg.every}, offset {cfg.offset}): "
         "the model would be all static",
     )
-    require(cfg.kernel_size % 2 == 1, "kernel_size", f"must be odd, got {cfg.kernel_size}")
+    require(
+        cfg.kernel_size >= 1 and cfg.kernel_size % 2 == 1,
+        "kernel_size",
+        f"must be odd and positive, got {cfg.kernel_size}",
+    )
     require(0.0 <= cfg.drop_path_rate < 1.0, "drop_path_rate", "must be in [0, 1)")
     if cfg.mixer in ("attention", "linear_attention"):
         require(
@@ -173,7 +177,6 @@ def _check_values(cfg: ArchConfig) -> None:
         return
     require(dyn.fc1 or dyn.dwc or dyn.fc2, "dynamic", "at least one of fc1, dwc, fc2 must be dynamic")
     if dyn.fc1 or dyn.fc2:
-        require(dyn.rank_ratio >= 1, "dynamic.rank_ratio", "must be at least 1")
         for width in (cfg.embed_dim, cfg.mlp_hidden):
             require(
                 width % dyn.rank_ratio == 0,

@@ -59,6 +59,8 @@ class DynamicConfig:
                 raise ConfigError(name, str(err)) from None
         if not 1 <= self.hyper_depth <= 3:
             raise ConfigError("hyper_depth", f"must be 1, 2 or 3, got {self.hyper_depth}")
+        if self.rank_ratio < 1:
+            raise ConfigError("rank_ratio", f"must be at least 1, got {self.rank_ratio}")
 
     @property
     def context_pool(self) -> str:

@@ -55,6 +55,8 @@ class DynamicDWConv(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         batch, height, width, dim = x.shape
+        if batch == 0:  # a grouped conv of no groups does not exist
+            return x.clone()
         kernel = self.weight.unsqueeze(0) + self.delta(x).unsqueeze(2)  # (B, C, 1, k, k)
         # B per-sample kernels become one grouped conv by folding the batch into the channels.
         # Tokens laid out as (H, W, B * C) keep that conv channels-last, where oneDNN's depthwise

@@ -73,7 +73,7 @@ class DynamicLinear(nn.Module):
         tokens = x.reshape(batch, height * width, channels)
         if self.unit1 is None:
             y = torch.baddbmm(self.bias, tokens, self.weight + self.delta(x))
-            return y.view(batch, height, width, -1)
+            return y.view(batch, height, width, y.shape[-1])
         context, left, right = self._factors(x)
         gate = self.gate.scale(context, 3)
         # Under autocast everything enters in the compute dtype, so the per-sample weight is
@@ -87,7 +87,7 @@ class DynamicLinear(nn.Module):
         factored = not x.is_meta and _factored_is_cheaper(height * width, *left.shape[1:], self.weight.shape[1])
         with torch.autocast(device, enabled=False) if autocast else contextlib.nullcontext():
             y = _FactoredLinear.apply(*inputs, self.unit1, factored)
-        return y.view(batch, height, width, -1)
+        return y.view(batch, height, width, y.shape[-1])
 
 
 #: What the weight route's memory-bound passes over the per-sample weight (building, norm, scale,
@@ -140,7 +140,7 @@ class _FactoredLinear(torch.autograd.Function):
             # s scales columns, so it folds into the small right factor: (Z right) s = Z (right s)
             right_s = right if scale is None else right * scale.to(right.dtype)
             z = torch.bmm(x, left.transpose(1, 2))  # (B, N, r)
-            y = torch.addmm(bias, x.flatten(0, 1), w0).view(*z.shape[:2], -1).baddbmm_(z, right_s)
+            y = torch.addmm(bias, x.flatten(0, 1), w0).view(*z.shape[:2], w0.shape[1]).baddbmm_(z, right_s)
             ctx.save_for_backward(x, w0, left, right, norm, gate, z, gram)
             return y
         dw = torch.bmm(left.transpose(1, 2), right)  # (B, in, out)

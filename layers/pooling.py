@@ -91,7 +91,10 @@ def adaptive_avg_pool(x: Tensor, size: int) -> Tensor:
 
 def _averaging_matrix(length: int, size: int, like: Tensor) -> Tensor:
     """(size, length) matrix whose row i averages adaptive window i: [floor(i L/g), ceil((i+1) L/g))."""
-    return _cached_averaging_matrix(length, size, like.device, like.dtype)
+    # Only plain tensors share the cache: a fake tensor (tracing, memory estimators) belongs to its
+    # mode, and one cached from it would break every later eager call on that grid, and vice versa.
+    build = _cached_averaging_matrix if type(like) is Tensor else _cached_averaging_matrix.__wrapped__
+    return build(length, size, like.device, like.dtype)
 
 
 @functools.lru_cache(maxsize=256)

@@ -50,6 +50,8 @@ class Registry(Generic[F]):
         match = re.fullmatch(r"([a-z_]+)(\d+)", name)
         if match and match.group(1) in self._parametric:
             size = int(match.group(2))
+            if match.group(2) != str(size):  # "avg02" would build avg2 and compare unequal to it
+                raise ValueError(f"{self.kind} {name!r}: write {match.group(1)}{size}")
             if size < 1:
                 raise ValueError(f"{self.kind} {name!r}: the size must be at least 1")
             return self._parametric[match.group(1)], size

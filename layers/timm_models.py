@@ -12,6 +12,7 @@ search's driver and its fake-trial workers never use.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.abc
 import importlib.util
 import sys
@@ -20,6 +21,8 @@ from importlib.machinery import ModuleSpec
 from pathlib import Path
 from types import ModuleType
 from typing import Any
+
+import torch
 
 from .backbone import DynamicBackbone
 from .config import ArchConfig
@@ -35,13 +38,23 @@ _NEUTRAL_KWARGS = {
     "drop_rate": (0, 0.0),
     "drop_block_rate": (0, 0.0),
     "global_pool": ("avg",),
-    "scriptable": (False,),
-    "exportable": (False,),
-    "no_jit": (False,),
 }
 
 
-def _build(cfg: ArchConfig, num_classes: int, in_chans: int, **generic: Any) -> DynamicBackbone:
+def _build(
+    cfg: ArchConfig,
+    num_classes: int,
+    in_chans: int,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+    **generic: Any,
+) -> DynamicBackbone:
+    from timm.layers import is_scriptable
+
+    # timm takes scriptable/exportable/no_jit itself and builds under them; export works on these
+    # models and they use no jit, but the data-dependent shapes of the dynamic layers do not script.
+    if is_scriptable():
+        raise ValueError("scriptable=True: these models cannot be scripted (torch.export works)")
     for name, value in generic.items():
         if name not in _NEUTRAL_KWARGS:
             raise TypeError(f"unexpected keyword argument {name!r}")
@@ -50,7 +63,9 @@ def _build(cfg: ArchConfig, num_classes: int, in_chans: int, **generic: Any) -> 
                 f"{name}={value!r}: these models take only {' or '.join(map(repr, _NEUTRAL_KWARGS[name]))} "
                 "(stochastic depth is drop_path_rate; the tokens are averaged before the head)"
             )
-    return DynamicBackbone(cfg.replace(num_classes=num_classes, in_chans=in_chans))
+    with torch.device(device) if device is not None else contextlib.nullcontext():
+        model = DynamicBackbone(cfg.replace(num_classes=num_classes, in_chans=in_chans))
+    return model if dtype is None else model.to(dtype)
 
 
 def _create(variant: str, arch: ArchConfig, pretrained: bool, **kwargs: Any) -> DynamicBackbone:
@@ -58,7 +73,9 @@ def _create(variant: str, arch: ArchConfig, pretrained: bool, **kwargs: Any) -> 
 
     overrides = {name: kwargs.pop(name) for name in _CONFIG_KWARGS if name in kwargs}
     cfg = arch.replace(**overrides)
-    kwargs.pop("pretrained_cfg", None)
+    if kwargs.get("features_only"):
+        raise ValueError("features_only=True: these models give no feature pyramid (forward_features gives the tokens)")
+    asked = kwargs.pop("pretrained_cfg", None)
     # The architecture's own classes and channels, which its saved weights have: asked for others,
     # timm loads the weights that fit and starts the head (and adapts the stem) anew.
     pretrained_cfg = {
@@ -73,6 +90,10 @@ def _create(variant: str, arch: ArchConfig, pretrained: bool, **kwargs: Any) -> 
         "first_conv": "patch_embed",
         "classifier": "head",
     }
+    if isinstance(asked, str):
+        raise ValueError(f"pretrained_cfg={asked!r}: these models have no pretrained tags (give a dict)")
+    if asked is not None:  # a user's keys win, as with timm's own models
+        pretrained_cfg.update(asked if isinstance(asked, Mapping) else asked.to_dict())
     return build_model_with_cfg(_build, variant, pretrained, pretrained_cfg=pretrained_cfg, model_cfg=cfg, **kwargs)
 
 

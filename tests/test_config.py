@@ -50,6 +50,7 @@ def test_int_and_list_forms_are_normalised():
         ({"mixer": "transformer"}, "mixer", "allowed: attention, dynamic, linear_attention, static"),
         ({"dynamic": {"linear_predictor": "bilaterl"}}, "dynamic.linear_predictor", "did you mean 'bilateral'"),
         ({"dynamic": {"pool": "avg0"}}, "dynamic.pool", "at least 1"),
+        ({"dynamic": {"pool": "avg02"}}, "dynamic.pool", "write avg2"),  # built avg2, compared unequal
         ({"dynamic": {"pool": "median2"}}, "dynamic.pool", "avg<int>"),
         ({"dynamic": {"norm": "l2"}}, "dynamic.norm", "unit1"),
         ({"dynamic": {"gate": "softmax"}}, "dynamic.gate", "sigmoid"),
@@ -71,6 +72,8 @@ def test_int_and_list_forms_are_normalised():
         ({"dynamic": {"pool_rounding": "round"}}, "dynamic.pool_rounding", "allowed: ceil, floor"),
         ({"drop_path_branches": "mixer"}, "drop_path_branches", "allowed: both, mlp"),
         ({"kernel_size": 4}, "kernel_size", "odd"),
+        ({"kernel_size": -1}, "kernel_size", "odd and positive"),  # -1 % 2 == 1: it built, then crashed
+        ({"dynamic": {"rank_ratio": 0}}, "dynamic.rank_ratio", "at least 1"),
         ({"offset": -1}, "offset", "not be negative"),
         ({"mixer": "attention", "num_heads": 5}, "num_heads", "not divisible"),
         ({"img_size": 8}, "img_size", "smaller than the patch size"),
@@ -82,6 +85,11 @@ def test_invalid_configs_name_the_key_and_what_is_allowed(data, path, fragment):
         ArchConfig.from_dict(data)
     assert info.value.path == path
     assert fragment in str(info.value)
+
+
+def test_a_dynamic_config_on_its_own_refuses_a_rank_ratio_it_cannot_build():
+    with pytest.raises(ConfigError, match="rank_ratio: must be at least 1"):
+        layers.DynamicConfig(rank_ratio=0)  # built, then DynamicLinear divided by zero
 
 
 def test_floor_rounding_fits_any_grid_of_at_least_one_window():

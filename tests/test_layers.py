@@ -59,6 +59,16 @@ def test_shapes_on_square_non_square_and_odd_grids(name, img_size):
     assert model.forward_head(features).shape == (2, cfg.num_classes)
 
 
+@pytest.mark.parametrize("name", NAMES)
+def test_an_empty_batch_gives_an_empty_output(name):
+    """As the static and attention models do; the dynamic ones failed on a grouped conv of no
+    groups and on reshaping no elements to an inferred width."""
+    cfg = VARIANTS[name]
+    out = build(cfg)(torch.randn(0, 3, *cfg.img_size))
+    assert out.shape == (0, cfg.num_classes)
+    out.sum().backward()
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("name", NAMES)
 def test_forward_in_float32_and_bfloat16(name, dtype):
@@ -123,6 +133,21 @@ def test_adaptive_pool_matches_torch():
     for size in (1, 2, 3, 5):
         expected = torch.nn.functional.adaptive_avg_pool2d(x.permute(0, 3, 1, 2), size).permute(0, 2, 3, 1)
         torch.testing.assert_close(adaptive_avg_pool(x, size), expected)
+
+
+def test_tracing_with_fake_tensors_leaves_the_adaptive_pool_working_on_real_ones():
+    """The pool's cached averaging matrices were shared with fake tensors (what memory and flop
+    estimators trace with): after one fake pass every real pass on that grid failed, and the reverse."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from layers.pooling import adaptive_avg_pool
+
+    x = torch.randn(1, 11, 6, 4)  # a grid no other test pools
+    expected = torch.nn.functional.adaptive_avg_pool2d(x.permute(0, 3, 1, 2), 3).permute(0, 2, 3, 1)
+    for _ in range(2):  # fake first, then real; and again, real cached first, then fake
+        with FakeTensorMode() as mode:
+            assert adaptive_avg_pool(mode.from_tensor(x), 3).shape == (1, 3, 3, 4)
+        torch.testing.assert_close(adaptive_avg_pool(x, 3), expected)
 
 
 @pytest.mark.parametrize("name", ["adaptive", "conv"])

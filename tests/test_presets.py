@@ -118,6 +118,44 @@ def test_timms_generic_arguments_are_taken_at_values_that_change_nothing():
         timm.create_model("dynamic_backbone", arch=cfg, drop_rate=0.1)
 
 
+def test_timms_build_flags_are_taken_or_refused_as_these_models_allow():
+    """timm consumes scriptable, exportable and no_jit itself: scriptable=True was accepted though
+    the models do not script, and device=/dtype=, which timm's own models take, were refused."""
+    cfg = ArchConfig(img_size=32, patch_size=8, embed_dim=16, depth=2)
+    assert timm.create_model("dynamic_backbone", arch=cfg, exportable=True, no_jit=True).cfg == cfg
+    with pytest.raises(ValueError, match="scriptable=True: these models cannot be scripted"):
+        timm.create_model("dynamic_backbone", arch=cfg, scriptable=True)
+    model = timm.create_model("dynamic_backbone", arch=cfg, device="meta", dtype=torch.bfloat16)
+    assert {(p.device.type, p.dtype) for p in model.parameters()} == {("meta", torch.bfloat16)}
+    with pytest.raises(ValueError, match="features_only=True: these models give no feature pyramid"):
+        timm.create_model("dynamic_backbone", arch=cfg, features_only=True)
+
+
+def test_a_users_pretrained_cfg_is_laid_over_the_models_own(tmp_path):
+    """It was dropped: a mean given for a data set was ignored, and a weights file was not found."""
+    from safetensors.torch import save_file
+
+    cfg = ArchConfig(img_size=32, patch_size=8, embed_dim=16, depth=2, num_classes=3)
+    model = timm.create_model("dynamic_backbone", arch=cfg, pretrained_cfg={"mean": (0.5, 0.5, 0.5)})
+    assert model.pretrained_cfg["mean"] == (0.5, 0.5, 0.5) and model.pretrained_cfg["classifier"] == "head"
+    save_file(model.state_dict(), str(tmp_path / "w.safetensors"))
+    loaded = timm.create_model(
+        "dynamic_backbone", arch=cfg, pretrained=True, pretrained_cfg={"file": str(tmp_path / "w.safetensors")}
+    )
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), loaded.state_dict().values()))
+    with pytest.raises(ValueError, match="no pretrained tags"):
+        timm.create_model("dynamic_backbone", arch=cfg, pretrained_cfg="in1k")
+
+
+def test_reset_classifier_refuses_a_pool_these_models_do_not_have():
+    """timm's reset_classifier(0, "") asks for the unpooled tokens; the tokens were still averaged."""
+    model = timm.create_model("dynamic_backbone", arch=ArchConfig(img_size=32, patch_size=8, embed_dim=16, depth=2))
+    with pytest.raises(ValueError, match="global_pool='': these models average the tokens"):
+        model.reset_classifier(0, "")
+    model.reset_classifier(0, "avg")
+    assert model(torch.randn(1, 3, 32, 32)).shape == (1, 16)
+
+
 def test_saved_weights_fine_tune_with_other_classes_and_channels(tmp_path):
     """Loaded for a 5-class task, a 10-class checkpoint failed on its head's shape: the pretrained
     config named the requested classes, so timm never dropped the old head."""
