@@ -93,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     dashboard = study_command("dashboard", "serve the study with optuna-dashboard, its notes and artifacts included")
     dashboard.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
-    dashboard.add_argument("--port", type=int, default=8080)
+    dashboard.add_argument("--port", type=_port, default=8080)
     results = study_command("results", "write the trial table")
     results.add_argument("--format", choices=TABLE_FORMATS, default="csv")
     results.add_argument("--out", help="file to write (default: results/<study>/trials.<format>)")
@@ -194,11 +194,11 @@ def report(args: argparse.Namespace) -> int:
 
 @command("compare")
 def compare(args: argparse.Namespace) -> int:
-    from .records import check_writable
+    from .records import check_writable_file
     from .results.compare import Compared, CompareError, build_comparison, parse_reference, parse_study
     from .storage import masked
 
-    check_writable(Path(args.out).parent, "the folder of --out")
+    check_writable_file(Path(args.out), "--out")
     try:
         refs = [parse_study(text, args.storage) for text in args.study]
         names = [ref.name for ref in refs]
@@ -263,12 +263,13 @@ def _check_can_listen(host: str, port: int) -> None:
 
 @command("results")
 def results(args: argparse.Namespace) -> int:
-    from .records import records, results_dir
+    from .records import check_writable_file, records, results_dir
     from .results.tables import trials_frame, write_table
 
+    out = Path(args.out) if args.out else results_dir(Path(args.results), args.study) / f"trials.{args.format}"
+    check_writable_file(out, "the table" if args.out is None else "--out")
     study = _load_study(args, searched=False)
     frame = trials_frame(records(study), list(study.metric_names or []))
-    out = Path(args.out) if args.out else results_dir(Path(args.results), args.study) / f"trials.{args.format}"
     print(write_table(frame, out, args.format))
     return EXIT_OK
 
@@ -299,6 +300,7 @@ def train(args: argparse.Namespace) -> int:
     import dataclasses
     import pickle
 
+    from .records import FolderError, check_writable
     from .training.data import DataError
     from .training.full import read_arch, train_architecture
     from .training.trainer import TrainSpec
@@ -314,6 +316,7 @@ def train(args: argparse.Namespace) -> int:
             if v is not None
         }
         out = Path(args.out) if args.out else Path(DEFAULT_RESULTS) / "train" / Path(args.arch).stem
+        check_writable(out, "the training folder")
         metrics = train_architecture(
             source,
             data,
@@ -324,7 +327,7 @@ def train(args: argparse.Namespace) -> int:
             eval_size=args.eval_size,
             init_weights=args.init_weights,
         )
-    except (FileNotFoundError, DataError, ValueError) as err:
+    except (FileNotFoundError, DataError, ValueError, FolderError) as err:
         return _usage_error(err)
     except pickle.UnpicklingError as err:
         return _usage_error(
@@ -382,20 +385,20 @@ def _train_data(args: argparse.Namespace, searched: DataSpec | None) -> DataSpec
 @command("erf")
 def erf(args: argparse.Namespace) -> int:
     import torch
-    from safetensors.torch import load_file
 
     import layers
 
-    from .records import check_writable
-    from .results.erf import effective_receptive_field, save_map
-    from .training.full import read_arch
+    from .records import check_writable_file
+    from .results.erf import check_picture_name, effective_receptive_field, save_map
+    from .training.full import read_arch, read_weights
 
-    check_writable(Path(args.out).parent, "the folder of --out")
+    check_writable_file(Path(args.out), "--out")
     try:
+        check_picture_name(Path(args.out))
         source = read_arch(args.arch)
         arch = source.arch if args.size is None else source.arch.replace(img_size=args.size)
         weights = Path(args.weights) if args.weights else source.weights
-        state = None if weights is None else load_file(str(weights))
+        state = None if weights is None else read_weights(weights)
         model = layers.create_model(arch)
         if state is not None:
             try:
@@ -444,6 +447,13 @@ def run(args: argparse.Namespace) -> int:
         return _usage_error(f"{err} ({origin})")
     print(next_steps(spec.study.name, spec.study.storage, Path(args.results), DEFAULT_STORAGE, DEFAULT_RESULTS))
     return EXIT_OK
+
+
+def _port(text: str) -> int:
+    port = int(text) if text.isdigit() else -1
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port (0 to 65535)")
+    return port
 
 
 def _usage_error(err: BaseException) -> int:

@@ -171,6 +171,13 @@ def check_writable(folder: Path, what: str) -> None:
         raise FolderError(f"cannot make {what} {str(folder)!r}: {blocking} is not a folder this user can write")
 
 
+def check_writable_file(path: Path, what: str) -> None:
+    """Refuse, before any work, a file a command could not write: a folder, or in one it cannot make."""
+    if path.is_dir():
+        raise FolderError(f"cannot write {what} {str(path)!r}: it is a folder")
+    check_writable(path.parent, f"the folder of {what}")
+
+
 def weights_dir(root: Path, study_name: str) -> Path:
     """Where a run keeps its trials' trained weights (``keep_weights``)."""
     return results_dir(root, study_name) / "weights"

@@ -91,6 +91,32 @@ def test_an_output_folder_that_cannot_be_made_gets_one_line(tmp_path, monkeypatc
     assert "is not a folder this user can write" in err and err.count("\n") == 1, err
 
 
+@pytest.mark.parametrize(
+    ("command", "message"),
+    [
+        (["results", "--out", "."], "cannot write --out '.': it is a folder"),
+        (["results", "--results", "a_file"], "a_file is not a folder this user can write"),
+        (["compare", "--out", "."], "cannot write --out '.': it is a folder"),
+    ],
+    ids=["results-out", "results-folder", "compare-out"],
+)
+def test_an_output_file_that_cannot_be_written_gets_one_line(tmp_path, monkeypatch, capsys, command, message):
+    """Each ended in a traceback (IsADirectoryError, NotADirectoryError) once the work was done."""
+    monkeypatch.chdir(tmp_path)
+    url = plain_study(tmp_path)
+    (tmp_path / "a_file").write_text("")
+    assert main([command[0], "--study", "plain", "--storage", url, *command[1:]]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and err.count("\n") == 1, err
+
+
+def test_a_port_out_of_range_is_a_usage_error(tmp_path, capsys):
+    """Python's resolver wrapped port 70000 to 4464, so the check passed and the server crashed."""
+    with pytest.raises(SystemExit) as exit_:
+        main(["dashboard", "--study", "plain", "--storage", sqlite_url(tmp_path), "--port", "70000"])
+    assert exit_.value.code == 2 and "'70000' is not a port (0 to 65535)" in capsys.readouterr().err
+
+
 def test_a_dashboard_on_a_port_in_use_gets_one_line(tmp_path, capsys):
     url = plain_study(tmp_path)
     with socket.socket() as taken:
@@ -127,12 +153,16 @@ def tiny_arch(tmp_path) -> Path:
         (["--size", "1"], "img_size"),  # below the patch size
         (["--weights", "other.safetensors"], "other.safetensors does not fit"),
         (["--out", "other.safetensors/erf.png"], "is not a folder this user can write"),
+        (["--weights", "checkpoint.pt"], "checkpoint.pt is not a safetensors weights file"),
+        (["--out", "erfmap"], "erfmap: name a picture file"),
+        (["--out", "."], "cannot write --out '.': it is a folder"),
     ],
 )
 def test_bad_erf_inputs_get_one_line_and_exit_code_2(tiny_arch, tmp_path, capsys, monkeypatch, extra, message):
     monkeypatch.chdir(tmp_path)
     other = ArchConfig.load(tiny_arch).replace(embed_dim=32)
     save_file(layers.create_model(other).state_dict(), str(tmp_path / "other.safetensors"))
+    (tmp_path / "checkpoint.pt").write_bytes(b"\x80\x04 a pickle, as search train writes")
     out = tmp_path / "erf.png"
     assert main(["erf", "--arch", str(tiny_arch), "--out", str(out), *extra]) == 2
     err = capsys.readouterr().err
@@ -232,6 +262,35 @@ def test_a_checkpoint_another_run_left_is_refused(tiny_arch, tmp_path, capsys):
     assert main([*args[:4], "digit-pairs", *args[5:]]) == 2
     err = capsys.readouterr().err
     assert "checkpoint.pt is another run's: its data, arch differ" in err and err.count("\n") == 1, err
+
+
+def test_a_run_from_weights_does_not_resume_one_from_scratch(tiny_arch, tmp_path, capsys):
+    """Its checkpoint said nothing of the starting point: --init-weights resumed the scratch run."""
+    source = tmp_path / "exported"
+    source.mkdir()
+    shutil.copy(tiny_arch, source / "arch.yaml")
+    save_file(layers.create_model(ArchConfig.load(tiny_arch)).state_dict(), str(source / "weights.safetensors"))
+    args = ["train", "--arch", str(source), "--dataset", "digits", "--epochs", "1", "--out", str(tmp_path / "run")]
+    assert main(args) == 0
+    capsys.readouterr()
+    assert main([*args, "--init-weights"]) == 2
+    err = capsys.readouterr().err
+    assert "checkpoint.pt is another run's: its init_weights differ" in err and err.count("\n") == 1, err
+
+
+def test_a_training_folder_that_cannot_be_made_or_data_that_does_not_load_writes_nothing(tiny_arch, tmp_path, capsys):
+    """A file as --out gave a traceback; a data root with nothing to load left arch.yaml and
+    training.yaml behind."""
+    (tmp_path / "a_file").write_text("")
+    (tmp_path / "empty").mkdir()
+    args = ["train", "--arch", str(tiny_arch), "--epochs", "1"]
+    assert main([*args, "--dataset", "digits", "--out", str(tmp_path / "a_file")]) == 2
+    assert "a_file is not a folder this user can write" in capsys.readouterr().err
+    out = tmp_path / "run"
+    assert main([*args, "--dataset", "cifar10", "--data-root", str(tmp_path / "empty"), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1, err
+    assert not out.exists()
 
 
 def test_init_weights_without_weights_is_refused(tiny_arch, tmp_path, capsys):

@@ -23,6 +23,7 @@ from search.training.data import (
     DataSpec,
     Split,
     describe,
+    idx_shape,
     load_dataset,
     make_pairs,
     read_idx,
@@ -250,6 +251,38 @@ def test_idx_reader_reads_what_was_written_and_refuses_bad_files(tmp_path, gzipp
     path.write_bytes(gzip.compress(truncated) if gzipped else truncated)
     with pytest.raises(DataError, match=r"holds 69 bytes of data, its header declares \(7, 5, 2\)"):
         read_idx(path, 3)
+
+
+def test_a_corrupt_gzip_stream_is_refused_by_name(tmp_path):
+    """zlib's own error is no OSError: a damaged download gave a traceback."""
+    path = tmp_path / "train-labels-idx1-ubyte.gz"
+    write_idx(path, np.zeros(50, np.uint8), gzipped=True)
+    damaged = bytearray(path.read_bytes())
+    damaged[10] = 0xFF  # the first deflate block's header: an invalid block type
+    path.write_bytes(bytes(damaged))
+    for read in (lambda: read_idx(path, 1), lambda: idx_shape(path, 1)):
+        with pytest.raises(DataError, match=f"cannot read {path}: .*invalid block type"):
+            read()
+
+
+def test_a_split_that_leaves_no_training_image_is_refused():
+    """Every trial trained on nothing and was recorded complete with an untrained model's accuracy."""
+    with pytest.raises(DataError, match=r"val_fraction 0\.9999 leaves no training image of 1797"):
+        load_dataset(DataSpec(name="digits", val_fraction=0.9999))
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+def test_an_image_that_does_not_decode_is_named(tmp_path, monkeypatch, streaming):
+    write_imagefolder(tmp_path)
+    (tmp_path / "train" / "cat" / "3.png").write_text("not a png")
+    if streaming:
+        monkeypatch.setattr(data_module, "IN_MEMORY_LIMIT", 0)
+    spec = DataSpec(name="imagefolder", root=str(tmp_path), img_size=8, val_fraction=0.25)
+    with pytest.raises(DataError, match=r"cannot decode image .*train/cat/3\.png"):
+        data = load_dataset(spec)  # in memory: decoded here
+        for split in (data.train, data.val):  # streamed: decoded batch by batch
+            for _ in split.batches(4, torch.device("cpu")):
+                pass
 
 
 def test_mnist_reads_any_folder_in_the_mnist_layout(tmp_path):

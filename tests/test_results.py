@@ -164,6 +164,24 @@ def test_export_builds_back_with_timm_and_gives_the_same_outputs(searched, tmp_p
     assert main(["export", *study_args(searched), "--trial", "99", "--out", str(tmp_path / "none")]) == 2
 
 
+def test_a_pruned_trials_card_says_how_long_it_trained_and_keeps_its_table_whole():
+    """A trial pruned after 2 of 4 epochs was said to be trained for 4; with no values, a blank line
+    split its table in two."""
+    from search.records import PRUNED
+    from search.results.export import Provenance, model_card
+    from search.training.trainer import TrainSpec
+
+    recipe = TrainSpec(epochs=4)
+    provenance = Provenance("tiny", "sqlite:///s.db", "tiny.yaml", ["accuracy", "gmacs"], DataSpec(), recipe)
+    record = TrialRecord(
+        number=2, state="PRUNED", status=PRUNED, params={}, values=None, curve=[0.3, 0.4], mparams=0.1, gmacs=0.01
+    )
+    record.arch = layers.ArchConfig().to_dict()
+    card = model_card(provenance, record, recipe, has_weights=False)
+    assert "trained for 2 of the recipe's 4 epochs, batch" in card
+    assert "|---|---|\n| parameters |" in card
+
+
 def test_top_k_is_the_most_accurate_whatever_the_objectives():
     from search.results.export import select
 

@@ -131,6 +131,19 @@ def test_rand_augment_is_per_sample_and_seeded():
     assert len({tuple(v.flatten().tolist()) for v in x1}) > 30  # one image, many different outcomes
 
 
+def test_rand_augment_magnitude_is_on_timms_scale(monkeypatch):
+    """The recipes' magnitude 9 (timm's rand-m9: rotations up to 27 degrees) was read on a 0..30
+    scale: rotations up to 9 degrees, a third of the augmentation the recipes asked for."""
+    import search.training.augment as augment_module
+
+    levels = []
+    monkeypatch.setattr(augment_module, "apply_ops", lambda images, *args: levels.append(args[2]) or images)
+    augment_module._rand_augment(torch.zeros(2, 3, 8, 8, dtype=torch.uint8), 1, 9, torch.Generator())
+    assert levels == [0.9]  # of each op's strongest effect, 30 degrees for a rotation
+    with pytest.raises(layers.ConfigError, match=r"randaugment_magnitude: must be in 0\.\.10"):
+        AugmentSpec(randaugment_magnitude=11)
+
+
 @pytest.mark.parametrize("op", RAND_AUGMENT_OPS)
 def test_rand_augment_ops_match_torchvision(op):
     """Each op, applied batched, equals torchvision's one-image op (up to rounding)."""

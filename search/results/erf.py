@@ -25,6 +25,12 @@ def effective_receptive_field(model: layers.DynamicBackbone, images: Tensor) -> 
     return images.grad.abs().sum(dim=1).mean(dim=0)
 
 
+def check_picture_name(path: Path) -> None:
+    """Refuse, before the map is computed, a file name whose extension names no picture format."""
+    if path.suffix.lower() not in Image.registered_extensions():
+        raise ValueError(f"{path}: name a picture file (.png, .jpg, ...) to write the map to")
+
+
 def save_map(erf: Tensor, path: Path, scale: int = 8) -> None:
     """A log-scaled heat map (dark: no influence, yellow: the most), enlarged ``scale`` times."""
     values = erf.detach().cpu().numpy().astype(np.float64)

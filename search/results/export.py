@@ -100,8 +100,15 @@ def export(
     return folders
 
 
+def _epochs_trained(record: TrialRecord, training: TrainSpec) -> str:
+    """The epochs it was trained for: early stopping ends a trial before the recipe's last one."""
+    done = len(record.curve)
+    return f"{done} epochs" if done == training.epochs else f"{done} of the recipe's {training.epochs} epochs"
+
+
 def model_card(provenance: Provenance, record: TrialRecord, training: TrainSpec, has_weights: bool) -> str:
-    figures = "\n".join(f"| {name} | {value:.4g} |" for name, value in zip(provenance.objectives, record.values or []))
+    # a line per objective; an empty line would end the table for a trial with no values
+    figures = "".join(f"| {name} | {value:.4g} |\n" for name, value in zip(provenance.objectives, record.values or []))
     curve = "\n".join(f"| {epoch} | {accuracy:.4f} |" for epoch, accuracy in enumerate(record.curve, 1))
     summary = describe(record, MARKDOWN)
     load = (
@@ -118,8 +125,7 @@ def model_card(provenance: Provenance, record: TrialRecord, training: TrainSpec,
 
 | measure | value |
 |---|---|
-{figures}
-| parameters | {record.mparams:.4g} M |
+{figures}| parameters | {record.mparams:.4g} M |
 | GMACs per image | {record.gmacs:.4g} |
 | latency | {record.latency_ms or 0:.3f} ms on {record.device} |
 | training wall time | {record.wall_time_s or 0:.1f} s |
@@ -149,6 +155,6 @@ python -m search train --arch trial_{record.number:05d} --epochs 300
 Trial {record.number} of study `{provenance.study_name}` ({provenance.storage_label}),
 searched with `{provenance.space_file}` on {provenance.data.name}, {provenance.data.val_fraction:g} of its
 training images held out for validation with seed {provenance.data.seed} (`data.yaml`);
-trained for {training.epochs} epochs, batch {training.batch_size}, peak learning rate {training.peak_lr:.3g},
+trained for {_epochs_trained(record, training)}, batch {training.batch_size}, peak learning rate {training.peak_lr:.3g},
 weight decay {training.weight_decay}, label smoothing {training.label_smoothing} (`training.yaml`).
 """

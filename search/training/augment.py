@@ -17,6 +17,10 @@ from torch import Tensor
 
 from layers import ConfigError, coerce_fields
 
+#: RandAugment's magnitude runs over timm's levels (``rand-m9``: 9 of 10), where each op reaches its
+#: strongest effect; torchvision's RandAugment counts 31 bins instead, a third as strong at 9.
+MAX_MAGNITUDE = 10
+
 
 @dataclass(frozen=True)
 class AugmentSpec:
@@ -24,15 +28,15 @@ class AugmentSpec:
     flip: bool = False  # random horizontal flip
     random_resized_crop: bool = False  # scale 0.08-1, ratio 3/4-4/3, resized to the input size
     randaugment_ops: int = 0  # RandAugment: ops per image (0: off)
-    randaugment_magnitude: int = 9  # 0..30 scale, as in timm's rand-m9
+    randaugment_magnitude: int = 9  # 0..10, timm's levels: 9 is rand-m9 (rotations up to 27 degrees)
     random_erasing: float = 0.0  # probability of erasing one random rectangle with noise
     mixup: float = 0.0  # Beta(alpha, alpha) for mixup (0: off)
     cutmix: float = 0.0  # Beta(alpha, alpha) for cutmix (0: off); with both on, one is chosen per batch
 
     def __post_init__(self) -> None:
         coerce_fields(self)
-        if not 0 <= self.randaugment_magnitude <= 30:
-            raise ConfigError("randaugment_magnitude", "must be in 0..30")
+        if not 0 <= self.randaugment_magnitude <= MAX_MAGNITUDE:
+            raise ConfigError("randaugment_magnitude", f"must be in 0..{MAX_MAGNITUDE} (timm's levels)")
         for name in ("crop_padding", "randaugment_ops", "mixup", "cutmix"):
             if getattr(self, name) < 0:
                 raise ConfigError(name, "must not be negative")
@@ -177,7 +181,7 @@ RAND_AUGMENT_OPS = (
 COLOUR_OPS = ("color",)  # need RGB: grey images skip them
 _BLENDS = ("color", "contrast", "brightness", "sharpness")
 _WARPS = ("rotate", "shear_x", "shear_y", "translate_x", "translate_y")
-# Strongest effect of each op (at magnitude 30): degrees, factor offsets, fractions of the size.
+# Strongest effect of each op (at the top magnitude): degrees, factor offsets, fractions of the size.
 _MAX_ROTATE, _MAX_FACTOR, _MAX_SHEAR, _MAX_TRANSLATE = 30.0, 0.9, 17.0, 0.45
 _GREY_WEIGHTS = (0.2989, 0.587, 0.114)
 
@@ -187,7 +191,7 @@ def _rand_augment(images: Tensor, ops: int, magnitude: int, generator: torch.Gen
     for _ in range(ops):
         choice = torch.randint(len(names), (len(images),), generator=generator, device=generator.device)
         signs = torch.where(_uniform(len(images), generator) < 0.5, -1.0, 1.0)
-        images = apply_ops(images, choice, signs, magnitude / 30.0, names)
+        images = apply_ops(images, choice, signs, magnitude / MAX_MAGNITUDE, names)
     return images
 
 

@@ -24,6 +24,7 @@ import dataclasses
 import functools
 import gzip
 import math
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,6 +64,8 @@ class DataSpec:
             raise ConfigError("train_subset", f"must be at least 1 (or null for all), got {self.train_subset}")
         if self.img_size is not None and self.img_size < 1:
             raise ConfigError("img_size", f"must be at least 1 (or null for 224), got {self.img_size}")
+        if self.pairs < 1:
+            raise ConfigError("pairs", f"must be at least 1, got {self.pairs}")
 
     def save(self, path: Path) -> None:
         """Write the data set and its split as YAML (``data.yaml`` of an export)."""
@@ -216,6 +219,10 @@ def load_dataset(spec: DataSpec) -> Dataset:
     """Load (once per process) the data set a spec names, with its seeded validation split."""
     source, _ = DATASETS.parse(spec.name)
     dataset = source.load(spec)
+    if not len(dataset.train):  # every trial would be told the accuracy of an untrained model
+        raise DataError(
+            f"data set {spec.name!r}: val_fraction {spec.val_fraction} leaves no training image of {len(dataset.val)}"
+        )
     if spec.train_subset is None or spec.train_subset >= len(dataset.train):
         return dataset
     # Its own stream of the split's seed: the subset never depends on how the source drew its split.
@@ -358,7 +365,7 @@ def idx_shape(path: Path, ndim: int) -> tuple[int, ...]:
     try:
         with _open_idx(path) as f:
             return _idx_shape(f.read(4 + 4 * ndim), path, ndim)
-    except (OSError, EOFError) as err:  # a truncated or corrupt gzip stream
+    except (OSError, EOFError, zlib.error) as err:  # a truncated or corrupt gzip stream
         raise DataError(f"cannot read {path}: {err}") from None
 
 
@@ -367,7 +374,7 @@ def read_idx(path: Path, ndim: int) -> np.ndarray:
     try:
         with _open_idx(path) as f:
             raw = f.read()
-    except (OSError, EOFError) as err:
+    except (OSError, EOFError, zlib.error) as err:
         raise DataError(f"cannot read {path}: {err}") from None
     shape = _idx_shape(raw, path, ndim)
     header = 4 + 4 * ndim
@@ -467,8 +474,8 @@ def load_imagefolder(spec: DataSpec) -> Dataset:
         [v2.PILToTensor(), v2.Lambda(_rgb), v2.Resize(stored, antialias=True), v2.CenterCrop(stored)]
     )
     try:
-        full = ImageFolder(str(train_root), transform=transform)
-        test = ImageFolder(str(val_root), transform=transform) if val_root else None
+        full = ImageFolder(str(train_root), transform=transform, loader=_decode)
+        test = ImageFolder(str(val_root), transform=transform, loader=_decode) if val_root else None
     except (FileNotFoundError, RuntimeError) as err:
         raise DataError(f"no images under {spec.root!r}: {err}") from None
     classes = _imagefolder_classes(train_root, val_root)
@@ -510,6 +517,16 @@ def load_imagefolder(spec: DataSpec) -> Dataset:
         _IMAGENET_STD,
         in_memory(test) if test is not None else None,
     )
+
+
+def _decode(path: str):
+    """torchvision's image loader, refusing an undecodable file by name (in a worker too)."""
+    from torchvision.datasets.folder import default_loader
+
+    try:
+        return default_loader(path)
+    except (OSError, ValueError) as err:  # PIL's UnidentifiedImageError and truncated files are OSErrors
+        raise DataError(f"cannot decode image {path}: {err}") from None
 
 
 def _rgb(image: Tensor) -> Tensor:

@@ -11,6 +11,7 @@ fixed size whatever the number of tokens, so the same model runs at any input si
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 from collections.abc import Callable
@@ -20,6 +21,7 @@ from typing import Any
 
 import torch
 import yaml
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 import layers
@@ -80,6 +82,7 @@ def train_architecture(
             "init_weights: the architecture has no weights.safetensors to start from "
             "(an exported folder has one for a trial whose weights were kept)"
         )
+    start = read_weights(source.weights) if init_weights else None
     run = {
         # a checkpoint holds the generators' states of the device it was written on
         "device": device.type,
@@ -87,20 +90,22 @@ def train_architecture(
         "arch": arch.to_dict(),
         "training": dataclasses.asdict(training),
         "seed": seed,
+        # what training started from: a run from scratch must not resume one from weights, or back
+        "init_weights": None if start is None else hashlib.sha256(source.weights.read_bytes()).hexdigest(),
     }
     checkpoint, metrics_file = out / "checkpoint.pt", out / "metrics.json"
     state = _own_checkpoint(checkpoint, run)
+    data = load_dataset(data_spec)  # before anything is written: a bad root leaves no folder behind
     out.mkdir(parents=True, exist_ok=True)
     arch.save(out / "arch.yaml")
     training.save(out / "training.yaml")
     torch.manual_seed(seed)
     model = layers.create_model(arch)
-    if init_weights:
-        kept = transferable(model, load_file(str(source.weights)))
+    if start is not None:
+        kept = transferable(model, start)
         model.load_state_dict(kept, strict=False)
         fresh = sorted(set(model.state_dict()) - set(kept))
         log(f"started from {source.weights}" + (f"; new for this data set: {', '.join(fresh)}" if fresh else ""))
-    data = load_dataset(data_spec)
     trainer = Trainer(model, data, training, device, seed=seed)
     curve: list[float] = []
     if state is not None:
@@ -125,6 +130,14 @@ def train_architecture(
     save_file(cpu_weights(model), str(out / "weights.safetensors"))
     metrics_file.write_text(json.dumps(metrics, indent=2))
     return metrics
+
+
+def read_weights(path: Path) -> dict[str, torch.Tensor]:
+    """A safetensors file's tensors, or one line saying the file is not one (a checkpoint.pt, say)."""
+    try:
+        return load_file(str(path))
+    except SafetensorError as err:
+        raise ValueError(f"{path} is not a safetensors weights file: {err}") from None
 
 
 def transferable(model: torch.nn.Module, weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
