@@ -147,12 +147,35 @@ class Driver:
             self.client.retry(lambda: study.set_metric_names(wanted), "name the objectives")
         if not created:
             self._check_same_recipe(self.client.user_attrs())
+            self._check_same_choices()
         self.client.set_study_attr("space", redact(spec.text))
         self.client.set_study_attr("space_file", spec.source)
         self.dashboard = DashboardWriter(self.client, spec, self.results, self.display.log)
         self.client.set_study_attr(STORE_ATTR, str(self.dashboard.folder))
         self.client.before_tell = self.dashboard.before_tell
         self.recovery = Recovery(self.client, self.id, self.display.log)
+
+    def _check_same_choices(self) -> None:
+        """Refuse to go on with a study whose categorical parameters now offer other choices.
+
+        Optuna fixes a parameter's choices at its first trial and refuses any other list, so every
+        trial would fail as it is sampled, and its retries, queued with the old values, after it.
+        """
+        recorded: dict[str, tuple] = {}
+        for trial in self.client.trials():
+            for name, distribution in trial.distributions.items():
+                if isinstance(distribution, optuna.distributions.CategoricalDistribution):
+                    recorded.setdefault(name, tuple(distribution.choices))
+        changes = [
+            f"{p.name}: {list(recorded[p.name])} -> {list(p.choices)}"
+            for p in self.spec.params
+            if p.choices is not None and p.name in recorded and recorded[p.name] != tuple(p.choices)
+        ]
+        if changes:
+            raise StudyMismatch(
+                f"study {self.spec.study.name!r} was searched with other choices ({'; '.join(changes[:3])}): "
+                "Optuna keeps a parameter's choices for the whole study. Use another study name."
+            )
 
     def _check_same_recipe(self, attrs: dict[str, Any]) -> None:
         """Refuse to go on with a study under another training recipe or data set.
@@ -170,6 +193,7 @@ class Driver:
                 ("training", before.training, self.spec.training),
             )
             for key, old, new in _differences(earlier, now)
+            if (section, key) != ("data", "root")  # the same files may sit elsewhere on another machine
         ]
         if changes:
             raise StudyMismatch(

@@ -27,7 +27,7 @@ import contextlib
 import dataclasses
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_type_hints
@@ -220,7 +220,7 @@ class Param:
         return self.hint is int or (isinstance(self.low, int) and isinstance(self.high, int))
 
     def active(self, values: Mapping[str, Any]) -> bool:
-        return all(name in values and values[name] in allowed for name, allowed in self.when)
+        return all(name in values and _one_of(values[name], allowed) for name, allowed in self.when)
 
     def suggest(self, trial: optuna.Trial) -> Any:
         if self.fixed:
@@ -247,9 +247,13 @@ class Param:
     def contains(self, value: Any) -> bool:
         options = self.possible()
         if options is not None:
-            # a float grid point computed elsewhere may differ from ours in its last bits
-            return any(value == o or (isinstance(o, float) and _same_float(value, o)) for o in options)
+            return _one_of(value, options)
         return isinstance(value, (int, float)) and self.low <= value <= self.high
+
+
+def _one_of(value: Any, options: Sequence[Any]) -> bool:
+    # a float grid point computed elsewhere (Optuna's low + k step) may differ from ours in its last bits
+    return any(value == o or (isinstance(o, float) and _same_float(value, o)) for o in options)
 
 
 def _same_float(value: Any, grid_point: float) -> bool:
@@ -627,6 +631,8 @@ def _check_grids(spec: SearchSpec) -> None:
     patches = by_name["patch_size"].possible() if "patch_size" in by_name else (ArchConfig.patch_size,)
     height, width = spec.data_info.img_size
     for patch in patches:
+        if patch < 1:
+            raise ConfigError("space.patch_size", f"must be at least 1, got {patch}")
         # Every configuration with it would be rejected when sampled: with patch_size fixed, all of them.
         if patch > min(height, width):
             where = "space.patch_size" if "patch_size" in by_name else "space"

@@ -63,7 +63,7 @@ def check_storage(url: str) -> None:
     """Refuse an unparsable or unreachable storage without writing anything to it."""
     parsed = _parse(url)
     if parsed.get_backend_name() == "sqlite":
-        _check_sqlite_folder(parsed.database)  # the file is made on opening; nothing to reach
+        _check_sqlite_file(parsed.database)  # the file is made on opening; nothing to reach
         return
     try:
         engine = sqlalchemy.create_engine(url, connect_args={"connect_timeout": 10})
@@ -85,9 +85,12 @@ def check_storage(url: str) -> None:
 _URL_PASSWORD = re.compile(r"(?P<head>\b[A-Za-z][\w+.-]*://[^\s:/@]*:)[^\s@]+(?=@)")
 
 
-def _check_sqlite_folder(database: str | None) -> None:
-    """Refuse an SQLite file whose folder cannot be made or written: opening it would fail only
-    once Ray had started and the data set had loaded."""
+_SQLITE_HEADER = b"SQLite format 3\x00"  # the first bytes of every SQLite 3 file
+
+
+def _check_sqlite_file(database: str | None) -> None:
+    """Refuse an SQLite file whose folder cannot be made or written, or a file that is no SQLite
+    database: opening it would fail only once Ray had started and the data set had loaded."""
     if not database or database == ":memory:":
         return  # refused when opened, before anything is written
     blocking = unwritable_ancestor(Path(database).parent)
@@ -95,6 +98,11 @@ def _check_sqlite_folder(database: str | None) -> None:
         raise StorageError(
             f"cannot make the SQLite database {database!r}: {blocking} is not a folder this user can write"
         )
+    if Path(database).is_file():
+        with open(database, "rb") as file:
+            header = file.read(len(_SQLITE_HEADER))
+        if header and header != _SQLITE_HEADER:  # SQLite takes an empty file for a new database
+            raise StorageError(f"{database!r} is not an SQLite database")
 
 
 def redact(text: str) -> str:
@@ -122,7 +130,7 @@ def open_storage(url: str, *, create: bool = True) -> optuna.storages.RDBStorage
                 _prepare_sqlite(parsed.database, create)
             return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
         except (
-            sqlite3.OperationalError,
+            sqlite3.DatabaseError,  # OperationalError's parent: also a file that is no database
             sqlalchemy.exc.SQLAlchemyError,
             optuna.exceptions.StorageInternalError,
             ImportError,

@@ -110,6 +110,20 @@ def test_an_output_file_that_cannot_be_written_gets_one_line(tmp_path, monkeypat
     assert err.startswith("error: ") and message in err and err.count("\n") == 1, err
 
 
+def test_a_storage_file_that_is_not_a_database_gets_one_line(tmp_path, capsys):
+    """SQLite's DatabaseError is OperationalError's parent, and was not caught: a traceback, after Ray."""
+    from search.storage import StorageError, check_storage
+
+    text = tmp_path / "notes.db"
+    text.write_text("not a database\n")
+    url = f"sqlite:///{text}"
+    with pytest.raises(StorageError, match=r"notes\.db' is not an SQLite database"):
+        check_storage(url)  # what search run checks before it starts Ray
+    assert main(["report", "--study", "s", "--storage", url]) == 2
+    err = capsys.readouterr().err
+    assert "file is not a database" in err and err.count("\n") == 1, err
+
+
 def test_a_port_out_of_range_is_a_usage_error(tmp_path, capsys):
     """Python's resolver wrapped port 70000 to 4464, so the check passed and the server crashed."""
     with pytest.raises(SystemExit) as exit_:

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import optuna
 import pytest
-from conftest import counted, fake_search, load_study, sqlite_url, write_space
+from conftest import TINY_SPACE, counted, fake_search, load_study, sqlite_url, write_space
+from test_data import write_imagefolder
 
 from search.cli import main
 from search.records import COMPLETE, FAILED, PRUNED, REJECTED, TrialRecord
@@ -173,6 +174,33 @@ def test_a_study_is_not_resumed_with_another_recipe(tmp_path, capsys):
     space.write_text(space.read_text().replace("epochs: 1", "epochs: 3"))
     assert run_cli(space, tmp_path) == 2
     assert "was searched with another recipe (training.epochs: 1 -> 3)" in capsys.readouterr().err
+
+
+def test_a_study_is_not_resumed_with_other_choices(tmp_path, capsys):
+    """Optuna refuses a categorical parameter's new choices: every later run crashed in a traceback,
+    leaving a trial running and a retry queued that crashed the next run the same way."""
+    space = write_space(tmp_path, trials={"count": 1, "parallel": 1}, training={"epochs": 1})
+    fake_search(space, tmp_path / "results")
+    narrower = {**TINY_SPACE, "mixer": {"choices": ["dynamic", "attention"]}}
+    write_space(tmp_path, trials={"count": 2, "parallel": 1}, training={"epochs": 1}, space=narrower)
+    assert run_cli(space, tmp_path) == 2
+    err = capsys.readouterr().err
+    assert "was searched with other choices (mixer: ['dynamic', 'attention', 'static'] -> " in err, err
+
+
+def test_a_moved_data_folder_does_not_block_resuming(tmp_path):
+    """data.root was compared with the recipe: a data set moved, or mounted elsewhere, was refused."""
+    from search.driver import Driver
+    from search.space import load_space
+
+    folder = tmp_path / "images"
+    write_imagefolder(folder)
+    data = {"name": "imagefolder", "root": str(folder), "img_size": 8, "val_fraction": 0.25}
+    space = write_space(tmp_path, data=data)
+    Driver(load_space(space), results=tmp_path / "results").open()  # creates the study, records the space
+    folder.rename(tmp_path / "moved")
+    write_space(tmp_path, data={**data, "root": str(tmp_path / "moved")})
+    Driver(load_space(space), results=tmp_path / "results").open()  # refused before
 
 
 def test_rungs_follow_each_trials_own_epochs(tmp_path):

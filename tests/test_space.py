@@ -152,6 +152,18 @@ def test_yaml_1_1_exponents_are_read_as_numbers(tmp_path):
     assert spec.training.lr == 1e-3 and spec.params[1].low == 1e-4
 
 
+def test_a_condition_on_a_stepped_float_matches_the_grid_point_optuna_gives(tmp_path):
+    """Optuna gives 0.1 + 2 x 0.1 = 0.30000000000000004: a condition on 0.3 loaded, then never held."""
+    path = tmp_path / "space.yaml"
+    path.write_text(
+        "study: {name: s}\n"
+        "space: {patch_size: 4, drop_path_rate: {low: 0.1, high: 0.5, step: 0.1},"
+        " drop_path_branches: {choices: [both, mlp], when: {drop_path_rate: [0.3]}}}\n"
+    )
+    (branches,) = [p for p in load_space(path).params if p.name == "drop_path_branches"]
+    assert branches.active({"drop_path_rate": 0.1 + 2 * 0.1}) and not branches.active({"drop_path_rate": 0.4})
+
+
 def test_searched_values_are_read_as_the_training_section_reads_them(tmp_path):
     """A value in space: is coerced exactly as the same value in training: would be."""
     path = tmp_path / "space.yaml"
