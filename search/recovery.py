@@ -44,6 +44,8 @@ class Recovery:
         self._last_beat = self._last_reconcile = 0.0
         #: When this driver first saw each claimed trial without its driver's name (monotonic).
         self._unnamed_since: dict[int, float] = {}
+        #: Each other driver's last heartbeat value, and when this driver first saw it (monotonic).
+        self._beat_seen: dict[str, tuple[float, float]] = {}
 
     # ------------------------------------------------------------------ heartbeats
     def beat(self, force: bool = False) -> None:
@@ -69,11 +71,29 @@ class Recovery:
             if time.monotonic() - first_seen >= DEAD_AFTER_S:
                 return False
             return any(
-                _beating(beat)
+                self._beating(key, beat)
                 for key, beat in beats.items()
                 if key.startswith(beat_key("")) and key != beat_key(self.driver_id)
             )
-        return _beating(beats.get(beat_key(driver)))
+        return self._beating(beat_key(driver), beats.get(beat_key(driver)))
+
+    def _beating(self, key: str, beat: dict[str, Any] | None) -> bool:
+        """Whether the driver that wrote this heartbeat may still be running.
+
+        A beat is stamped with its host's clock. On this host that clock is ours, and the process
+        can be asked directly. Another host's clock may run minutes behind ours: its driver is
+        presumed dead only once its beat is old by its stamp and has also stayed unchanged for as
+        long on this driver's own clock.
+        """
+        if not beat:
+            return False
+        stale_by_stamp = time.time() - beat["beat"] > DEAD_AFTER_S
+        if beat["host"] == socket.gethostname():
+            return not stale_by_stamp and _pid_alive(beat["pid"])
+        value, since = self._beat_seen.get(key, (None, 0.0))
+        if value != beat["beat"]:
+            value, since = self._beat_seen[key] = (beat["beat"], time.monotonic())
+        return not stale_by_stamp or time.monotonic() - since < DEAD_AFTER_S
 
     # ------------------------------------------------------------------ settling
     def reconcile_now_and_then(self) -> None:
@@ -110,13 +130,6 @@ class Recovery:
             carry = {k: frozen.user_attrs[k] for k in ("reference", "seed") if k in frozen.user_attrs}
             self.client.enqueue(optuna_adapter.queued_params(frozen), {**carry, "retry_of": number})
         self.client.tell(number, status, None)
-
-
-def _beating(beat: dict[str, Any] | None) -> bool:
-    """Whether the driver that wrote this heartbeat may still be running."""
-    if not beat or time.time() - beat["beat"] > DEAD_AFTER_S:
-        return False
-    return _pid_alive(beat["pid"]) if beat["host"] == socket.gethostname() else True
 
 
 def _pid_alive(pid: int) -> bool:

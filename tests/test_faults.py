@@ -508,6 +508,30 @@ def test_a_driver_silent_through_an_outage_it_rides_out_is_not_presumed_dead(tmp
     assert driver.client.study.trials[0].state == optuna.trial.TrialState.RUNNING and waiting(driver.client.study) == 0
 
 
+def test_a_live_driver_on_a_host_whose_clock_runs_behind_is_not_presumed_dead(tmp_path, monkeypatch):
+    """Its beats were read against this host's clock: 200 s behind, a driver beating every 10 s
+    looked silent, and its running trial was failed as stale and run twice."""
+    import search.recovery as recovery_module
+
+    driver = idle_driver(tmp_path)
+    trial = driver.client.study.ask({"mixer": optuna.distributions.CategoricalDistribution(["static"])})
+    trial.set_user_attr("driver", "other")
+    trial.set_user_attr("status", RUNNING)
+
+    def beat_200_s_behind() -> None:
+        beat = {"host": "elsewhere", "pid": 1, "beat": time.time() - 200.0}
+        driver.client.study.set_user_attr(recovery_module.beat_key("other"), beat)
+
+    monkeypatch.setattr(recovery_module, "DEAD_AFTER_S", 0.5)
+    for _ in range(3):  # it keeps beating
+        beat_200_s_behind()
+        driver.recovery.reconcile()
+        assert waiting(driver.client.study) == 0
+        time.sleep(0.6)
+    driver.recovery.reconcile()  # silent since its last beat, as timed here: gone
+    assert waiting(driver.client.study) == 1
+
+
 @pytest.mark.usefixtures("session_ray")
 def test_a_driver_restarted_while_a_dead_one_still_seems_alive_completes_the_count(tmp_path, monkeypatch):
     """Restarted on another machine before the dead driver's heartbeat went stale, a driver counted
