@@ -124,14 +124,16 @@ class Display:
         if self.live_view is not None:
             self.live_view.update(self.render(snapshot), refresh=True)
 
-    def stop(self, snapshot: Snapshot) -> None:
+    def stop(self, snapshot: Snapshot | None) -> None:
+        """End the view with the last ``snapshot``, or as it stands where there is none to read."""
         if self.live_view is not None:
-            self.live_view.update(self.render(snapshot), refresh=True)
+            if snapshot is not None:
+                self.live_view.update(self.render(snapshot), refresh=True)
             self.live_view.stop()
             self.live_view = None
             if not self.console.is_terminal:  # rich ends the view's last line on a terminal only
                 self.console.line()
-        else:
+        elif snapshot is not None:
             c = snapshot.counts
             self.log(
                 f"finished: {c[COMPLETE]} complete, {c[PRUNED]} pruned, {c[FAILED]} failed, "

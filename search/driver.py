@@ -44,7 +44,7 @@ from .recovery import Recovery
 from .references import reference_params
 from .samplers import create_sampler, trial_seed
 from .space import RecordedSettings, SearchSpec, budget_constraints, over_budget
-from .storage import check_storage, masked, redact
+from .storage import StorageError, check_storage, masked, redact
 from .study_client import StudyClient
 from .training.segment import SegmentJob, run_segment
 from .training.trainer import TrainSpec
@@ -218,7 +218,7 @@ class Driver:
         records.results_dir(self.results, spec.study.name).mkdir(parents=True, exist_ok=True)
         self.recovery.beat(force=True)
         self.recovery.reconcile()
-        interrupted, waiting, shown = False, False, 0.0
+        interrupted, storage_lost, waiting, shown = False, False, False, 0.0
         self.display.start(spec)
         self.display.log(shipped)
         try:
@@ -245,9 +245,15 @@ class Driver:
         except KeyboardInterrupt:
             interrupted = True
             self._interrupt()
+        except StorageError:
+            storage_lost = True
+            raise
         finally:
-            self.display.stop(self._snapshot())
-            self._finish_weights()
+            # Past the outage patience, a last view would read the database again, wait as long once
+            # more, and replace the error the user needs with its own.
+            self.display.stop(None if storage_lost else self._snapshot())
+            if not storage_lost:
+                self._finish_weights()
         self.dashboard.run_ended(publish=not interrupted)
         if interrupted:
             raise KeyboardInterrupt

@@ -168,6 +168,9 @@ def _created_alongside(err: BaseException) -> bool:
 
 
 def _first_line(err: BaseException) -> str:
+    """The database's own words: Optuna's wrapper says only that a commit failed, and why it might."""
+    while isinstance(err, optuna.exceptions.StorageInternalError) and err.__cause__ is not None:
+        err = err.__cause__
     return str(getattr(err, "orig", None) or err).strip().splitlines()[0]
 
 

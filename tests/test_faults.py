@@ -431,6 +431,47 @@ def idle_driver(tmp_path: Path, space: dict = UNREFERENCED_SPACE):
     return driver
 
 
+def test_a_database_lost_past_the_patience_stops_the_driver_with_its_first_error(tmp_path, monkeypatch):
+    """Ending the view read the trials once more: a second wait of the whole patience, whose error,
+    about reading the trials, replaced the one that had stopped the run."""
+    from search.driver import Driver
+    from search.space import load_space
+    from search.storage import StorageError
+    from search.study_client import StudyClient
+
+    driver = Driver(load_space(write_space(tmp_path, space=UNREFERENCED_SPACE)), results=tmp_path / "results")
+    lost = StorageError("the database did not come back within 120 s while trying to record a trial: gone")
+
+    reads, read_before = [], []
+
+    def collect(timeout: float) -> None:
+        read_before.append(len(reads))
+        raise lost
+
+    monkeypatch.setattr(driver, "_collect", collect)
+    monkeypatch.setattr(StudyClient, "records", lambda self: reads.append(1) or [])
+    with pytest.raises(StorageError, match="while trying to record a trial: gone"):
+        driver._run("shipped")
+    assert len(reads) == read_before[0]  # nothing read once the database was lost
+
+
+def test_an_outage_is_reported_in_the_databases_own_words():
+    """Optuna's wrapper said only that a commit failed, "e.g. exceeding max length", on every line."""
+    import sqlalchemy.exc
+
+    from search.storage import StorageError, with_retries
+
+    def commit() -> None:
+        cause = Exception('database "search" is not currently accepting connections')
+        try:
+            raise sqlalchemy.exc.OperationalError("COMMIT", {}, cause)
+        except sqlalchemy.exc.OperationalError as err:
+            raise optuna.exceptions.StorageInternalError("An exception is raised during the commit.") from err
+
+    with pytest.raises(StorageError, match='record a trial: database "search" is not currently accepting'):
+        with_retries(commit, "record a trial", patience_s=0.0)
+
+
 def test_a_run_that_fails_once_the_study_exists_leaves_its_references_queued(tmp_path, monkeypatch):
     """The references were queued only by the run that created the study, after steps that could
     fail: the run after such a failure found the study made and never queued them."""
