@@ -30,6 +30,11 @@ from optuna.trial import FrozenTrial, TrialState
 #: Internal to Optuna (``Trial`` reads it back as ``_fixed_params``); pinned by a test.
 FIXED_PARAMS_KEY = "fixed_params"
 
+#: Where a trial's constraints are kept: ``FrozenTrial.set_constraint`` writes constraint <name> as
+#: the system attribute "constraints:<name>", a ``constraints_func`` its list as "constraints".
+#: Internal to Optuna (``FrozenTrial.constraints`` reads both back); pinned by a test.
+CONSTRAINTS_KEY = "constraints"
+
 #: Where ``optuna.artifacts.upload_artifact`` records an artifact: a system attribute of its trial
 #: or study named this prefix + the artifact's id, holding its ``ArtifactMeta`` as JSON.
 ARTIFACT_KEY_PREFIX = "artifacts:"
@@ -112,6 +117,18 @@ class SamplerView:
     @property
     def trials(self) -> list[FrozenTrial]:
         return self.get_trials()
+
+
+def without_constraints(trial: FrozenTrial) -> FrozenTrial:
+    """A copy of ``trial`` carrying no constraints. Optuna has no call that removes one, and GP
+    fails unless every complete trial it reads carries the same constraints (none, unasked)."""
+    shown = copy.copy(trial)
+    shown.system_attrs = {
+        key: value
+        for key, value in trial.system_attrs.items()
+        if key != CONSTRAINTS_KEY and not key.startswith(f"{CONSTRAINTS_KEY}:")
+    }
+    return shown
 
 
 def note_handle(study: optuna.Study, trial_id: int) -> optuna.Trial:

@@ -13,6 +13,9 @@ trials) is the default. Two things are added around every sampler:
   (``early_stopping.estimate_final_accuracy``) and its real costs. This view exists only for the
   sampler: the study, the fronts, the plots and the hypervolume never see the estimate.
   Rejected trials stay PRUNED with their constraints, which is how TPE learns infeasibility.
+  NSGA-II and GP read neither PRUNED trials nor, unasked, constraints: they are shown a rejected
+  trial as complete with the worst accuracy, its real costs and the slowest latency seen, or GP
+  would propose the same configurations over the budget again and again.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from layers import Registry
 
 from . import records
 from .early_stopping import estimate_final_accuracy
-from .optuna_adapter import SamplerView
+from .optuna_adapter import SamplerView, without_constraints
 
 SAMPLERS: Registry = Registry("sampler")
 #: Trial seeds are study_seed * SEED_STRIDE + trial number: a prime, so that the trials of two
@@ -128,14 +131,39 @@ def seen_by_sampler(study: optuna.Study, trials: list[FrozenTrial]) -> list[Froz
     return seen
 
 
+def rejected_as_worst(study: optuna.Study, trials: list[FrozenTrial]) -> list[FrozenTrial]:
+    """``trials`` with every rejected one that was costed turned complete: accuracy 0 at its costs."""
+    objectives = list(study.metric_names or [])
+    slowest = max((t.user_attrs.get("latency_ms") or 0.0 for t in trials), default=0.0)
+    seen = []
+    for trial in trials:
+        record = records.TrialRecord.from_frozen(trial)
+        if record.status != records.REJECTED or record.gmacs is None or not objectives:
+            seen.append(trial)  # an invalid combination was never costed: nothing to show
+            continue
+        shown = without_constraints(trial)  # what they learn from is its values
+        shown.state = TrialState.COMPLETE
+        shown.values = records.objective_values(
+            objectives, accuracy=0.0, gmacs=record.gmacs, mparams=record.mparams, latency_ms=slowest
+        )
+        seen.append(shown)
+    return seen
+
+
 class PartialResultsSampler(optuna.samplers.BaseSampler):
-    """Any sampler, reading the study through ``seen_by_sampler``."""
+    """Any sampler, reading the study through ``seen_by_sampler`` (and, unless it reads PRUNED
+    trials and their constraints as TPE does, ``rejected_as_worst``)."""
 
     def __init__(self, base: optuna.samplers.BaseSampler):
         self.base = base
+        self.reads_rejections = isinstance(base, optuna.samplers.TPESampler)
 
     def _view(self, study: optuna.Study) -> SamplerView:
-        return SamplerView(study, seen_by_sampler)
+        def view(study: optuna.Study, trials: list[FrozenTrial]) -> list[FrozenTrial]:
+            seen = seen_by_sampler(study, trials)
+            return seen if self.reads_rejections else rejected_as_worst(study, seen)
+
+        return SamplerView(study, view)
 
     def infer_relative_search_space(self, study, trial):
         return self.base.infer_relative_search_space(self._view(study), trial)

@@ -36,6 +36,14 @@ def test_enqueued_parameters_live_in_the_fixed_params_system_attribute(study):
     assert study.trials[0].system_attrs[optuna_adapter.FIXED_PARAMS_KEY] == {"mixer": "static"}
 
 
+def test_constraints_live_in_system_attributes_a_copy_can_leave_out():
+    trial = optuna.trial.create_trial(params={}, distributions={}, values=[1.0])
+    trial.set_constraint("max_gmacs", 2.0)
+    assert set(trial.system_attrs) == {f"{optuna_adapter.CONSTRAINTS_KEY}:max_gmacs"}
+    shown = optuna_adapter.without_constraints(trial)
+    assert shown.constraints == {} and trial.constraints == {"max_gmacs": 2.0}
+
+
 def test_a_trial_handle_suggests_its_queued_parameters(study, ids):
     """``Trial`` reads its fixed parameters from that attribute: a claimed reference stays itself."""
     study.enqueue_trial({"mixer": "static"})

@@ -65,6 +65,19 @@ def test_a_rejected_trial_stays_pruned_and_infeasible():
     assert shown.state == TrialState.PRUNED and shown.constraints == {"max_gmacs": 1.25}
 
 
+@pytest.mark.parametrize(("name", "state"), [("tpe", TrialState.PRUNED), ("nsga2", "worst"), ("gp", "worst")])
+def test_samplers_that_ignore_pruned_trials_see_a_rejected_one_as_the_worst(name, state):
+    """GP and NSGA-II read no PRUNED trial: under a tight budget GP proposed the same rejected
+    configurations for 200 trials in a row and the study ended short of its count."""
+    study = study_with(complete(0.1, [0.5, 0.6]), rejected(0.9))
+    shown = create_sampler(name, 0, {})._view(study).get_trials(deepcopy=False)[-1]
+    if state == "worst":
+        assert shown.state == TrialState.COMPLETE and shown.values == [0.0, 9.0]  # no accuracy, its real cost
+        assert shown.constraints == {}  # GP fails unless every trial it reads carries the same ones
+    else:
+        assert shown.state == state and shown.constraints == {"max_gmacs": 1.25}
+
+
 @pytest.mark.parametrize("name", ["tpe", "nsga2", "gp", "random"])
 def test_every_sampler_samples_through_the_view(name):
     study = study_with(*(complete(i / 10, [i / 20, i / 10]) for i in range(6)), stopped(0.95, [0.4]), rejected(0.99))
