@@ -114,10 +114,32 @@ def _check_reachable(address: str, timeout: float = 5.0) -> None:
     if not host or not port:
         raise ClusterError(f"cannot parse Ray address {address!r}: expected host:port or ray://host:port")
     try:
-        with socket.create_connection((host, port), timeout=timeout):
-            pass
+        with socket.create_connection((host, port), timeout=timeout) as connection:
+            speaks_grpc = os.environ.get("RAY_USE_TLS", "0").lower() in ("1", "true") or _answers_http2(connection)
     except OSError as err:
         raise ClusterError(f"cannot reach the Ray cluster at {address}: {err.strerror or err}") from None
+    if not speaks_grpc:  # ray.init would wait for ever on, say, the dashboard's port or a database's
+        raise ClusterError(
+            f"{address} answers, but not as Ray: give the head node's GCS address (port 6379 unless "
+            "`ray start --head --port` said otherwise) or ray://host:10001 for Ray Client"
+        )
+
+
+#: An HTTP/2 client's opening: the preface, then an empty SETTINGS frame (RFC 9113, section 3.4).
+_HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])
+
+
+def _answers_http2(connection: socket.socket) -> bool:
+    """Whether the server speaks HTTP/2, as Ray's GCS and Ray Client (gRPC) do: it opens with a
+    SETTINGS frame (type 4, stream 0); anything else answers otherwise or hangs up."""
+    connection.sendall(_HTTP2_PREFACE)
+    head = b""
+    while len(head) < 9:
+        chunk = connection.recv(9 - len(head))
+        if not chunk:
+            return False
+        head += chunk
+    return head[3] == 4 and head[5:9] == bytes(4)
 
 
 @contextlib.contextmanager

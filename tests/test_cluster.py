@@ -300,6 +300,25 @@ def test_an_address_is_checked_where_this_process_already_runs_ray(cluster):
         ray.shutdown()
 
 
+def test_an_address_where_something_else_than_ray_listens_is_refused_at_once():
+    """ray.init waited for ever on an open port that was not Ray's (the dashboard's, a database's)."""
+    import socket
+
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+
+        def answer_as_http_1() -> None:
+            connection, _ = server.accept()
+            with connection:
+                connection.sendall(b"HTTP/1.1 400 Bad Request\r\n\r\n")
+
+        threading.Thread(target=answer_as_http_1, daemon=True).start()
+        address = f"127.0.0.1:{server.getsockname()[1]}"
+        with pytest.raises(search_cluster.ClusterError, match=f"{address} answers, but not as Ray: give the head"):
+            search_cluster.connect(address, cpus=1, gpus=0)
+
+
 def test_the_attempt_number_counts_retries(cluster):
     """Pins ``ray_adapter.attempt_number``: a task whose first run dies reads 1 in its second."""
     from search import ray_adapter
