@@ -627,15 +627,22 @@ class Driver:
             signal.signal(signal.SIGINT, signal.default_int_handler)
 
     def _finish_weights(self) -> None:
-        """keep_weights: front removes the weights of trials the front no longer holds."""
+        """keep_weights: front removes the weights of settled trials the front does not hold.
+
+        A trial still running may be another driver's on this results folder, with its weights
+        saved and its outcome not yet told: it may yet join the front, and that driver cleans up
+        after it at its own end.
+        """
         if self.spec.keep_weights != "front":
             return
         folder = records.weights_dir(self.results, self.spec.study.name)
         if not folder.exists():
             return
-        on_front = {r.number for r in records.pareto_front(self.client.records(), self.spec.directions)}
+        all_records = self.client.records()
+        kept = {r.number for r in records.pareto_front(all_records, self.spec.directions)}
+        kept |= {r.number for r in all_records if r.state == optuna.trial.TrialState.RUNNING.name}
         for path in folder.glob("trial_*.safetensors"):
-            if int(path.stem.removeprefix("trial_")) not in on_front:
+            if int(path.stem.removeprefix("trial_")) not in kept:
                 path.unlink()
 
     def _snapshot(self) -> Snapshot:

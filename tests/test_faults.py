@@ -455,6 +455,24 @@ def test_a_database_lost_past_the_patience_stops_the_driver_with_its_first_error
     assert len(reads) == read_before[0]  # nothing read once the database was lost
 
 
+def test_a_driver_ending_keeps_the_weights_of_a_trial_another_driver_has_not_yet_told(tmp_path):
+    """With two drivers on one results folder, the first to end deleted the weights the other had
+    just saved for a trial it was about to tell: off the front as yet, and on it a moment later."""
+    from search.records import weights_dir
+
+    driver = idle_driver(tmp_path)
+    study = driver.client.study
+    study.tell(study.ask(), [0.9, 0.001])  # the front
+    study.tell(study.ask(), [0.1, 0.002])  # dominated: its weights go
+    study.ask()  # the other driver's, saved, not yet told
+    folder = weights_dir(driver.results, driver.spec.study.name)
+    folder.mkdir(parents=True)
+    for number in range(3):
+        (folder / f"trial_{number:05d}.safetensors").write_bytes(b"")
+    driver._finish_weights()
+    assert sorted(p.name for p in folder.iterdir()) == ["trial_00000.safetensors", "trial_00002.safetensors"]
+
+
 def test_an_outage_is_reported_in_the_databases_own_words():
     """Optuna's wrapper said only that a commit failed, "e.g. exceeding max length", on every line."""
     import sqlalchemy.exc
