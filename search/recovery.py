@@ -42,10 +42,9 @@ class Recovery:
     def __init__(self, client: StudyClient, driver_id: str, log: Callable[[str], None]):
         self.client, self.driver_id, self.log = client, driver_id, log
         self._last_beat = self._last_reconcile = 0.0
-        #: When this driver first saw each claimed trial without its driver's name (monotonic).
-        self._unnamed_since: dict[int, float] = {}
-        #: Each other driver's last heartbeat value, and when this driver first saw it (monotonic).
-        self._beat_seen: dict[str, tuple[float, float]] = {}
+        #: What this driver last saw of a thing it watches (a claim unnamed, another host's beat),
+        #: and since when on its own monotonic clock: other hosts' clocks are not comparable to it.
+        self._seen: dict[Any, tuple[Any, float]] = {}
 
     # ------------------------------------------------------------------ heartbeats
     def beat(self, force: bool = False) -> None:
@@ -67,8 +66,7 @@ class Recovery:
             # the trial was claimed by one that died in between, and nobody will ever finish it.
             # How long it has stayed unnamed is timed on this driver's clock: the claim's own time
             # is the claiming host's naive local time, hours off for a host in another time zone.
-            first_seen = self._unnamed_since.setdefault(trial.number, time.monotonic())
-            if time.monotonic() - first_seen >= DEAD_AFTER_S:
+            if self._unchanged_for(("unnamed", trial.number), None) >= DEAD_AFTER_S:
                 return False
             return any(
                 self._beating(key, beat)
@@ -90,10 +88,14 @@ class Recovery:
         stale_by_stamp = time.time() - beat["beat"] > DEAD_AFTER_S
         if beat["host"] == socket.gethostname():
             return not stale_by_stamp and _pid_alive(beat["pid"])
-        value, since = self._beat_seen.get(key, (None, 0.0))
-        if value != beat["beat"]:
-            value, since = self._beat_seen[key] = (beat["beat"], time.monotonic())
-        return not stale_by_stamp or time.monotonic() - since < DEAD_AFTER_S
+        return not stale_by_stamp or self._unchanged_for(key, beat["beat"]) < DEAD_AFTER_S
+
+    def _unchanged_for(self, key: Any, value: Any) -> float:
+        """Seconds, on this driver's clock, since it first saw ``key`` hold ``value`` (0 if new)."""
+        seen = self._seen.get(key)
+        if seen is None or seen[0] != value:
+            seen = self._seen[key] = (value, time.monotonic())
+        return time.monotonic() - seen[1]
 
     # ------------------------------------------------------------------ settling
     def reconcile_now_and_then(self) -> None:
