@@ -2,8 +2,9 @@
 
 A dataclass opts in by calling ``coerce_fields(self)`` in ``__post_init__``: mappings given for
 nested dataclass fields are built recursively, lists become tuples, integers (and numeric strings,
-which YAML 1.1 produces for ``1e-3``) become floats where a float is expected, and every field is
-then type-checked. Errors carry the dotted key path of the offending value.
+which YAML 1.1 produces for ``1e-3``) become floats where a float is expected, whole numbers written
+as floats or such strings (``4e5``) become integers where an integer is expected, and every field
+is then type-checked. Errors carry the dotted key path of the offending value.
 """
 
 from __future__ import annotations
@@ -80,6 +81,12 @@ def _coerce(value: Any, hint: Any, path: str) -> Any:
         if len(element_hints) == len(value):
             return tuple(_coerce(v, h, f"{path}[{i}]") for i, (v, h) in enumerate(zip(value, element_hints)))
         return tuple(value)
+    if hint is int and isinstance(value, (float, str)):
+        try:  # `4e5` (a string in YAML 1.1) and 4.0e5 spell a whole number
+            number = float(value)
+        except ValueError:
+            return value
+        return int(number) if number.is_integer() else value
     if hint is float and not isinstance(value, bool):
         if isinstance(value, int):
             return float(value)

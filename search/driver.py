@@ -43,7 +43,7 @@ from .early_stopping import RungResult, decide, rung_field
 from .recovery import Recovery
 from .references import reference_params
 from .samplers import create_sampler, trial_seed
-from .space import RecordedSettings, SearchSpec, budget_constraints, over_budget
+from .space import RecordedSettings, SearchSpec, budget_constraints, describe_sampling, over_budget, sampled_as
 from .storage import StorageError, check_storage, masked, redact
 from .study_client import StudyClient
 from .training.segment import SegmentJob, run_segment
@@ -147,7 +147,7 @@ class Driver:
             self.client.retry(lambda: study.set_metric_names(wanted), "name the objectives")
         if not created:
             self._check_same_recipe(self.client.user_attrs())
-            self._check_same_choices()
+            self._check_same_sampling()
         self.client.set_study_attr("space", redact(spec.text))
         self.client.set_study_attr("space_file", spec.source)
         self.dashboard = DashboardWriter(self.client, spec, self.results, self.display.log)
@@ -155,26 +155,26 @@ class Driver:
         self.client.before_tell = self.dashboard.before_tell
         self.recovery = Recovery(self.client, self.id, self.display.log)
 
-    def _check_same_choices(self) -> None:
-        """Refuse to go on with a study whose categorical parameters now offer other choices.
+    def _check_same_sampling(self) -> None:
+        """Refuse to go on with a study whose parameters are now sampled otherwise than Optuna allows.
 
-        Optuna fixes a parameter's choices at its first trial and refuses any other list, so every
-        trial would fail as it is sampled, and its retries, queued with the old values, after it.
+        Optuna fixes a parameter's choices, or its range's kind (integer or float) and scale, at its
+        first trial and refuses any other, so every trial would fail as it is sampled, and its
+        retries, queued with the old values, after it. Bounds and steps may change.
         """
         recorded: dict[str, tuple] = {}
         for trial in self.client.trials():
             for name, distribution in trial.distributions.items():
-                if isinstance(distribution, optuna.distributions.CategoricalDistribution):
-                    recorded.setdefault(name, tuple(distribution.choices))
+                recorded.setdefault(name, sampled_as(distribution))
         changes = [
-            f"{p.name}: {list(recorded[p.name])} -> {list(p.choices)}"
+            f"{p.name}: {describe_sampling(recorded[p.name])} -> {describe_sampling(p.sampled_as())}"
             for p in self.spec.params
-            if p.choices is not None and p.name in recorded and recorded[p.name] != tuple(p.choices)
+            if not p.fixed and p.name in recorded and recorded[p.name] != p.sampled_as()
         ]
         if changes:
             raise StudyMismatch(
-                f"study {self.spec.study.name!r} was searched with other choices ({'; '.join(changes[:3])}): "
-                "Optuna keeps a parameter's choices for the whole study. Use another study name."
+                f"study {self.spec.study.name!r} was sampled otherwise ({'; '.join(changes[:3])}): Optuna keeps "
+                "a parameter's choices, or its range's kind and scale, for the whole study. Use another study name."
             )
 
     def _check_same_recipe(self, attrs: dict[str, Any]) -> None:

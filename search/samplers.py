@@ -44,13 +44,19 @@ SEED_RANGE = 2**32
 
 @SAMPLERS.register("tpe")
 def tpe(seed: int | None, options: dict[str, Any]) -> optuna.samplers.BaseSampler:
-    settings = {"multivariate": True, "group": True, "constant_liar": True, "n_startup_trials": 10, **options}
-    return optuna.samplers.TPESampler(seed=seed, **settings)
+    return optuna.samplers.TPESampler(seed=seed, **{**_DEFAULTS["tpe"], **options})
+
+
+#: Options the project sets where Optuna's defaults differ, by sampler (a user's options win).
+_DEFAULTS: dict[str, dict[str, Any]] = {
+    "tpe": {"multivariate": True, "group": True, "constant_liar": True, "n_startup_trials": 10},
+    "nsga2": {"population_size": 16},
+}
 
 
 @SAMPLERS.register("nsga2")
 def nsga2(seed: int | None, options: dict[str, Any]) -> optuna.samplers.BaseSampler:
-    return optuna.samplers.NSGAIISampler(seed=seed, **{"population_size": 16, **options})
+    return optuna.samplers.NSGAIISampler(seed=seed, **{**_DEFAULTS["nsga2"], **options})
 
 
 @SAMPLERS.register("random")
@@ -79,25 +85,37 @@ def create_sampler(name: str, seed: int | None, options: dict[str, Any]) -> optu
             raise ValueError(f"sampler {name!r}: bad option ({err})") from None
 
 
+#: Options that count the trials of a sampler's start-up (TPE's and GP's random trials) or of its
+#: first generation (NSGA-II's).
+_STARTUP_COUNTS = ("n_startup_trials", "population_size")
+#: The most start-up trials the options check runs: past a few, a longer start-up only delays
+#: the same code (a probe's trials cost time quadratic in their number).
+PROBE_STARTUP = 10
+
+
 def check_options(name: str, options: dict[str, Any]) -> None:
     """Raise ValueError unless the sampler runs with ``options``, past its start-up.
 
     Optuna stores most options unchecked (TPE's ``gamma: 0.2``, a string for a count), so a bad
     one would first fail at the trial that uses it, mid-run. The sampler is run instead on a small
     in-memory study of one float and one categorical parameter, for as many trials as its
-    start-up or first generation takes, and two more.
+    start-up or first generation takes (at most ``PROBE_STARTUP``: a longer one is shortened for
+    the check), and two more.
     """
-    sampler = create_sampler(name, 0, options)
+    probe, trials = dict(options), PROBE_STARTUP + 2
+    for key, value in {**_DEFAULTS.get(name, {}), **options}.items():
+        # Only a whole number is shortened: any other value is the sampler's to refuse, at once.
+        if key in _STARTUP_COUNTS and isinstance(value, int) and not isinstance(value, bool):
+            if value > PROBE_STARTUP:
+                probe[key] = value = PROBE_STARTUP
+            trials = value + 2
+    sampler = create_sampler(name, 0, probe)
     verbosity = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "new study created" line for a probe
     try:
         study = optuna.create_study(sampler=sampler, directions=["maximize", "minimize"])
     finally:
         optuna.logging.set_verbosity(verbosity)
-    try:
-        trials = int(options.get("n_startup_trials", options.get("population_size", 10))) + 2
-    except (TypeError, ValueError):
-        trials = 12  # an unreadable count: the sampler fails on it within its start-up
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

@@ -54,10 +54,12 @@ from layers import (
 from .defaults import DEFAULT_STORAGE
 from .early_stopping import rung_epochs
 from .samplers import SAMPLERS, check_options
-from .training.data import DataError, DataInfo, DataSpec, describe
+from .training.data import DataError, DataInfo, DataSpec, check_reads, describe
 from .training.trainer import TrainSpec
 
-OBJECTIVES = ("accuracy", "gmacs", "params", "latency")
+#: Each objective and the one direction in which it is better: the report, the front and the
+#: samplers' view of rejected trials (accuracy 0 is the worst) all read them so.
+OBJECTIVES = {"accuracy": "maximize", "gmacs": "minimize", "params": "minimize", "latency": "minimize"}
 DIRECTIONS = ("maximize", "minimize")
 KEEP_WEIGHTS = ("front", "all", "none")
 # Set by the data set, never by the space.
@@ -231,6 +233,12 @@ class Param:
             return trial.suggest_int(self.name, int(self.low), int(self.high), step=int(self.step or 1), log=self.log)
         return trial.suggest_float(self.name, self.low, self.high, step=self.step, log=self.log)
 
+    def sampled_as(self) -> tuple:
+        """What Optuna fixes for the whole study at the first trial that samples it: see ``sampled_as``."""
+        if self.choices is not None:
+            return ("choices", self.choices)
+        return ("integer" if self.is_int else "float", self.log)
+
     def possible(self) -> tuple | None:
         """All values it can take, or None for a continuous range."""
         if self.fixed:
@@ -249,6 +257,23 @@ class Param:
         if options is not None:
             return _one_of(value, options)
         return isinstance(value, (int, float)) and self.low <= value <= self.high
+
+
+def sampled_as(distribution: optuna.distributions.BaseDistribution) -> tuple:
+    """What of a parameter's distribution Optuna keeps for a whole study, refusing any other later:
+    a categorical's choices, or a range's kind (integer or float) and scale (log or not)."""
+    if isinstance(distribution, optuna.distributions.CategoricalDistribution):
+        return ("choices", tuple(distribution.choices))
+    kind = "integer" if isinstance(distribution, optuna.distributions.IntDistribution) else "float"
+    return (kind, distribution.log)
+
+
+def describe_sampling(shape: tuple) -> str:
+    """``sampled_as``'s tuple in words."""
+    kind, detail = shape
+    if kind == "choices":
+        return f"choices {list(detail)}"
+    return f"{'a log-scale' if detail else 'a linear'} {kind} range"
 
 
 def _one_of(value: Any, options: Sequence[Any]) -> bool:
@@ -328,12 +353,14 @@ class RecordedSettings:
 
     @classmethod
     def of(cls, data: Mapping[str, Any]) -> RecordedSettings:
-        stopping = data.get("early_stopping", {})
+        stopping = data.get("early_stopping")
         return cls(
-            build(DataSpec, data.get("data") or {}, "data"),
-            build(TrainSpec, data.get("training") or {}, "training"),
-            build(BudgetSection, data.get("budget") or {}, "budget"),
-            None if stopping is False else build(EarlyStoppingSection, stopping or {}, "early_stopping"),
+            build(DataSpec, section(data, "data"), "data"),
+            build(TrainSpec, section(data, "training"), "training"),
+            build(BudgetSection, section(data, "budget"), "budget"),
+            None
+            if stopping is False
+            else build(EarlyStoppingSection, section(data, "early_stopping"), "early_stopping"),
         )
 
     @classmethod
@@ -379,6 +406,16 @@ class UniqueKeyLoader(yaml.SafeLoader):
                     raise DuplicateKey(key, seen[key], line)
                 seen[key] = line
         return super().construct_mapping(node, deep)
+
+
+def section(data: Mapping[str, Any], name: str) -> Any:
+    """A section's mapping: empty when the section is absent or left blank (``training:``).
+
+    Anything else is passed on as written, for ``build`` to refuse when it is not a mapping: a
+    ``budget: false`` or ``early_stopping: 0`` must not quietly stand for the defaults.
+    """
+    value = data.get(name)
+    return {} if value is None else value
 
 
 def load_space(path: str | Path, *, storage: str | None = None, artifacts: str | None = None) -> SearchSpec:
@@ -427,13 +464,17 @@ def _parse(source: str, text: str, data: dict, storage: str | None, artifacts: s
         study = dataclasses.replace(study, storage=storage)
     if artifacts:
         study = dataclasses.replace(study, artifacts=artifacts)
-    data_spec = build(DataSpec, data.get("data") or {}, "data")
+    data_spec = build(DataSpec, section(data, "data"), "data")
     try:
         info = describe(data_spec)
     except DataError as err:  # every DataError is about the folder the data is read from
         raise ConfigError("data.root", str(err)) from None
     except ValueError as err:  # the registry refusing an unknown data set name
         raise ConfigError("data.name", str(err)) from None
+    try:
+        check_reads(data_spec)
+    except ConfigError as err:
+        raise ConfigError(join("data", err.path), err.reason) from None
     recorded = RecordedSettings.of(data)
     keep = data.get("keep_weights", "front")
     if keep not in KEEP_WEIGHTS:
@@ -449,10 +490,10 @@ def _parse(source: str, text: str, data: dict, storage: str | None, artifacts: s
         training=recorded.training,
         objectives=_objectives(data.get("objectives", {"accuracy": "maximize", "gmacs": "minimize"})),
         budget=recorded.budget,
-        trials=build(TrialsSection, data.get("trials") or {}, "trials"),
+        trials=build(TrialsSection, section(data, "trials"), "trials"),
         sampler=sampler,
         early_stopping=recorded.early_stopping,
-        resources=build(ResourcesSection, data.get("resources") or {}, "resources"),
+        resources=build(ResourcesSection, section(data, "resources"), "resources"),
         keep_weights=keep,
         params=_params(data["space"]),
     )
@@ -471,6 +512,10 @@ def _objectives(raw: Any) -> tuple[Objective, ...]:
             raise ConfigError(f"objectives.{name}", unknown_name_message("objective", name, list(OBJECTIVES)))
         if direction not in DIRECTIONS:
             raise ConfigError(f"objectives.{name}", unknown_name_message("direction", direction, list(DIRECTIONS)))
+        if direction != OBJECTIVES[name]:
+            raise ConfigError(
+                f"objectives.{name}", f"{name} is only ever searched to {OBJECTIVES[name]}, not {direction}"
+            )
         out.append(Objective(name, direction))
     return tuple(out)
 
@@ -495,9 +540,10 @@ def _params(raw: Any) -> tuple[Param, ...]:
         if name not in hints:
             raise ConfigError(path, unknown_name_message("parameter", name, sorted(hints)))
         params[name] = _param(name, spec, hints[name], path)
-    for param in params.values():
+    for name, param in params.items():
+        when = []
         for ref, allowed in param.when:
-            where = f"space.{param.name}.when.{ref}"
+            where = f"space.{name}.when.{ref}"
             if ref not in params:
                 raise ConfigError(
                     where,
@@ -506,9 +552,13 @@ def _params(raw: Any) -> tuple[Param, ...]:
             possible = params[ref].possible()
             if possible is None:  # a continuous value would meet the condition almost never
                 raise ConfigError(where, f"{ref!r} is continuous: a condition needs choices or a stepped range")
+            # read as the parameter's own values are: `1e-3` is a number there, so here too
+            allowed = tuple(coerce_value(v, params[ref].hint, where) for v in allowed)
             impossible = [v for v in allowed if not params[ref].contains(v)]
             if impossible:
                 raise ConfigError(where, f"{impossible[0]!r} is not a value {ref!r} can take ({list(possible)})")
+            when.append((ref, allowed))
+        params[name] = dataclasses.replace(param, when=tuple(when))
     return tuple(_ordered(params))
 
 
@@ -558,10 +608,7 @@ def _param(name: str, spec: Any, hint: Any, path: str) -> Param:
     for key in ("low", "high"):
         if key not in spec:
             raise ConfigError(path, "a range needs both low: and high:")
-        value = spec[key]
-        if isinstance(value, str):
-            with contextlib.suppress(ValueError):  # left as it is, and refused just below
-                value = float(value)
+        value = _number(spec[key])
         if (
             isinstance(value, bool)
             or not isinstance(value, (int, float))
@@ -572,15 +619,17 @@ def _param(name: str, spec: Any, hint: Any, path: str) -> Param:
                 join(path, key), f"expected {'an integer' if numeric is int else 'a number'}, got {spec[key]!r}"
             )
         spec = {**spec, key: numeric(value)}
-    low, high, log, step = spec["low"], spec["high"], spec.get("log", False), spec.get("step")
+    low, high, log, step = spec["low"], spec["high"], spec.get("log", False), _number(spec.get("step"))
     if not isinstance(log, bool):
         raise ConfigError(join(path, "log"), f"expected true or false, got {log!r}")
     if low > high:
         raise ConfigError(path, f"low ({low}) is greater than high ({high})")
     if log and low <= 0:
         raise ConfigError(join(path, "low"), f"a log range must stay above 0, got low = {low}")
-    if step is not None and (isinstance(step, bool) or not isinstance(step, (int, float)) or step <= 0):
-        raise ConfigError(join(path, "step"), f"expected a positive number, got {step!r}")
+    if step is not None and (
+        isinstance(step, bool) or not isinstance(step, (int, float)) or not math.isfinite(step) or step <= 0
+    ):
+        raise ConfigError(join(path, "step"), f"expected a positive number, got {spec['step']!r}")
     if step is not None and log:
         raise ConfigError(join(path, "step"), "a log range cannot have a step")
     if step is not None and numeric is int:
@@ -588,6 +637,14 @@ def _param(name: str, spec: Any, hint: Any, path: str) -> Param:
             raise ConfigError(join(path, "step"), f"an integer range takes a whole-number step, got {step!r}")
         step = int(step)
     return Param(name, numeric, low=low, high=high, log=log, step=step, when=when)
+
+
+def _number(value: Any) -> Any:
+    """A numeric string as the float it spells (YAML 1.1 reads ``1e-3`` as a string); else ``value``."""
+    if isinstance(value, str):
+        with contextlib.suppress(ValueError):  # left as it is, for the caller to refuse
+            return float(value)
+    return value
 
 
 def _when(raw: Any, path: str) -> tuple[tuple[str, tuple], ...]:
@@ -624,11 +681,22 @@ def _ordered(params: dict[str, Param]) -> list[Param]:
     return list(done.values())
 
 
+def _taken(param: Param | None, default: Any) -> tuple[tuple, bool]:
+    """The values a config field takes in a space's configurations, and whether its default is
+    one of them: where no parameter sets the field, or where its parameter's condition fails."""
+    if param is None:
+        return (default,), True
+    possible = param.possible()
+    if not param.when:
+        return possible, False
+    return (None if possible is None else (*possible, default)), True
+
+
 def _check_grids(spec: SearchSpec) -> None:
     """Refuse a patch larger than the data set's images, and a context pool that is larger than
-    every token grid the space can produce."""
+    every token grid the space can produce; a default counts where it stands in for a parameter."""
     by_name = {p.name: p for p in spec.params}
-    patches = by_name["patch_size"].possible() if "patch_size" in by_name else (ArchConfig.patch_size,)
+    patches, default_patch = _taken(by_name.get("patch_size"), ArchConfig.patch_size)
     height, width = spec.data_info.img_size
     for patch in patches:
         if patch < 1:
@@ -636,24 +704,44 @@ def _check_grids(spec: SearchSpec) -> None:
         # Every configuration with it would be rejected when sampled: with patch_size fixed, all of them.
         if patch > min(height, width):
             where = "space.patch_size" if "patch_size" in by_name else "space"
-            given = "" if "patch_size" in by_name else " (the default: set patch_size)"
+            given = _as_default("patch_size", by_name) if default_patch and patch == ArchConfig.patch_size else ""
             raise ConfigError(where, f"a patch of {patch}{given} is larger than the data set's {height}x{width} images")
-    pool_param = by_name.get("dynamic.pool")
+    mixers, _ = _taken(by_name.get("mixer"), ArchConfig.mixer)
     predictor = by_name.get("dynamic.linear_predictor")
-    if pool_param is None or pool_param.possible() is None:
+    predictors, _ = _taken(predictor, DynamicConfig.linear_predictor)
+    if "dynamic" not in mixers or all(LINEAR_PREDICTORS.parse(v)[0].global_context for v in predictors):
+        return  # no dynamic layer, or every predictor ignores the pool
+    pool_param = by_name.get("dynamic.pool")
+    pools, _ = _taken(pool_param, DynamicConfig.pool)
+    if pools is None:
         return
-    if predictor is not None and all(LINEAR_PREDICTORS.parse(v)[0].global_context for v in predictor.possible()):
-        return  # every predictor ignores the pool
+    # A pool parameter whose condition holds for every dynamic mixer leaves the default to the others.
+    if pool_param is not None and pool_param.when and _holds_for_dynamic(pool_param):
+        pools = pool_param.possible()
     largest_side = max(min(height // p, width // p) for p in patches)
-    for pool in pool_param.possible():
+    for pool in pools:
         extent = pool_extent(pool)
         if extent is not None and extent > largest_side:
+            given = (
+                "" if pool in (pool_param.possible() if pool_param else ()) else _as_default("dynamic.pool", by_name)
+            )
             raise ConfigError(
-                "space.dynamic.pool",
-                f"{pool!r} needs a token grid of at least {extent}x{extent}, "
+                "space.dynamic.pool" if pool_param else "space",
+                f"{pool!r}{given} needs a token grid of at least {extent}x{extent}, "
                 f"but the largest this space makes is {largest_side} tokens on its "
                 f"short side ({height}x{width} input, patch {min(patches)})",
             )
+
+
+def _holds_for_dynamic(param: Param) -> bool:
+    """Whether ``param``'s condition reads the mixer alone and holds whenever it is dynamic."""
+    return all(ref == "mixer" for ref, _ in param.when) and all(_one_of("dynamic", a) for _, a in param.when)
+
+
+def _as_default(name: str, by_name: dict[str, Param]) -> str:
+    if name in by_name:
+        return f" (the default, which applies where {name}'s condition does not hold)"
+    return f" (the default: set {name})"
 
 
 def _check_single_values(spec: SearchSpec) -> None:

@@ -120,3 +120,15 @@ def test_checking_sampler_options_logs_nothing(caplog):
     finally:
         optuna.logging.disable_propagation()
     assert caplog.records == []
+
+
+@pytest.mark.parametrize("name, key", [("tpe", "n_startup_trials"), ("nsga2", "population_size")])
+def test_the_options_check_shortens_a_long_start_up(monkeypatch, name, key):
+    """A start-up of 2000 trials was probed in full: 29 s of loading, and hours for larger counts."""
+    from search import samplers
+
+    built = []
+    real = samplers.create_sampler
+    monkeypatch.setattr(samplers, "create_sampler", lambda *args: built.append(args[2]) or real(*args))
+    samplers.check_options(name, {key: 2000})
+    assert built == [{key: samplers.PROBE_STARTUP}]

@@ -176,16 +176,25 @@ def test_a_study_is_not_resumed_with_another_recipe(tmp_path, capsys):
     assert "was searched with another recipe (training.epochs: 1 -> 3)" in capsys.readouterr().err
 
 
-def test_a_study_is_not_resumed_with_other_choices(tmp_path, capsys):
-    """Optuna refuses a categorical parameter's new choices: every later run crashed in a traceback,
-    leaving a trial running and a retry queued that crashed the next run the same way."""
+@pytest.mark.parametrize(
+    "changed, said",
+    [
+        ({"mixer": {"choices": ["dynamic", "attention"]}}, "mixer: choices ['dynamic', 'attention', 'static'] -> "),
+        # a range turned into choices, or put on a log scale, crashed in Optuna at the first sample
+        ({"depth": {"choices": [2, 3]}}, "depth: a linear integer range -> choices [2, 3]"),
+        ({"depth": {"low": 2, "high": 3, "log": True}}, "depth: a linear integer range -> a log-scale integer range"),
+    ],
+)
+def test_a_study_is_not_resumed_with_other_sampling(tmp_path, capsys, changed, said):
+    """Optuna refuses a categorical parameter's new choices, and a range's new kind or scale: every
+    later run crashed in a traceback, leaving a trial running and a retry queued that crashed the
+    next run the same way."""
     space = write_space(tmp_path, trials={"count": 1, "parallel": 1}, training={"epochs": 1})
     fake_search(space, tmp_path / "results")
-    narrower = {**TINY_SPACE, "mixer": {"choices": ["dynamic", "attention"]}}
-    write_space(tmp_path, trials={"count": 2, "parallel": 1}, training={"epochs": 1}, space=narrower)
+    write_space(tmp_path, trials={"count": 2, "parallel": 1}, training={"epochs": 1}, space={**TINY_SPACE, **changed})
     assert run_cli(space, tmp_path) == 2
     err = capsys.readouterr().err
-    assert "was searched with other choices (mixer: ['dynamic', 'attention', 'static'] -> " in err, err
+    assert f"was sampled otherwise ({said}" in err, err
 
 
 def test_a_moved_data_folder_does_not_block_resuming(tmp_path):

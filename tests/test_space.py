@@ -152,6 +152,19 @@ def test_yaml_1_1_exponents_are_read_as_numbers(tmp_path):
     assert spec.training.lr == 1e-3 and spec.params[1].low == 1e-4
 
 
+def test_yaml_1_1_exponents_are_numbers_in_steps_conditions_and_counts_too(tmp_path):
+    """`step: 1e-3` and a condition on `1e-3` were refused as strings, `max_params: 4e7` as no integer."""
+    path = tmp_path / "space.yaml"
+    path.write_text(
+        "study: {name: s}\nbudget: {max_params: 4e7}\n"
+        "space: {patch_size: 4, training.lr: {choices: [1e-3, 3e-3]},"
+        " training.weight_decay: {low: 1e-3, high: 1e-2, step: 1e-3, when: {training.lr: 1e-3}}}\n"
+    )
+    spec = load_space(path)
+    (decay,) = [p for p in spec.params if p.name == "training.weight_decay"]
+    assert decay.step == 1e-3 and decay.when == (("training.lr", (1e-3,)),) and spec.budget.max_params == 40_000_000
+
+
 def test_a_condition_on_a_stepped_float_matches_the_grid_point_optuna_gives(tmp_path):
     """Optuna gives 0.1 + 2 x 0.1 = 0.30000000000000004: a condition on 0.3 loaded, then never held."""
     path = tmp_path / "space.yaml"

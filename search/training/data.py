@@ -85,11 +85,16 @@ class DataInfo:
     num_classes: int
 
 
+#: DataSpec keys that only some data sets read; every data set reads the others (the split's).
+SOURCE_KEYS = ("root", "img_size", "pairs")
+
+
 @dataclass(frozen=True)
 class DataSource:
     info: Callable[[DataSpec], DataInfo]
     load: Callable[[DataSpec], Dataset]
     needs_root: bool = False
+    reads: tuple[str, ...] = ()  # which of SOURCE_KEYS it reads
 
 
 @dataclass
@@ -239,6 +244,16 @@ def describe(spec: DataSpec) -> DataInfo:
         if not Path(spec.root).expanduser().is_dir():
             raise DataError(f"data set root {spec.root!r} does not exist or is not a folder")
     return source.info(spec)
+
+
+def check_reads(spec: DataSpec) -> None:
+    """Refuse a key set for a data set that does not read it: ``img_size`` given to cifar10 or a
+    ``root`` to digits would otherwise be ignored without a word."""
+    source, _ = DATASETS.parse(spec.name)
+    for key in SOURCE_KEYS:
+        if key not in source.reads and getattr(spec, key) != _DEFAULT_SPEC[key]:
+            readers = [name for name in DATASETS.names() if key in DATASETS.parse(name)[0].reads]
+            raise ConfigError(key, f"data set {spec.name!r} does not read {key} (only {', '.join(readers)} do)")
 
 
 def split_indices(n: int, val_fraction: float, seed: int) -> tuple[Tensor, Tensor]:
@@ -580,10 +595,17 @@ def _imagefolder_info(spec: DataSpec) -> DataInfo:
 _IMAGENET_MEAN, _IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 DATASETS.register("digits")(DataSource(lambda spec: DataInfo((8, 8), 1, 10), load_digits))
-DATASETS.register("digit-pairs")(DataSource(lambda spec: DataInfo(PAIR_CANVAS, 1, 10), load_digit_pairs))
-DATASETS.register("cifar10")(DataSource(lambda spec: DataInfo((32, 32), 3, 10), lambda spec: _cifar(spec, 10), True))
-DATASETS.register("cifar100")(DataSource(lambda spec: DataInfo((32, 32), 3, 100), lambda spec: _cifar(spec, 100), True))
-DATASETS.register("imagefolder")(DataSource(_imagefolder_info, load_imagefolder, True))
+DATASETS.register("digit-pairs")(
+    DataSource(lambda spec: DataInfo(PAIR_CANVAS, 1, 10), load_digit_pairs, reads=("pairs",))
+)
+DATASETS.register("cifar10")(
+    DataSource(lambda spec: DataInfo((32, 32), 3, 10), lambda spec: _cifar(spec, 10), True, reads=("root",))
+)
+DATASETS.register("cifar100")(
+    DataSource(lambda spec: DataInfo((32, 32), 3, 100), lambda spec: _cifar(spec, 100), True, reads=("root",))
+)
+DATASETS.register("imagefolder")(DataSource(_imagefolder_info, load_imagefolder, True, reads=("root", "img_size")))
 # Both read local files; fashion-mnist has a default folder, so it does not need data.root.
-DATASETS.register("fashion-mnist")(DataSource(FASHION_MNIST.info, FASHION_MNIST.load))
-DATASETS.register("mnist")(DataSource(MNIST.info, MNIST.load, True))
+DATASETS.register("fashion-mnist")(DataSource(FASHION_MNIST.info, FASHION_MNIST.load, reads=("root",)))
+DATASETS.register("mnist")(DataSource(MNIST.info, MNIST.load, True, reads=("root",)))
+_DEFAULT_SPEC = dataclasses.asdict(DataSpec())
