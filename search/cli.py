@@ -30,6 +30,13 @@ if TYPE_CHECKING:  # the commands import what they use: --help stays light
     from .training.data import DataSpec
 
 EXIT_OK, EXIT_USAGE, EXIT_INTERRUPTED = 0, 2, 130  # an unexpected error exits with Python's 1
+#: What Ctrl-C leaves behind, by command (after "interrupted").
+INTERRUPTED = {
+    "run": ": running trials were recorded as interrupted; run the same command again to resume",
+    "train": ": the last finished epoch is in the training folder's checkpoint; run the same command again to resume",
+}
+#: `search train`'s flags for the data keys they set.
+DATA_FLAGS = {"root": "data-root", "img_size": "img-size"}
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}
 
 
@@ -276,7 +283,7 @@ def results(args: argparse.Namespace) -> int:
 
 @command("export")
 def export(args: argparse.Namespace) -> int:
-    from .records import check_writable, directions, records
+    from .records import check_writable, directions, holds_results_of, records
     from .results.export import ExportError, select
     from .results.export import export as write_exports
     from .storage import masked
@@ -287,18 +294,17 @@ def export(args: argparse.Namespace) -> int:
         chosen = select(records(study), directions(study), pareto=args.pareto, top=args.top, trial=args.trial)
     except ExportError as err:
         return _usage_error(err)
-    for folder in write_exports(
-        study, chosen, Path(args.out), results=Path(args.results), storage_label=masked(args.storage)
-    ):
+    results = Path(args.results)
+    missing = "none kept" if holds_results_of(results, study) else "another study of this name keeps its own"
+    for folder in write_exports(study, chosen, Path(args.out), results=results, storage_label=masked(args.storage)):
         kept = (folder / "weights.safetensors").exists()
-        print(folder if kept else f"{folder} (no weights: none kept under {args.results})")
+        print(folder if kept else f"{folder} (no weights: {missing} under {args.results})")
     return EXIT_OK
 
 
 @command("train")
 def train(args: argparse.Namespace) -> int:
     import dataclasses
-    import pickle
 
     from .records import FolderError, check_writable
     from .training.data import DataError
@@ -315,8 +321,15 @@ def train(args: argparse.Namespace) -> int:
             for k, v in (("epochs", args.epochs), ("batch_size", args.batch_size), ("lr", args.lr))
             if v is not None
         }
-        out = Path(args.out) if args.out else Path(DEFAULT_RESULTS) / "train" / Path(args.arch).stem
+        # resolved: `--arch .` in an exported folder has no name of its own
+        out = Path(args.out) if args.out else Path(DEFAULT_RESULTS) / "train" / Path(args.arch).resolve().stem
         check_writable(out, "the training folder")
+        arch_folder = Path(args.arch) if Path(args.arch).is_dir() else Path(args.arch).parent
+        if out.resolve() == arch_folder.resolve():
+            raise ValueError(
+                f"--out {out} is where the architecture is read from: training would overwrite its arch.yaml "
+                "and weights; give another --out"
+            )
         metrics = train_architecture(
             source,
             data,
@@ -329,10 +342,6 @@ def train(args: argparse.Namespace) -> int:
         )
     except (FileNotFoundError, DataError, ValueError, FolderError) as err:
         return _usage_error(err)
-    except pickle.UnpicklingError as err:
-        return _usage_error(
-            f"refusing to load the checkpoint: it holds more than tensors and numbers ({str(err).splitlines()[0]})"
-        )
     print(json.dumps(metrics))
     return EXIT_OK
 
@@ -364,7 +373,9 @@ def _train_data(args: argparse.Namespace, searched: DataSpec | None) -> DataSpec
     """
     import dataclasses
 
-    from .training.data import DataSpec
+    from layers import ConfigError
+
+    from .training.data import DataSpec, check_reads
 
     if args.dataset is None and searched is None:
         raise ValueError(f"--dataset is needed: {args.arch} is not an exported folder with a data.yaml")
@@ -379,7 +390,12 @@ def _train_data(args: argparse.Namespace, searched: DataSpec | None) -> DataSpec
         )
         if value is not None
     }
-    return dataclasses.replace(base, train_subset=None, **changes)
+    spec = dataclasses.replace(base, train_subset=None, **changes)
+    try:
+        check_reads(spec)
+    except ConfigError as err:  # only a flag can set what the data set does not read
+        raise ValueError(f"--{DATA_FLAGS.get(err.path, err.path)}: {err.reason}") from None
+    return spec
 
 
 @command("erf")
@@ -478,8 +494,5 @@ def main(argv: list[str] | None = None) -> int:
     except (SpaceError, StorageError, FolderError) as err:
         return _usage_error(err)
     except KeyboardInterrupt:
-        print(
-            "interrupted: running trials were recorded as interrupted; run the same command again to resume",
-            file=sys.stderr,
-        )
+        print(f"interrupted{INTERRUPTED.get(args.command, '')}", file=sys.stderr)
         return EXIT_INTERRUPTED

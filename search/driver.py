@@ -148,12 +148,32 @@ class Driver:
         if not created:
             self._check_same_recipe(self.client.user_attrs())
             self._check_same_sampling()
+        self._claim_results_folder()
         self.client.set_study_attr("space", redact(spec.text))
         self.client.set_study_attr("space_file", spec.source)
         self.dashboard = DashboardWriter(self.client, spec, self.results, self.display.log)
         self.client.set_study_attr(STORE_ATTR, str(self.dashboard.folder))
         self.client.before_tell = self.dashboard.before_tell
         self.recovery = Recovery(self.client, self.id, self.display.log)
+
+    def _claim_results_folder(self) -> None:
+        """Refuse results/<name>/ where another study of this name (in another storage) keeps its
+        results: trial numbers would share one weights folder, and each run's clean-up would delete
+        the other's weights or write over them."""
+        name = self.spec.study.name
+        uid = self.client.user_attrs().get(records.STUDY_UID)
+        if uid is None:  # a new study, or one made before studies had one
+            self.client.set_study_attr(records.STUDY_UID, uuid.uuid4().hex)
+            uid = self.client.user_attrs()[records.STUDY_UID]
+        owner = records.results_owner(self.results, name)
+        if owner is None:
+            records.claim_results(self.results, name, uid, masked(self.spec.study.storage))
+        elif owner != uid:
+            folder = records.results_dir(self.results, name)
+            raise StudyMismatch(
+                f"{folder}/ holds the results of another study named {name!r} (see its {records.OWNER_FILE}): "
+                "use another --results folder or study name"
+            )
 
     def _check_same_sampling(self) -> None:
         """Refuse to go on with a study whose parameters are now sampled otherwise than Optuna allows.

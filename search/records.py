@@ -153,6 +153,29 @@ def results_dir(root: Path, study_name: str) -> Path:
     return root / study_name
 
 
+#: The study attribute that tells apart two studies of one name (in two storages), and the file
+#: in their results folder, results/<name>/, that says which of them the folder holds.
+STUDY_UID, OWNER_FILE = "study_uid", "study.uid"
+
+
+def results_owner(root: Path, study_name: str) -> str | None:
+    """The uid of the study whose results folder this is, None where no run has claimed it yet."""
+    path = results_dir(root, study_name) / OWNER_FILE
+    return path.read_text().split("\n", 1)[0].strip() if path.is_file() else None
+
+
+def claim_results(root: Path, study_name: str, uid: str, storage_label: str) -> None:
+    folder = results_dir(root, study_name)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / OWNER_FILE).write_text(f"{uid}\nthe results of study {study_name!r} in {storage_label}\n")
+
+
+def holds_results_of(root: Path, study: optuna.Study) -> bool:
+    """Whether results/<name>/ is this study's: its weights then belong to this study's trials."""
+    owner = results_owner(root, study.study_name)
+    return owner is None or owner == study.user_attrs.get(STUDY_UID)
+
+
 class FolderError(RuntimeError):
     """A folder a run would write into (results, artifact store) that cannot be made or written."""
 

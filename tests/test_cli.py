@@ -197,13 +197,20 @@ def test_an_erf_over_no_images_is_a_usage_error(tiny_arch, tmp_path, capsys):
         (["--dataset", "digits", "--device", "cuda:64"], "--device 'cuda:64': this machine has"),
         (["--dataset", "digits", "--arch", "malformed.yaml"], "malformed.yaml: not valid YAML"),
         ([], "--dataset is needed"),  # a bare architecture YAML says nothing of its data
+        # ignored without a word: digits trained at 8x8
+        (["--dataset", "digits", "--img-size", "16"], "--img-size: data set 'digits' does not read img_size"),
+        (["--dataset", "digits", "--arch", "binary.yaml"], "binary.yaml: not a text file"),  # was a bare codec error
+        (["--dataset", "digits", "--arch", "string.yaml"], "string.yaml: expected a mapping"),  # named no file
     ],
 )
 def test_bad_train_inputs_get_one_line_and_exit_code_2(tiny_arch, tmp_path, capsys, extra, message):
     (tmp_path / "malformed.yaml").write_text("embed_dim: [16\n")
+    (tmp_path / "binary.yaml").write_bytes(b"\xf0\x9f\x00\xff" * 8)
+    (tmp_path / "string.yaml").write_text("just a string\n")
     out = tmp_path / "trained"
     args = ["train", "--arch", str(tiny_arch), "--epochs", "1", *extra, "--out", str(out)]
-    assert main([a if a != "malformed.yaml" else str(tmp_path / a) for a in args]) == 2
+    named = ("malformed.yaml", "binary.yaml", "string.yaml")
+    assert main([str(tmp_path / a) if a in named else a for a in args]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1 and message in err, err
     assert not out.exists()
@@ -305,6 +312,54 @@ def test_a_training_folder_that_cannot_be_made_or_data_that_does_not_load_writes
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1, err
     assert not out.exists()
+
+
+def test_training_into_the_folder_it_reads_is_refused(tiny_arch, tmp_path, capsys):
+    """``--out`` the exported folder overwrote its arch.yaml and weights, and the model card no longer held."""
+    before = tiny_arch.read_text()
+    assert (
+        main(["train", "--arch", str(tiny_arch), "--dataset", "digits", "--epochs", "1", "--out", str(tmp_path)]) == 2
+    )
+    err = capsys.readouterr().err
+    assert "is where the architecture is read from" in err and err.count("\n") == 1, err
+    assert tiny_arch.read_text() == before and not (tmp_path / "checkpoint.pt").exists()
+
+
+def test_training_the_folder_it_runs_in_names_its_results_after_it(tiny_arch, tmp_path, monkeypatch):
+    """``--arch .`` has no name: every such run trained straight into results/train/."""
+    folder = tmp_path / "trial_00004"
+    folder.mkdir()
+    shutil.copy(tiny_arch, folder / "arch.yaml")
+    monkeypatch.chdir(folder)
+    assert main(["train", "--arch", ".", "--dataset", "digits", "--epochs", "1"]) == 0
+    assert (folder / "results" / "train" / "trial_00004" / "weights.safetensors").exists()
+
+
+@pytest.mark.parametrize("damage", [b"x\n", None], ids=["not a checkpoint", "truncated"])
+def test_a_damaged_checkpoint_gets_one_line(tiny_arch, tmp_path, capsys, damage):
+    """A truncated checkpoint gave a traceback; a text file was said to hold more than tensors."""
+    args = ["train", "--arch", str(tiny_arch), "--dataset", "digits", "--epochs", "1", "--out", str(tmp_path / "run")]
+    assert main(args) == 0
+    checkpoint = tmp_path / "run" / "checkpoint.pt"
+    checkpoint.write_bytes(damage if damage is not None else checkpoint.read_bytes()[:1000])
+    capsys.readouterr()
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "checkpoint.pt is damaged or not a checkpoint" in err and err.count("\n") == 1, err
+
+
+def test_ctrl_c_during_training_says_how_training_resumes(tiny_arch, tmp_path, monkeypatch, capsys):
+    """It printed the search's message, about trials that do not exist here."""
+    import search.training.full
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(search.training.full, "train_architecture", interrupted)
+    args = ["train", "--arch", str(tiny_arch), "--dataset", "digits", "--epochs", "1", "--out", str(tmp_path / "run")]
+    assert main(args) == 130
+    err = capsys.readouterr().err
+    assert err.startswith("interrupted: the last finished epoch is in") and "trials" not in err, err
 
 
 def test_init_weights_without_weights_is_refused(tiny_arch, tmp_path, capsys):

@@ -164,6 +164,34 @@ def test_export_builds_back_with_timm_and_gives_the_same_outputs(searched, tmp_p
     assert main(["export", *study_args(searched), "--trial", "99", "--out", str(tmp_path / "none")]) == 2
 
 
+def test_an_export_onto_a_file_is_refused_before_any_trial_is_written(searched, tmp_path, capsys):
+    """A file named like the second trial's folder gave a traceback after the first was written."""
+    out = tmp_path / "top"
+    out.mkdir()
+    assert main(["export", *study_args(searched), "--top", "2", "--out", str(tmp_path / "probe")]) == 0
+    second = sorted(p.name for p in (tmp_path / "probe").iterdir())[1]
+    (out / second).write_text("")
+    capsys.readouterr()
+    assert main(["export", *study_args(searched), "--top", "2", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: cannot make an export folder") and err.count("\n") == 1, err
+    assert [p.name for p in out.iterdir()] == [second]
+
+
+def test_the_card_of_a_trial_that_never_trained_claims_no_latency_or_time():
+    """A rejected trial's card said "0.000 ms on None" and "0.0 s" of training."""
+    from search.records import REJECTED
+    from search.results.export import Provenance, model_card
+    from search.training.trainer import TrainSpec
+
+    recipe = TrainSpec(epochs=4)
+    provenance = Provenance("tiny", "sqlite:///s.db", "tiny.yaml", ["accuracy", "gmacs"], DataSpec(), recipe)
+    record = TrialRecord(number=4, state="PRUNED", status=REJECTED, params={}, values=None, mparams=9.0, gmacs=2.0)
+    record.arch = layers.ArchConfig().to_dict()
+    card = model_card(provenance, record, recipe, has_weights=False)
+    assert "| latency | not measured |" in card and "| training wall time | did not train |" in card
+
+
 def test_a_pruned_trials_card_says_how_long_it_trained_and_keeps_its_table_whole():
     """A trial pruned after 2 of 4 epochs was said to be trained for 4; with no values, a blank line
     split its table in two."""

@@ -233,3 +233,30 @@ def test_rungs_follow_each_trials_own_epochs(tmp_path):
     assert stops(10) == [1, 2, 4, 8, 10]
     assert stops(5) == [1, 2, 4, 5]
     assert stops(12) == [1, 2, 4, 8, 12]
+
+
+def test_two_studies_of_one_name_never_share_a_results_folder(tmp_path, capsys):
+    """In two storages, they shared results/<name>/weights/: the second run's clean-up deleted the
+    first's weights and wrote over others, and an export then gave a trial another model's."""
+    from search.driver import StudyMismatch
+    from search.records import weights_path
+
+    results = tmp_path / "results"
+    spaces = []
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        spaces.append(write_space(tmp_path / name, trials={"count": 1, "parallel": 1}, training={"epochs": 1}))
+    fake_search(spaces[0], results)
+    with pytest.raises(StudyMismatch, match="holds the results of another study named 'tiny'"):
+        fake_search(spaces[1], results)
+    fake_search(spaces[0], results)  # its own folder: it resumes
+    fake_search(spaces[1], tmp_path / "elsewhere")
+    theirs = weights_path(results, "tiny", 0)
+    theirs.parent.mkdir(parents=True, exist_ok=True)
+    theirs.write_bytes(b"the first study's trial 0")
+    out = tmp_path / "export"
+    study = ["--study", "tiny", "--storage", sqlite_url(tmp_path / "b"), "--results", str(results)]
+    capsys.readouterr()
+    assert main(["export", *study, "--trial", "0", "--out", str(out)]) == 0
+    assert not (out / "trial_00000" / "weights.safetensors").exists()
+    assert "(no weights: another study of this name keeps its own under" in capsys.readouterr().out

@@ -18,7 +18,7 @@ import optuna
 
 from layers import ArchConfig
 
-from ..records import COMPLETE, TrialRecord, pareto_front, weights_path
+from ..records import COMPLETE, TrialRecord, check_writable, holds_results_of, pareto_front, weights_path
 from ..space import RecordedSettings
 from ..training.data import DataSpec
 from ..training.trainer import TrainSpec
@@ -82,21 +82,23 @@ def export(
     study: optuna.Study, chosen: Sequence[TrialRecord], out: Path, *, results: Path, storage_label: str
 ) -> list[Path]:
     provenance = Provenance.of(study, storage_label)
-    folders = []
-    for record in chosen:
-        folder = out / f"trial_{record.number:05d}"
+    own = holds_results_of(results, study)  # else the weights there are another study's trials'
+
+    folders = [out / f"trial_{record.number:05d}" for record in chosen]
+    for folder in folders:  # all checked before any is written: a clash must not leave half an export
+        check_writable(folder, "an export folder")
+    for record, folder in zip(chosen, folders, strict=True):
         folder.mkdir(parents=True, exist_ok=True)
         ArchConfig.from_dict(record.arch).save(folder / "arch.yaml")
         training = dataclasses.replace(provenance.base_training, **record.training)
         training.save(folder / "training.yaml")
         provenance.data.save(folder / "data.yaml")
         weights, kept = weights_path(results, study.study_name, record.number), folder / "weights.safetensors"
-        if weights.exists():
+        if own and weights.exists():
             shutil.copyfile(weights, kept)
         else:  # an earlier export into this folder left another model's; train and erf would load it
             kept.unlink(missing_ok=True)
-        (folder / "README.md").write_text(model_card(provenance, record, training, weights.exists()))
-        folders.append(folder)
+        (folder / "README.md").write_text(model_card(provenance, record, training, kept.exists()))
     return folders
 
 
@@ -104,6 +106,15 @@ def _epochs_trained(record: TrialRecord, training: TrainSpec) -> str:
     """The epochs it was trained for: early stopping ends a trial before the recipe's last one."""
     done = len(record.curve)
     return f"{done} epochs" if done == training.epochs else f"{done} of the recipe's {training.epochs} epochs"
+
+
+def _latency(record: TrialRecord) -> str:
+    # a trial rejected before training, or lost before its first segment, measured nothing
+    return "not measured" if record.latency_ms is None else f"{record.latency_ms:.3f} ms on {record.device}"
+
+
+def _wall_time(record: TrialRecord) -> str:
+    return "did not train" if not record.curve else f"{record.wall_time_s or 0:.1f} s"
 
 
 def model_card(provenance: Provenance, record: TrialRecord, training: TrainSpec, has_weights: bool) -> str:
@@ -127,8 +138,8 @@ def model_card(provenance: Provenance, record: TrialRecord, training: TrainSpec,
 |---|---|
 {figures}| parameters | {record.mparams:.4g} M |
 | GMACs per image | {record.gmacs:.4g} |
-| latency | {record.latency_ms or 0:.3f} ms on {record.device} |
-| training wall time | {record.wall_time_s or 0:.1f} s |
+| latency | {_latency(record)} |
+| training wall time | {_wall_time(record)} |
 
 ## Learning curve (validation accuracy)
 

@@ -14,6 +14,8 @@ import dataclasses
 import hashlib
 import json
 import os
+import pickle
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,6 +58,10 @@ def read_arch(path: str | Path) -> ArchSource:
         )
     except yaml.YAMLError as err:
         raise ValueError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+    except UnicodeDecodeError:  # a weights or checkpoint file given where the YAML belongs
+        raise ValueError(f"{path}: not a text file (expected an exported folder or an architecture YAML)") from None
+    except layers.ConfigError as err:
+        raise layers.ConfigError(f"{path}: {err.path}" if err.path else str(path), err.reason) from None
 
 
 def train_architecture(
@@ -158,7 +164,18 @@ def _own_checkpoint(path: Path, run: dict[str, Any]) -> dict[str, Any] | None:
     """
     if not path.exists():
         return None
-    state = torch.load(path, map_location="cpu", weights_only=True)  # never an arbitrary pickle
+    if not zipfile.is_zipfile(path):  # what torch.save writes: anything else was never a checkpoint
+        raise ValueError(f"{path} is damaged or not a checkpoint: delete it to start again")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)  # never an arbitrary pickle
+    except pickle.UnpicklingError as err:
+        raise ValueError(
+            f"refusing to load {path}: it holds more than tensors and numbers ({str(err).splitlines()[0]})"
+        ) from None
+    except (RuntimeError, EOFError) as err:  # torch's zip reader on a damaged or foreign file
+        raise ValueError(
+            f"{path} is damaged or not a checkpoint ({str(err).splitlines()[0]}): delete it to start again"
+        ) from None
     differs = [key for key, value in run.items() if state.get("run", {}).get(key) != value]
     if differs:
         raise ValueError(
