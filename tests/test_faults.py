@@ -357,7 +357,8 @@ def test_processes_opening_a_new_database_at_once_all_get_it(tmp_path):
 
 
 # ---------------------------------------------------------------------- safety
-def test_a_checkpoint_holding_code_is_refused(tmp_path, capsys):
+@pytest.mark.parametrize("how", ["torch.save", "pickle"])
+def test_a_checkpoint_holding_code_is_refused(tmp_path, capsys, how):
     marker = tmp_path / "pwned"
 
     class Payload:
@@ -366,11 +367,16 @@ def test_a_checkpoint_holding_code_is_refused(tmp_path, capsys):
 
     run = tmp_path / "run"
     run.mkdir()
-    (run / "checkpoint.pt").write_bytes(pickle.dumps({"trainer": Payload(), "curve": []}))
+    state = {"trainer": Payload(), "curve": []}
+    if how == "torch.save":  # the format a checkpoint has: it reaches the loader, which refuses the code
+        torch.save(state, run / "checkpoint.pt")
+    else:  # a bare pickle is no checkpoint: it is never loaded
+        (run / "checkpoint.pt").write_bytes(pickle.dumps(state))
     arch = tmp_path / "arch.yaml"
     arch.write_text("patch_size: 2\nembed_dim: 16\ndepth: 2\n")
     code = main(["train", "--arch", str(arch), "--dataset", "digits", "--epochs", "1", "--out", str(run)])
-    assert code == 2 and "refusing to load the checkpoint" in capsys.readouterr().err
+    expected = "holds more than tensors and numbers" if how == "torch.save" else "is damaged or not a checkpoint"
+    assert code == 2 and expected in capsys.readouterr().err
     assert not marker.exists()
 
 
