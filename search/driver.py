@@ -155,6 +155,7 @@ class Driver:
         self.client.set_study_attr(STORE_ATTR, str(self.dashboard.folder))
         self.client.before_tell = self.dashboard.before_tell
         self.recovery = Recovery(self.client, self.id, self.display.log)
+        self.normalization_recorded = records.NORMALIZATION in self.client.user_attrs()
 
     def _claim_results_folder(self) -> None:
         """Refuse results/<name>/ where another study of this name (in another storage) keeps its
@@ -512,6 +513,10 @@ class Driver:
         active.train_loss += result.train_loss
         if result.latency_ms is not None:
             active.latency_ms = result.latency_ms
+        if result.mean is not None and not self.normalization_recorded:
+            normalization = {"mean": list(result.mean), "std": list(result.std)}
+            self.client.set_study_attr(records.NORMALIZATION, normalization)
+            self.normalization_recorded = True
         if result.cpu_fallback and not active.cpu_fallback:
             self.display.log(f"trial {active.number} trains on the CPU: {result.cpu_fallback}")
         active.cpu_fallback = active.cpu_fallback or result.cpu_fallback is not None

@@ -153,6 +153,10 @@ def results_dir(root: Path, study_name: str) -> Path:
     return root / study_name
 
 
+#: The study attribute holding the input normalisation the trials trained with ({"mean", "std"}):
+#: an exported model needs it, and the data set it comes from may be absent where it is exported.
+NORMALIZATION = "normalization"
+
 #: The study attribute that tells apart two studies of one name (in two storages), and the file
 #: in their results folder, results/<name>/, that says which of them the folder holds.
 STUDY_UID, OWNER_FILE = "study_uid", "study.uid"

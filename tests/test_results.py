@@ -178,6 +178,21 @@ def test_an_export_onto_a_file_is_refused_before_any_trial_is_written(searched, 
     assert [p.name for p in out.iterdir()] == [second]
 
 
+def test_an_exported_cards_timm_call_gives_the_normalisation_the_search_trained_with(searched, tmp_path, monkeypatch):
+    """timm's data config of an exported digits model said ImageNet's three-channel mean and std:
+    inputs normalised so scored 0.40 where the search's normalisation scored 0.57."""
+    out = tmp_path / "export"
+    assert main(["export", *study_args(searched), "--trial", "0", "--out", str(out)]) == 0
+    card = (out / "trial_00000" / "README.md").read_text()
+    assert "normalised with mean (0.3) and std (0.38)" in card
+    snippet = card.split("```python\n", 1)[1].split("```", 1)[0]
+    monkeypatch.chdir(out / "trial_00000")
+    scope: dict = {}
+    exec(snippet, scope)  # the card's own code, as a user pastes it
+    config = timm.data.resolve_data_config(model=scope["model"])
+    assert config["mean"] == (0.3,) and config["std"] == (0.38,)
+
+
 def test_the_card_of_a_trial_that_never_trained_claims_no_latency_or_time():
     """A rejected trial's card said "0.000 ms on None" and "0.0 s" of training."""
     from search.records import REJECTED

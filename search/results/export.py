@@ -18,7 +18,15 @@ import optuna
 
 from layers import ArchConfig
 
-from ..records import COMPLETE, TrialRecord, check_writable, holds_results_of, pareto_front, weights_path
+from ..records import (
+    COMPLETE,
+    NORMALIZATION,
+    TrialRecord,
+    check_writable,
+    holds_results_of,
+    pareto_front,
+    weights_path,
+)
 from ..space import RecordedSettings
 from ..training.data import DataSpec
 from ..training.trainer import TrainSpec
@@ -64,6 +72,7 @@ class Provenance:
     objectives: list[str]
     data: DataSpec  # the search's data set, and the split its trials were validated on
     base_training: TrainSpec  # the space's recipe, before what each trial sampled
+    normalization: dict[str, list[float]] | None = None  # the inputs' mean and std, once a trial trained
 
     @classmethod
     def of(cls, study: optuna.Study, storage_label: str) -> Provenance:
@@ -75,6 +84,7 @@ class Provenance:
             list(study.metric_names or []),
             settings.data,
             settings.training,
+            study.user_attrs.get(NORMALIZATION),
         )
 
 
@@ -117,17 +127,33 @@ def _wall_time(record: TrialRecord) -> str:
     return "did not train" if not record.curve else f"{record.wall_time_s or 0:.1f} s"
 
 
+def _load_snippet(normalization: dict[str, list[float]] | None, has_weights: bool) -> str:
+    """The timm call that builds the model: with its weights if kept, and with the inputs' mean and
+    std, which timm's data config (``timm.data.resolve_data_config``) then gives instead of ImageNet's."""
+    overlay = ['"file": "weights.safetensors"'] if has_weights else []
+    if normalization is not None:
+        overlay += [f'"{key}": {tuple(round(v, 4) for v in normalization[key])!r}' for key in ("mean", "std")]
+    arguments = 'arch="arch.yaml"' + (", pretrained=True" if has_weights else "")
+    if overlay:
+        arguments += ",\n" + " " * 26 + f"pretrained_cfg_overlay={{{', '.join(overlay)}}}"
+    return f'model = timm.create_model("dynamic_backbone", {arguments})' + (
+        "" if has_weights else "  # weights were not kept"
+    )
+
+
+def _inputs(normalization: dict[str, list[float]] | None) -> str:
+    if normalization is None:  # no trial of the study trained: nothing measured the data set
+        return "Inputs: pixels on 0..1, normalised with the statistics of the search's data set."
+    mean, std = (", ".join(f"{v:.4g}" for v in normalization[key]) for key in ("mean", "std"))
+    return f"Inputs: pixels on 0..1, normalised with mean ({mean}) and std ({std}), the search's data set's."
+
+
 def model_card(provenance: Provenance, record: TrialRecord, training: TrainSpec, has_weights: bool) -> str:
     # a line per objective; an empty line would end the table for a trial with no values
     figures = "".join(f"| {name} | {value:.4g} |\n" for name, value in zip(provenance.objectives, record.values or []))
     curve = "\n".join(f"| {epoch} | {accuracy:.4f} |" for epoch, accuracy in enumerate(record.curve, 1))
     summary = describe(record, MARKDOWN)
-    load = (
-        'model = timm.create_model("dynamic_backbone", arch="arch.yaml", pretrained=True,\n'
-        '                          pretrained_cfg_overlay={"file": "weights.safetensors"})'
-        if has_weights
-        else 'model = timm.create_model("dynamic_backbone", arch="arch.yaml")  # weights were not kept'
-    )
+    load = _load_snippet(provenance.normalization, has_weights)
     return f"""# Trial {record.number} of study `{provenance.study_name}`
 
 - {summary}
@@ -148,6 +174,8 @@ def model_card(provenance: Provenance, record: TrialRecord, training: TrainSpec,
 {curve}
 
 ## Use it
+
+{_inputs(provenance.normalization)}
 
 ```python
 import layers, timm  # importing layers registers the models with timm

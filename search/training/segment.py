@@ -54,6 +54,8 @@ class SegmentResult:
     cpu_fallback: str | None = None  # why a trial that asked for a GPU trained on the CPU
     host: str = ""
     weights: dict[str, torch.Tensor] | None = None
+    mean: tuple[float, ...] | None = None  # the data set's input normalisation, per channel on 0..1
+    std: tuple[float, ...] | None = None
     failure: str | None = None  # why the trial failed, if it did
     failure_kind: str | None = None  # exception | nan | oom | no_gpu | data
 
@@ -79,6 +81,7 @@ def run_segment(
             data = load_dataset(job.data)
         elif not data.in_memory:
             describe(job.data)  # streamed: its files must be here at data.root, or the reason why not
+        result.mean, result.std = data.mean, data.std
         next_checkpoint = _train(job, checkpoint, data, device, result)
     except NoUsableGpu as err:
         result.failure, result.failure_kind = str(err), "no_gpu"
