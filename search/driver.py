@@ -53,6 +53,9 @@ from .training.trainer import TrainSpec
 MAX_REJECTED_IN_A_ROW = 200
 #: How often a driver with nothing left of its own looks again at the trials other drivers run.
 AWAIT_OTHERS_S = 2.0
+#: How long a driver that gave a study its uid waits before reading it back (another driver
+#: opening the study in the same instant may have written its own over it).
+UID_SETTLE_S = 0.5
 #: A training step costs its forward pass and a backward pass of about twice that: the usual
 #: convention for counting training compute from forward MACs.
 TRAIN_MACS_PER_FORWARD_MAC = 3
@@ -162,10 +165,12 @@ class Driver:
         results: trial numbers would share one weights folder, and each run's clean-up would delete
         the other's weights or write over them."""
         name = self.spec.study.name
-        uid = self.client.user_attrs().get(records.STUDY_UID)
-        if uid is None:  # a new study, or one made before studies had one
+        if records.STUDY_UID not in self.client.user_attrs():  # a new study, or one made before studies had one
             self.client.set_study_attr(records.STUDY_UID, uuid.uuid4().hex)
-            uid = self.client.user_attrs()[records.STUDY_UID]
+            # Drivers opening the study at once may each write one: after a pause every one of them
+            # reads the last, so that all claim the folder with the same uid.
+            time.sleep(UID_SETTLE_S)
+        uid = self.client.user_attrs()[records.STUDY_UID]
         owner = records.results_owner(self.results, name)
         if owner is None:
             records.claim_results(self.results, name, uid, masked(self.spec.study.storage))

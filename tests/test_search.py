@@ -260,3 +260,30 @@ def test_two_studies_of_one_name_never_share_a_results_folder(tmp_path, capsys):
     assert main(["export", *study, "--trial", "0", "--out", str(out)]) == 0
     assert not (out / "trial_00000" / "weights.safetensors").exists()
     assert "(no weights: another study of this name keeps its own under" in capsys.readouterr().out
+
+
+def test_drivers_giving_a_study_its_uid_at_once_claim_its_results_folder_alike(tmp_path, monkeypatch):
+    """Both drivers found no uid and wrote one: the first claimed the folder with its own and the
+    second, reading back the other, was refused its own study's results folder."""
+    import threading
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    from search.driver import Driver
+    from search.records import STUDY_UID, results_owner
+    from search.space import load_space
+    from search.study_client import StudyClient
+
+    both_found_none = threading.Barrier(2, timeout=30)
+    set_attr = StudyClient.set_study_attr
+
+    def meeting_first(client, key, value):
+        if key == STUDY_UID and both_found_none.wait() == 1:
+            time.sleep(0.2)  # the second writes its uid after the first has written its own
+        set_attr(client, key, value)
+
+    monkeypatch.setattr(StudyClient, "set_study_attr", meeting_first)
+    space = load_space(write_space(tmp_path))
+    with ThreadPoolExecutor(2) as pool:  # a new study: one driver makes it, the other opens it
+        list(pool.map(lambda d: d.open(), [Driver(space, results=tmp_path / "results") for _ in range(2)]))
+    assert results_owner(tmp_path / "results", "tiny") == load_study(sqlite_url(tmp_path)).user_attrs[STUDY_UID]
