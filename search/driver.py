@@ -133,6 +133,7 @@ class Driver:
             spec.study.name, spec.study.storage, spec.directions, on_retry=self.display.log
         )
         if created:  # at once: only the creating driver enqueues them, and nothing may fail before
+            self.client.set_study_attr(records.STUDY_UID, uuid.uuid4().hex)  # before any other driver looks
             for name, params in reference_params(spec).items():
                 self.client.enqueue(params, {"reference": name})
                 self.display.log(f"reference trial {name!r} enqueued")
@@ -165,10 +166,10 @@ class Driver:
         results: trial numbers would share one weights folder, and each run's clean-up would delete
         the other's weights or write over them."""
         name = self.spec.study.name
-        if records.STUDY_UID not in self.client.user_attrs():  # a new study, or one made before studies had one
+        if records.STUDY_UID not in self.client.user_attrs():  # a study made before studies had one
             self.client.set_study_attr(records.STUDY_UID, uuid.uuid4().hex)
-            # Drivers opening the study at once may each write one: after a pause every one of them
-            # reads the last, so that all claim the folder with the same uid.
+            # Drivers opening such a study at once may each write one: after a pause every one of
+            # them reads the last, so that all claim the folder with the same uid.
             time.sleep(UID_SETTLE_S)
         uid = self.client.user_attrs()[records.STUDY_UID]
         owner = records.results_owner(self.results, name)

@@ -263,8 +263,9 @@ def test_two_studies_of_one_name_never_share_a_results_folder(tmp_path, capsys):
 
 
 def test_drivers_giving_a_study_its_uid_at_once_claim_its_results_folder_alike(tmp_path, monkeypatch):
-    """Both drivers found no uid and wrote one: the first claimed the folder with its own and the
-    second, reading back the other, was refused its own study's results folder."""
+    """Two drivers opening a study made before studies had a uid both wrote one: the first claimed
+    the folder with its own and the second, reading back the other, was refused its own study's
+    results folder."""
     import threading
     import time
     from concurrent.futures import ThreadPoolExecutor
@@ -284,6 +285,7 @@ def test_drivers_giving_a_study_its_uid_at_once_claim_its_results_folder_alike(t
 
     monkeypatch.setattr(StudyClient, "set_study_attr", meeting_first)
     space = load_space(write_space(tmp_path))
-    with ThreadPoolExecutor(2) as pool:  # a new study: one driver makes it, the other opens it
+    optuna.create_study(study_name="tiny", storage=sqlite_url(tmp_path), directions=["maximize", "minimize"])
+    with ThreadPoolExecutor(2) as pool:
         list(pool.map(lambda d: d.open(), [Driver(space, results=tmp_path / "results") for _ in range(2)]))
     assert results_owner(tmp_path / "results", "tiny") == load_study(sqlite_url(tmp_path)).user_attrs[STUDY_UID]
