@@ -296,7 +296,10 @@ def export(args: argparse.Namespace) -> int:
         return _usage_error(err)
     results = Path(args.results)
     missing = "none kept" if holds_results_of(results, study) else "another study of this name keeps its own"
-    for folder in write_exports(study, chosen, Path(args.out), results=results, storage_label=masked(args.storage)):
+    exported = write_exports(
+        study, chosen, Path(args.out), results=results, storage_label=masked(args.storage), replace=args.trial is None
+    )
+    for folder in exported:
         kept = (folder / "weights.safetensors").exists()
         print(folder if kept else f"{folder} (no weights: {missing} under {args.results})")
     return EXIT_OK

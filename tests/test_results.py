@@ -127,7 +127,7 @@ def test_results_table_has_one_row_per_trial(searched, tmp_path, fmt):
 def test_export_builds_back_with_timm_and_gives_the_same_outputs(searched, tmp_path):
     out = tmp_path / "export"
     assert main(["export", *study_args(searched), "--pareto", "--out", str(out)]) == 0
-    folders = sorted(out.iterdir())
+    folders = sorted(out.glob("trial_*"))
     assert folders
     torch.manual_seed(0)
     for folder in folders:
@@ -158,9 +158,9 @@ def test_export_builds_back_with_timm_and_gives_the_same_outputs(searched, tmp_p
         card = (folder / "README.md").read_text()
         assert f"Trial {number} of study `tiny`" in card and "| accuracy |" in card and "| epoch | accuracy |" in card
     assert main(["export", *study_args(searched), "--top", "2", "--out", str(tmp_path / "top")]) == 0
-    assert len(list((tmp_path / "top").iterdir())) == 2
+    assert len(list((tmp_path / "top").glob("trial_*"))) == 2
     assert main(["export", *study_args(searched), "--trial", "0", "--out", str(tmp_path / "one")]) == 0
-    assert [p.name for p in (tmp_path / "one").iterdir()] == ["trial_00000"]
+    assert [p.name for p in (tmp_path / "one").glob("trial_*")] == ["trial_00000"]
     assert main(["export", *study_args(searched), "--trial", "99", "--out", str(tmp_path / "none")]) == 2
 
 
@@ -191,6 +191,28 @@ def test_an_exported_cards_timm_call_gives_the_normalisation_the_search_trained_
     exec(snippet, scope)  # the card's own code, as a user pastes it
     config = timm.data.resolve_data_config(model=scope["model"])
     assert config["mean"] == (0.3,) and config["std"] == (0.38,)
+
+
+def test_the_front_exported_again_drops_the_trials_that_left_it_and_single_trials_add_up(searched, tmp_path):
+    """Trial folders of an earlier export stayed beside the new front: the folder stopped being the front."""
+    import yaml
+
+    def exported(how: list[str], out: Path) -> list[str]:
+        assert main(["export", *study_args(searched), *how, "--out", str(out)]) == 0
+        return sorted(p.name for p in out.glob("trial_*"))
+
+    top2 = exported(["--top", "2"], tmp_path / "probe")
+    out = tmp_path / "export"
+    top3 = exported(["--top", "3"], out)
+    (dropped,) = set(top3) - set(top2)
+    (out / dropped / "notes.txt").write_text("mine")  # a file the user put there stays, with its folder
+    (out / "trial_99999").mkdir()  # a folder no export wrote is never touched
+    assert exported(["--top", "2"], out) == sorted([*top3, "trial_99999"])
+    assert [p.name for p in (out / dropped).iterdir()] == ["notes.txt"]
+    assert yaml.safe_load((out / "exported.yaml").read_text()) == {"study": "tiny", "trials": top2}
+    exported(["--trial", dropped.removeprefix("trial_")], out)  # one trial adds to the set
+    assert yaml.safe_load((out / "exported.yaml").read_text())["trials"] == top3
+    assert all((out / name / "arch.yaml").exists() for name in top3)
 
 
 def test_the_card_of_a_trial_that_never_trained_claims_no_latency_or_time():

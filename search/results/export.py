@@ -5,16 +5,20 @@
                   data.yaml            the search's data set and validation split
                   weights.safetensors  the trained weights, when the run kept them
                   README.md            a model card: figures, learning curve, provenance
+<out>/exported.yaml                     the trial folders exports of the study wrote here
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import re
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
 import optuna
+import yaml
 
 from layers import ArchConfig
 
@@ -88,9 +92,25 @@ class Provenance:
         )
 
 
+#: The files an export writes into a trial's folder, the only ones it ever removes, and the file
+#: in ``--out`` listing the trial folders exports wrote there.
+EXPORTED_FILES = ("arch.yaml", "training.yaml", "data.yaml", "weights.safetensors", "README.md")
+LEDGER = "exported.yaml"
+TRIAL_FOLDER = re.compile(r"trial_\d{5,}")
+
+
 def export(
-    study: optuna.Study, chosen: Sequence[TrialRecord], out: Path, *, results: Path, storage_label: str
+    study: optuna.Study,
+    chosen: Sequence[TrialRecord],
+    out: Path,
+    *,
+    results: Path,
+    storage_label: str,
+    replace: bool = False,
 ) -> list[Path]:
+    """Write a folder per chosen trial into ``out``. With ``replace`` (a set: the front, the top K)
+    the folders an earlier export of this study wrote there for trials outside the set go, so that
+    ``out`` stays the set; without it (one trial) the folder is added to those already there."""
     provenance = Provenance.of(study, storage_label)
     own = holds_results_of(results, study)  # else the weights there are another study's trials'
 
@@ -109,7 +129,34 @@ def export(
         else:  # an earlier export into this folder left another model's; train and erf would load it
             kept.unlink(missing_ok=True)
         (folder / "README.md").write_text(model_card(provenance, record, training, kept.exists()))
+    earlier = _ledger(out, study.study_name)
+    written = {f.name for f in folders}
+    for name in earlier - written if replace else ():
+        _remove_export(out / name)
+    (out / LEDGER).write_text(
+        yaml.safe_dump({"study": study.study_name, "trials": sorted(written if replace else earlier | written)})
+    )
     return folders
+
+
+def _ledger(out: Path, study_name: str) -> set[str]:
+    """The trial folders earlier exports of this study wrote into ``out`` (none of another study's)."""
+    path = out / LEDGER
+    try:
+        ledger = yaml.safe_load(path.read_text()) if path.is_file() else None
+    except yaml.YAMLError:
+        return set()
+    if not isinstance(ledger, dict) or ledger.get("study") != study_name:
+        return set()
+    return {name for name in ledger.get("trials") or () if isinstance(name, str) and TRIAL_FOLDER.fullmatch(name)}
+
+
+def _remove_export(folder: Path) -> None:
+    """An exported trial folder, its files only: the folder stays where someone put files of their own."""
+    for name in EXPORTED_FILES:
+        (folder / name).unlink(missing_ok=True)
+    with contextlib.suppress(OSError):
+        folder.rmdir()
 
 
 def _epochs_trained(record: TrialRecord, training: TrainSpec) -> str:
