@@ -164,6 +164,18 @@ def _load_study(args: argparse.Namespace, searched: bool = True):
     return _open_study(args.study, args.storage, searched)
 
 
+def _check_owns_results(results: Path, study) -> None:
+    """Refuse to write into results/<name>/ where another study of that name keeps its results."""
+    from .records import OWNER_FILE, FolderError, holds_results_of, results_dir
+
+    if not holds_results_of(results, study):
+        folder = results_dir(results, study.study_name)
+        raise FolderError(
+            f"{folder}/ holds the results of another study named {study.study_name!r} (see its {OWNER_FILE}): "
+            "give another --results"
+        )
+
+
 def _open_study(name: str, url: str, searched: bool = True):
     """The study ``name``; with ``searched``, refused unless ``search run`` made it: the report,
     exports and comparisons read what its trials recorded (architecture, curve, status)."""
@@ -194,6 +206,7 @@ def report(args: argparse.Namespace) -> int:
     study = _load_study(args)
     folder = results_dir(Path(args.results), args.study)
     check_writable(folder, "the results folder")
+    _check_owns_results(Path(args.results), study)
     path = build_report(study, folder / "report.html", storage_label=masked(args.storage))
     print(path)
     return EXIT_OK
@@ -275,8 +288,15 @@ def results(args: argparse.Namespace) -> int:
 
     out = Path(args.out) if args.out else results_dir(Path(args.results), args.study) / f"trials.{args.format}"
     check_writable_file(out, "the table" if args.out is None else "--out")
-    study = _load_study(args, searched=False)
-    frame = trials_frame(records(study), list(study.metric_names or []))
+    study = _load_study(args, searched=False)  # a table needs nothing of the search
+    if args.out is None:
+        _check_owns_results(Path(args.results), study)
+    found = records(study)
+    if not found:
+        return _usage_error(f"study {args.study!r} has no trials yet: there is no table to write")
+    # a study with unnamed objectives keeps its values too, as the report names them
+    objectives = list(study.metric_names or [f"objective {i}" for i in range(len(study.directions))])
+    frame = trials_frame(found, objectives)
     print(write_table(frame, out, args.format))
     return EXIT_OK
 
@@ -470,8 +490,8 @@ def run(args: argparse.Namespace) -> int:
 
 def _port(text: str) -> int:
     port = int(text) if text.isdigit() else -1
-    if not 0 <= port <= 65535:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a port (0 to 65535)")
+    if not 1 <= port <= 65535:  # 0 would let the system pick one, which the printed address could not say
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port (1 to 65535)")
     return port
 
 

@@ -23,7 +23,7 @@ from .records import (
     STALE,
     SURPLUS,
     TrialRecord,
-    status_counts,
+    counts_line,
 )
 from .records import pareto_front as front_of
 
@@ -148,7 +148,6 @@ def study_note(spec: SearchSpec, records: Sequence[TrialRecord]) -> str:
     objectives = [o.name for o in spec.objectives]
     searched = [p for p in spec.params if not p.fixed]
     fixed = [p for p in spec.params if p.fixed]
-    counts = status_counts(records)
     stopping = _settings(spec.early_stopping) if spec.early_stopping else "off: every trial trains fully"
     lines = [
         f"## Study `{spec.study.name}`",
@@ -157,7 +156,7 @@ def study_note(spec: SearchSpec, records: Sequence[TrialRecord]) -> str:
         + ", ".join(f"{o.name} ({o.direction})" for o in spec.objectives)
         + ".",
         "",
-        f"{len(records)} trials: " + ", ".join(f"{n} {s}" for s, n in counts.items()) + ". "
+        f"{counts_line(records)}. "
         "Rejected trials never trained: the dashboard lists them as Pruned, and each one's note says why.",
         "",
         "### Searched parameters",

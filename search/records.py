@@ -223,6 +223,20 @@ def status_counts(all_records: Sequence[TrialRecord]) -> dict[str, int]:
     return {s: sum(r.status == s for r in all_records) for s in (COMPLETE, PRUNED, FAILED, REJECTED)}
 
 
+def unsettled_counts(all_records: Sequence[TrialRecord]) -> dict[str, int]:
+    """How many trials have each status that is not final (running, waiting, stale, interrupted, ...)."""
+    final = (COMPLETE, PRUNED, FAILED, REJECTED)
+    statuses = sorted({r.status for r in all_records if r.status not in final})
+    return {s: sum(r.status == s for r in all_records) for s in statuses}
+
+
+def counts_line(all_records: Sequence[TrialRecord]) -> str:
+    """ "N trials: a complete, b pruned, c failed, d rejected", then any that are not final, so that
+    the figures add up to N while a study runs or after a driver stopped."""
+    counts = {**status_counts(all_records), **unsettled_counts(all_records)}
+    return f"{len(all_records)} trials: " + ", ".join(f"{n} {s}" for s, n in counts.items())
+
+
 def pareto_front(all_records: Sequence[TrialRecord], directions: Sequence[str]) -> list[TrialRecord]:
     """The complete trials no other complete trial dominates, best first objective first."""
     complete = [r for r in all_records if r.status == COMPLETE and r.values]

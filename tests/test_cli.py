@@ -12,6 +12,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 import optuna
+import pandas as pd
 import pytest
 import torch
 from conftest import sqlite_url, write_space
@@ -76,6 +77,24 @@ def test_a_study_that_search_run_did_not_make_is_refused_where_its_trials_are_re
     assert main(["results", "--study", "plain", "--storage", url]) == 0  # a table needs nothing of the search
 
 
+def test_a_table_of_a_study_search_run_did_not_make_keeps_its_values(tmp_path, monkeypatch):
+    """Its objectives have no names, and the table dropped their values."""
+    monkeypatch.chdir(tmp_path)
+    url = plain_study(tmp_path)
+    assert main(["results", "--study", "plain", "--storage", url, "--out", "t.csv"]) == 0
+    table = pd.read_csv(tmp_path / "t.csv")
+    assert table["objective 1"].tolist() == [1.0, 1.0] and table["objective 0"].between(0, 1).all()
+
+
+def test_the_table_of_a_study_with_no_trial_is_refused_in_one_line(tmp_path, capsys):
+    """It wrote a file holding one newline, which pandas cannot read back."""
+    url = sqlite_url(tmp_path)
+    optuna.create_study(study_name="empty", storage=open_storage(url), directions=["maximize", "minimize"])
+    assert main(["results", "--study", "empty", "--storage", url, "--out", str(tmp_path / "t.csv")]) == 2
+    err = capsys.readouterr().err
+    assert "has no trials yet" in err and err.count("\n") == 1 and not (tmp_path / "t.csv").exists()
+
+
 @pytest.mark.parametrize(
     "command",
     [["report", "--results", "a_file/results"], ["export", "--top", "1", "--out", "a_file"]],
@@ -124,11 +143,13 @@ def test_a_storage_file_that_is_not_a_database_gets_one_line(tmp_path, capsys):
     assert "file is not a database" in err and err.count("\n") == 1, err
 
 
-def test_a_port_out_of_range_is_a_usage_error(tmp_path, capsys):
-    """Python's resolver wrapped port 70000 to 4464, so the check passed and the server crashed."""
+@pytest.mark.parametrize("port", ["70000", "0"])
+def test_a_port_out_of_range_is_a_usage_error(tmp_path, capsys, port):
+    """Python's resolver wrapped port 70000 to 4464, so the check passed and the server crashed;
+    port 0 let the system pick one, and the address printed said port 0."""
     with pytest.raises(SystemExit) as exit_:
-        main(["dashboard", "--study", "plain", "--storage", sqlite_url(tmp_path), "--port", "70000"])
-    assert exit_.value.code == 2 and "'70000' is not a port (0 to 65535)" in capsys.readouterr().err
+        main(["dashboard", "--study", "plain", "--storage", sqlite_url(tmp_path), "--port", port])
+    assert exit_.value.code == 2 and f"'{port}' is not a port (1 to 65535)" in capsys.readouterr().err
 
 
 def test_a_dashboard_on_a_port_in_use_gets_one_line(tmp_path, capsys):

@@ -215,3 +215,11 @@ def test_weights_the_store_cannot_delete_cost_the_run_nothing(writer, monkeypatc
     assert (
         f"could not remove trial_00000.safetensors from the artifact store {writer.folder}: read-only store" in logged
     )
+
+
+def test_the_counts_of_a_study_add_up_while_trials_run():
+    """A study with a running trial read "1 trials: 0 complete, 0 pruned, 0 failed, 0 rejected"."""
+    from search.records import RUNNING, counts_line
+
+    line = counts_line([record(0, COMPLETE, [0.5], [0.5, 0.001]), record(1, RUNNING), record(2, INTERRUPTED)])
+    assert line == "3 trials: 1 complete, 0 pruned, 0 failed, 0 rejected, 1 interrupted, 1 running"

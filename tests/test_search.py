@@ -260,6 +260,9 @@ def test_two_studies_of_one_name_never_share_a_results_folder(tmp_path, capsys):
     assert main(["export", *study, "--trial", "0", "--out", str(out)]) == 0
     assert not (out / "trial_00000" / "weights.safetensors").exists()
     assert "(no weights: another study of this name keeps its own under" in capsys.readouterr().out
+    for command in (["report"], ["results"]):  # they wrote over the first study's report and table
+        assert main([*command, *study]) == 2
+        assert "holds the results of another study named 'tiny'" in capsys.readouterr().err
 
 
 def test_drivers_giving_a_study_its_uid_at_once_claim_its_results_folder_alike(tmp_path, monkeypatch):

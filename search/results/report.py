@@ -25,7 +25,7 @@ from plotly.subplots import make_subplots
 from layers import ArchConfig, complexity
 
 from ..pareto import front
-from ..records import COMPLETE, FAILED, PRUNED, REJECTED, TrialRecord, pareto_front, status_counts
+from ..records import COMPLETE, PRUNED, TrialRecord, counts_line, pareto_front
 from ..records import directions as study_directions
 from ..records import records as read_records
 from ..space import BudgetSection, RecordedSettings
@@ -459,7 +459,6 @@ def build_report(study: optuna.Study, path: Path, *, storage_label: str) -> Path
     objectives = list(study.metric_names or [f"objective {i}" for i in range(len(study.directions))])
     directions = study_directions(study)
     on_front = pareto_front(records, directions)
-    counts = status_counts(records)
     settings = RecordedSettings.of_study(study.user_attrs)
     scaling, exponents = scaling_figure(on_front)
     sections = [
@@ -485,8 +484,7 @@ def build_report(study: optuna.Study, path: Path, *, storage_label: str) -> Path
         ),
     ]
     summary = (
-        f"{len(records)} trials: {counts[COMPLETE]} complete, {counts[PRUNED]} pruned, "
-        f"{counts[FAILED]} failed, {counts[REJECTED]} rejected. Storage: {storage_label}. "
+        f"{counts_line(records)}. Storage: {storage_label}. "
         f"Objectives: {', '.join(f'{n} ({d})' for n, d in zip(objectives, directions))}."
     )
     front_section = f"<section><h2>The Pareto front</h2>{front_table(on_front, objectives, exponents)}</section>"
