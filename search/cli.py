@@ -215,12 +215,12 @@ def report(args: argparse.Namespace) -> int:
 @command("compare")
 def compare(args: argparse.Namespace) -> int:
     from .records import check_writable_file
-    from .results.compare import Compared, CompareError, build_comparison, parse_reference, parse_study
+    from .results.compare import Compared, CompareError, build_comparison, parse_reference, parse_studies
     from .storage import masked
 
     check_writable_file(Path(args.out), "--out")
     try:
-        refs = [parse_study(text, args.storage) for text in args.study]
+        refs = parse_studies(args.study, args.storage)
         names = [ref.name for ref in refs]
         studies = [
             Compared.of(

@@ -11,7 +11,7 @@ from test_results import CHROMIUM
 from search.cli import main
 from search.driver import Driver
 from search.records import records as read_records
-from search.results.compare import Compared, CompareError, parse_study, shared_reference
+from search.results.compare import Compared, CompareError, parse_studies, parse_study, shared_reference
 from search.results.efficiency import hypervolume_curve
 from search.space import load_space
 from tests.fakes import curve_segment
@@ -149,3 +149,10 @@ def test_a_front_steps_along_the_edge_of_what_it_dominates():
         for study in (cost_first, accuracy_first)
     ]
     assert shapes == ["vh", "hv"]
+
+
+def test_a_study_given_twice_is_refused():
+    """Two identical legend entries merged into one group, with nothing said."""
+    with pytest.raises(CompareError, match="--study 'tiny' of the same storage is given twice"):
+        parse_studies(["tiny", "other", "tiny@sqlite:///s.db"], "sqlite:///s.db")
+    assert len(parse_studies(["tiny", "tiny@sqlite:///t.db"], "sqlite:///s.db")) == 2  # two storages: two studies

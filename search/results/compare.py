@@ -52,6 +52,15 @@ def parse_study(text: str, default_storage: str) -> StudyRef:
     return StudyRef(name, storage or default_storage)
 
 
+def parse_studies(texts: Sequence[str], default_storage: str) -> list[StudyRef]:
+    """Every ``--study``, each study once: the same study twice would draw two identical curves."""
+    refs = [parse_study(text, default_storage) for text in texts]
+    twice = next((ref for i, ref in enumerate(refs) if ref in refs[:i]), None)
+    if twice is not None:
+        raise CompareError(f"--study {twice.name!r} of the same storage is given twice")
+    return refs
+
+
 def parse_reference(text: str, objectives: Sequence[str]) -> list[float]:
     try:
         point = [float(v) for v in text.split(",")]
