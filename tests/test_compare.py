@@ -156,3 +156,14 @@ def test_a_study_given_twice_is_refused():
     with pytest.raises(CompareError, match="--study 'tiny' of the same storage is given twice"):
         parse_studies(["tiny", "other", "tiny@sqlite:///s.db"], "sqlite:///s.db")
     assert len(parse_studies(["tiny", "tiny@sqlite:///t.db"], "sqlite:///s.db")) == 2  # two storages: two studies
+
+
+def test_a_study_with_no_trial_is_refused(storages, tmp_path):
+    """Its compute was 0, so the comparison at equal compute read 0 for every study, with no word why."""
+    from search.results.compare import build_comparison
+
+    searched = Compared.of(load_study(storages["tpe"], "tpe"), "tpe", "x")
+    empty = Compared("empty", "x", searched.objectives, searched.directions, [], {})
+    with pytest.raises(CompareError, match="study 'empty' has no trial yet"):
+        build_comparison([searched, empty], [0.0, 1.0], tmp_path / "c.html")
+    assert not (tmp_path / "c.html").exists()

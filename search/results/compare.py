@@ -114,6 +114,9 @@ def check_comparable(studies: Sequence[Compared]) -> None:
                 f"studies {first.label!r} and {other.label!r} have different objectives "
                 f"({_objectives(first)} against {_objectives(other)}): their fronts do not share axes"
             )
+    for study in studies:  # it spent no compute: the comparison at equal compute would be at none
+        if not study.records:
+            raise CompareError(f"study {study.label!r} has no trial yet: there is nothing to compare it by")
 
 
 def _objectives(study: Compared) -> str:
