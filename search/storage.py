@@ -56,6 +56,11 @@ def _parse(url: str):
             f"storage {masked(url)!r}: unsupported database {parsed.get_backend_name()!r}; "
             f"supported: {', '.join(SUPPORTED)}"
         )
+    if parsed.get_backend_name() == "sqlite" and parsed.host:  # SQLAlchemy would drop the host without a word
+        raise StorageError(
+            f"storage {masked(url)!r}: an SQLite URL names a file, not a host ({parsed.host!r} here): "
+            "sqlite:///relative/path.db or sqlite:////absolute/path.db"
+        )
     return parsed
 
 
