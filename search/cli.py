@@ -166,14 +166,11 @@ def _load_study(args: argparse.Namespace, searched: bool = True):
 
 def _check_owns_results(results: Path, study) -> None:
     """Refuse to write into results/<name>/ where another study of that name keeps its results."""
-    from .records import OWNER_FILE, FolderError, holds_results_of, results_dir
+    from .records import STUDY_UID, FolderError, foreign_results
 
-    if not holds_results_of(results, study):
-        folder = results_dir(results, study.study_name)
-        raise FolderError(
-            f"{folder}/ holds the results of another study named {study.study_name!r} (see its {OWNER_FILE}): "
-            "give another --results"
-        )
+    foreign = foreign_results(results, study.study_name, study.user_attrs.get(STUDY_UID))
+    if foreign is not None:
+        raise FolderError(f"{foreign}: give another --results")
 
 
 def _open_study(name: str, url: str, searched: bool = True):
@@ -283,7 +280,7 @@ def _check_can_listen(host: str, port: int) -> None:
 
 @command("results")
 def results(args: argparse.Namespace) -> int:
-    from .records import check_writable_file, records, results_dir
+    from .records import check_writable_file, objective_names, records, results_dir
     from .results.tables import trials_frame, write_table
 
     out = Path(args.out) if args.out else results_dir(Path(args.results), args.study) / f"trials.{args.format}"
@@ -294,9 +291,7 @@ def results(args: argparse.Namespace) -> int:
     found = records(study)
     if not found:
         return _usage_error(f"study {args.study!r} has no trials yet: there is no table to write")
-    # a study with unnamed objectives keeps its values too, as the report names them
-    objectives = list(study.metric_names or [f"objective {i}" for i in range(len(study.directions))])
-    frame = trials_frame(found, objectives)
+    frame = trials_frame(found, objective_names(study))  # unnamed objectives keep their values too
     print(write_table(frame, out, args.format))
     return EXIT_OK
 

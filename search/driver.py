@@ -172,15 +172,11 @@ class Driver:
             # them reads the last, so that all claim the folder with the same uid.
             time.sleep(UID_SETTLE_S)
         uid = self.client.user_attrs()[records.STUDY_UID]
-        owner = records.results_owner(self.results, name)
-        if owner is None:
+        foreign = records.foreign_results(self.results, name, uid)
+        if foreign is not None:
+            raise StudyMismatch(f"{foreign}: use another --results folder or study name")
+        if records.results_owner(self.results, name) is None:
             records.claim_results(self.results, name, uid, masked(self.spec.study.storage))
-        elif owner != uid:
-            folder = records.results_dir(self.results, name)
-            raise StudyMismatch(
-                f"{folder}/ holds the results of another study named {name!r} (see its {records.OWNER_FILE}): "
-                "use another --results folder or study name"
-            )
 
     def _check_same_sampling(self) -> None:
         """Refuse to go on with a study whose parameters are now sampled otherwise than Optuna allows.

@@ -174,10 +174,23 @@ def claim_results(root: Path, study_name: str, uid: str, storage_label: str) -> 
     (folder / OWNER_FILE).write_text(f"{uid}\nthe results of study {study_name!r} in {storage_label}\n")
 
 
+def foreign_results(root: Path, study_name: str, uid: str | None) -> str | None:
+    """Why results/<name>/ is not the study ``uid``'s (another study of that name claimed it), or None."""
+    owner = results_owner(root, study_name)
+    if owner is None or owner == uid:
+        return None
+    folder = results_dir(root, study_name)
+    return f"{folder}/ holds the results of another study named {study_name!r} (see its {OWNER_FILE})"
+
+
 def holds_results_of(root: Path, study: optuna.Study) -> bool:
     """Whether results/<name>/ is this study's: its weights then belong to this study's trials."""
-    owner = results_owner(root, study.study_name)
-    return owner is None or owner == study.user_attrs.get(STUDY_UID)
+    return foreign_results(root, study.study_name, study.user_attrs.get(STUDY_UID)) is None
+
+
+def objective_names(study: optuna.Study) -> list[str]:
+    """The study's objective names; a study ``search run`` did not make has none, and is read by position."""
+    return list(study.metric_names or [f"objective {i}" for i in range(len(study.directions))])
 
 
 class FolderError(RuntimeError):

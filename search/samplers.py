@@ -42,16 +42,16 @@ SEED_STRIDE = 100_003
 SEED_RANGE = 2**32
 
 
-@SAMPLERS.register("tpe")
-def tpe(seed: int | None, options: dict[str, Any]) -> optuna.samplers.BaseSampler:
-    return optuna.samplers.TPESampler(seed=seed, **{**_DEFAULTS["tpe"], **options})
-
-
 #: Options the project sets where Optuna's defaults differ, by sampler (a user's options win).
 _DEFAULTS: dict[str, dict[str, Any]] = {
     "tpe": {"multivariate": True, "group": True, "constant_liar": True, "n_startup_trials": 10},
     "nsga2": {"population_size": 16},
 }
+
+
+@SAMPLERS.register("tpe")
+def tpe(seed: int | None, options: dict[str, Any]) -> optuna.samplers.BaseSampler:
+    return optuna.samplers.TPESampler(seed=seed, **{**_DEFAULTS["tpe"], **options})
 
 
 @SAMPLERS.register("nsga2")

@@ -24,7 +24,7 @@ import plotly.graph_objects as go
 import yaml
 
 from ..pareto import front
-from ..records import COMPLETE, COUNTED, REJECTED, TrialRecord, status_counts
+from ..records import COMPLETE, COUNTED, REJECTED, TrialRecord, objective_names, status_counts
 from ..records import directions as study_directions
 from ..records import records as read_records
 from ..space import BudgetSection, RecordedSettings
@@ -88,7 +88,7 @@ class Compared:
     @classmethod
     def of(cls, study: optuna.Study, label: str, storage_label: str) -> Compared:
         space = yaml.safe_load(study.user_attrs.get("space", "")) or {}
-        objectives = list(study.metric_names or [f"objective {i}" for i in range(len(study.directions))])
+        objectives = objective_names(study)
         return cls(label, storage_label, objectives, study_directions(study), read_records(study), space)
 
     @property

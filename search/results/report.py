@@ -25,7 +25,7 @@ from plotly.subplots import make_subplots
 from layers import ArchConfig, complexity
 
 from ..pareto import front
-from ..records import COMPLETE, PRUNED, TrialRecord, counts_line, pareto_front
+from ..records import COMPLETE, PRUNED, TrialRecord, counts_line, objective_names, pareto_front
 from ..records import directions as study_directions
 from ..records import records as read_records
 from ..space import BudgetSection, RecordedSettings
@@ -456,7 +456,7 @@ th, td {{ border: 1px solid #ddd; padding: .3rem .5rem; text-align: left; }} th 
 
 def build_report(study: optuna.Study, path: Path, *, storage_label: str) -> Path:
     records = read_records(study)
-    objectives = list(study.metric_names or [f"objective {i}" for i in range(len(study.directions))])
+    objectives = objective_names(study)
     directions = study_directions(study)
     on_front = pareto_front(records, directions)
     settings = RecordedSettings.of_study(study.user_attrs)
