@@ -135,11 +135,21 @@ def wait_for(predicate: Callable[[], bool], timeout: float, what: str, process: 
 
 
 def records_of(url: str, name: str = "tiny") -> list[TrialRecord]:
-    """The study's trials as records; none while its database or study does not exist yet."""
+    """The study's trials as records; none while its database or study does not exist yet.
+
+    Its connections close as it returns: ``wait_for`` polls it five times a second, and a pool
+    left to the garbage collector kept every poll's connection open, until a long wait held the
+    hundred a PostgreSQL server allows and it refused everyone, the drivers under test included."""
     try:
-        return read_records(load_study(url, name))
-    except (KeyError, StorageError):
+        storage = open_storage(url, create=False)
+    except StorageError:
         return []
+    try:
+        return read_records(optuna.load_study(study_name=name, storage=storage))
+    except KeyError:
+        return []
+    finally:
+        storage.engine.dispose()
 
 
 def write_space(folder: Path, name: str = "tiny", **sections) -> Path:

@@ -6,6 +6,7 @@ dashboard's loopback-only listening is checked in test_dashboard.py, on its serv
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import os
 import pickle
@@ -257,6 +258,29 @@ def outage(url: str, database: str, seconds: float) -> None:
 
 def named_space(tmp_path: Path, name: str, url: str, **sections) -> Path:
     return write_space(tmp_path, name=name, study={"name": name, "storage": url}, **sections)
+
+
+def open_connections(url: str, database: str) -> int:
+    """Connections to ``database`` now, counted from outside it."""
+    import sqlalchemy
+
+    with server_admin(url) as admin:
+        query = "SELECT count(*) FROM pg_stat_activity WHERE datname = :db AND pid <> pg_backend_pid()"
+        return admin.execute(sqlalchemy.text(query), {"db": database}).scalar()
+
+
+def test_polling_a_study_leaves_no_connection_open(own_postgres_url):
+    storage = open_storage(own_postgres_url)
+    optuna.create_study(study_name="tiny", storage=storage)
+    storage.engine.dispose()
+    database = make_url(own_postgres_url).database
+    gc.disable()  # as between the garbage collector's rare full passes, during a long wait
+    try:
+        for _ in range(20):
+            records_of(own_postgres_url)
+        assert open_connections(own_postgres_url, database) == 0
+    finally:
+        gc.enable()
 
 
 @pytest.mark.slow
