@@ -4,7 +4,7 @@ The report's parameter importance grows 1,800 small trees (``search/results/repo
 study's few dozen trials, ``DecisionTreeRegressor.fit`` spends most of each fit outside the tree:
 it validates its parameters, inspects its own signature, converts the sample weights and builds a
 random state, most of a millisecond a tree, which made the importance three quarters of the time a
-report takes. ``grow_tree`` hands the inputs straight to the Cython builder ``fit`` ends in,
+report takes. ``tree_importances`` hands the inputs straight to the Cython builder ``fit`` ends in,
 configured as the estimator's defaults configure it, so the tree, and its importances, are the
 ones ``DecisionTreeRegressor(random_state=seed).fit(features, target, sample_weight)`` gives.
 ``tests/test_sklearn_adapter.py`` pins that equality and every private name used here, so that

@@ -134,22 +134,27 @@ def wait_for(predicate: Callable[[], bool], timeout: float, what: str, process: 
         time.sleep(0.2)
 
 
-def records_of(url: str, name: str = "tiny") -> list[TrialRecord]:
-    """The study's trials as records; none while its database or study does not exist yet.
+@contextlib.contextmanager
+def reading(url: str, name: str = "tiny") -> Iterator[optuna.Study]:
+    """The study, for reads within the block; its connections close as the block ends.
 
-    Its connections close as it returns: ``wait_for`` polls it five times a second, and a pool
-    left to the garbage collector kept every poll's connection open, until a long wait held the
-    hundred a PostgreSQL server allows and it refused everyone, the drivers under test included."""
+    ``wait_for`` polls a study five times a second, and a pool left to the garbage collector kept
+    every poll's connection open, until a long wait held the hundred a PostgreSQL server allows
+    and it refused everyone, the drivers under test included."""
+    storage = open_storage(url, create=False)
     try:
-        storage = open_storage(url, create=False)
-    except StorageError:
-        return []
-    try:
-        return read_records(optuna.load_study(study_name=name, storage=storage))
-    except KeyError:
-        return []
+        yield optuna.load_study(study_name=name, storage=storage)
     finally:
         storage.engine.dispose()
+
+
+def records_of(url: str, name: str = "tiny") -> list[TrialRecord]:
+    """The study's trials as records; none while its database or study does not exist yet."""
+    try:
+        with reading(url, name) as study:
+            return read_records(study)
+    except (KeyError, StorageError):
+        return []
 
 
 def write_space(folder: Path, name: str = "tiny", **sections) -> Path:

@@ -26,6 +26,7 @@ from conftest import (
     counted,
     fake_search,
     load_study,
+    reading,
     records_of,
     repeated_configurations,
     segment_job,
@@ -335,7 +336,8 @@ def test_four_parallel_trials_and_a_reader_never_lock_sqlite(tmp_path, local_ray
     while driver.poll() is None:  # a second process reads (and builds the report) all along
         try:
             if records_of(url):
-                build_report(load_study(url), tmp_path / "report.html", storage_label="sqlite")
+                with reading(url) as study:
+                    build_report(study, tmp_path / "report.html", storage_label="sqlite")
                 reads += 1
         except Exception as err:
             errors.append(repr(err))
@@ -648,7 +650,8 @@ def training(url: str) -> bool:
     """Whether a trial's driver has written its status ``running``: the trial is sampled and costed,
     and trains (a trial only claimed already reads as running in its record)."""
     try:
-        return any(t.user_attrs.get("status") == RUNNING for t in load_study(url).trials)
+        with reading(url) as study:
+            return any(t.user_attrs.get("status") == RUNNING for t in study.trials)
     except (KeyError, StorageError):
         return False
 
