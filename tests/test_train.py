@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import subprocess
+import sys
 
 import pytest
 import torch
+from conftest import ROOT
 
 import layers
 from search.training.augment import RAND_AUGMENT_OPS, AugmentSpec, BatchAugment, apply_ops
 from search.training.data import DataSpec, load_dataset
-from search.training.trainer import NonFiniteLoss, Trainer, TrainSpec, _warmup_cosine
+from search.training.trainer import NonFiniteLoss, Trainer, TrainSpec, _warmup_cosine, weight_decay_groups
 
 DIGITS = DataSpec(name="digits")
 ARCH = layers.ArchConfig(img_size=8, in_chans=1, num_classes=10, patch_size=2, embed_dim=16, depth=2, every=1, offset=0)
@@ -39,6 +43,32 @@ def test_training_learns_digits():
     for _ in range(5):
         t.train_epoch()
     assert t.evaluate() > 0.8
+
+
+@pytest.mark.parametrize("weight_decay", [0.05, 0.0])
+def test_weight_decay_groups_are_timms(weight_decay):
+    """The optimizer the recipes were tuned with, timm's AdamW factory: same groups, same state."""
+    import timm.optim
+
+    model = layers.create_model(ARCH.replace(dynamic=dataclasses.replace(ARCH.dynamic, gate="sigmoid")))
+    ours = torch.optim.AdamW(weight_decay_groups(model, weight_decay), lr=1e-3, weight_decay=0.0)
+    theirs = timm.optim.create_optimizer_v2(model, "adamw", lr=1e-3, weight_decay=weight_decay)
+    assert ours.state_dict() == theirs.state_dict()
+    assert [[id(p) for p in g["params"]] for g in ours.param_groups] == [
+        [id(p) for p in g["params"]] for g in theirs.param_groups
+    ]
+
+
+def test_a_trainer_does_not_import_timm():
+    """Every GPU segment starts a fresh worker process, where importing timm would cost 1.5 s."""
+    code = (
+        "import sys, torch, layers; from search.training.data import DataSpec, load_dataset; "
+        "from search.training.trainer import Trainer, TrainSpec; "
+        f"model = layers.create_model(layers.ArchConfig.from_json({ARCH.to_json()!r})); "
+        "Trainer(model, load_dataset(DataSpec(name='digits')), TrainSpec(), torch.device('cpu'), 0); "
+        "sys.exit('timm' in sys.modules)"
+    )
+    assert subprocess.run([sys.executable, "-c", code], cwd=ROOT).returncode == 0
 
 
 def test_nan_loss_raises():
