@@ -32,6 +32,7 @@ SURPLUS = "surplus"  # asked by one of several drivers after the budget was full
 
 COUNTED = (COMPLETE, PRUNED, FAILED)  # what the trial budget counts
 RETRIED = (INTERRUPTED, STALE)
+FINAL = (*COUNTED, REJECTED)  # the settled outcomes, which every counts line names first
 
 #: How each outcome is told to Optuna. A rejection is PRUNED, not FAIL: it is no crash, and TPE
 #: reads constraints (which a rejection carries) from COMPLETE and PRUNED trials only, while
@@ -233,13 +234,15 @@ def records(study: optuna.Study) -> list[TrialRecord]:
 
 def status_counts(all_records: Sequence[TrialRecord]) -> dict[str, int]:
     """How many trials have each final status (complete, pruned, failed, rejected)."""
-    return {s: sum(r.status == s for r in all_records) for s in (COMPLETE, PRUNED, FAILED, REJECTED)}
+    return _counts(all_records, FINAL)
 
 
 def unsettled_counts(all_records: Sequence[TrialRecord]) -> dict[str, int]:
     """How many trials have each status that is not final (running, waiting, stale, interrupted, ...)."""
-    final = (COMPLETE, PRUNED, FAILED, REJECTED)
-    statuses = sorted({r.status for r in all_records if r.status not in final})
+    return _counts(all_records, sorted({r.status for r in all_records} - set(FINAL)))
+
+
+def _counts(all_records: Sequence[TrialRecord], statuses: Sequence[str]) -> dict[str, int]:
     return {s: sum(r.status == s for r in all_records) for s in statuses}
 
 
