@@ -58,7 +58,7 @@ def test_weight_decay_groups_are_timms(weight_decay):
 
 
 def test_a_trainer_does_not_import_timm(monkeypatch):
-    """Every GPU segment starts a fresh worker process, where importing timm would cost 1.5 s."""
+    """Every GPU segment starts a fresh worker process, where importing timm would cost 0.5 s."""
     monkeypatch.setitem(sys.modules, "timm", None)  # makes any import of timm or its modules fail
     trainer(TrainSpec())
 

@@ -80,8 +80,8 @@ def weight_decay_groups(model: nn.Module, weight_decay: float) -> list[dict[str,
 
     The groups, their order and their keys are those of timm's ``create_optimizer_v2(model,
     "adamw", ...)``, which the recipes were tuned with, so checkpoints' optimizer states keep
-    loading. Built here because importing timm costs a fresh worker process 1.5 s, and each GPU
-    segment runs in a fresh process.
+    loading. Built here because importing timm costs a fresh worker process half a second (beyond
+    torch._dynamo, which any torch optimizer imports), and each GPU segment runs in a fresh process.
     """
     decay, no_decay = [], []
     for name, param in model.named_parameters():
