@@ -40,6 +40,7 @@ from .cluster import Attempt, History, connected, segment_task, share_data, task
 from .dashboard import DashboardWriter
 from .display import Display, Snapshot
 from .early_stopping import RungResult, decide, rung_field
+from .files import replacing
 from .recovery import Recovery
 from .references import reference_params
 from .samplers import create_sampler, trial_seed
@@ -540,7 +541,8 @@ class Driver:
             if result.weights is not None:
                 path = records.weights_path(self.results, self.spec.study.name, active.number)
                 path.parent.mkdir(parents=True, exist_ok=True)
-                save_file(result.weights, str(path))
+                with replacing(path) as tmp:
+                    save_file(result.weights, str(tmp))
             return self._finish(active, records.COMPLETE, values=self._objective_values(active, active.curve[-1]))
         active.paused_at = active.epochs_done
         self._decide(active)
@@ -670,7 +672,7 @@ class Driver:
         kept |= {r.number for r in all_records if r.state == optuna.trial.TrialState.RUNNING.name}
         for path in folder.glob("trial_*.safetensors"):
             if int(path.stem.removeprefix("trial_")) not in kept:
-                path.unlink()
+                path.unlink(missing_ok=True)  # another driver ending at once may have removed it first
 
     def _snapshot(self) -> Snapshot:
         return Snapshot.of(

@@ -312,8 +312,9 @@ def test_two_drivers_share_one_postgres_study(tmp_path, postgres_url, unique_nam
         trials={"count": 12, "parallel": 1},
     )
     drivers = [start_fake_driver(space, tmp_path / "results", local_ray, speed="fast") for _ in range(2)]
-    outputs = [d.communicate(timeout=400)[0] for d in drivers]
-    assert [d.returncode for d in drivers] == [0, 0], outputs
+    for driver in drivers:
+        out = driver.communicate(timeout=400)[0]
+        assert driver.returncode == 0, out[-4000:]  # the end of its output, where a traceback is
     recs = records_of(postgres_url, unique_name)
     numbers = [r.number for r in recs]
     assert len(numbers) == len(set(numbers))
@@ -503,6 +504,27 @@ def test_a_driver_ending_keeps_the_weights_of_a_trial_another_driver_has_not_yet
         (folder / f"trial_{number:05d}.safetensors").write_bytes(b"")
     driver._finish_weights()
     assert sorted(p.name for p in folder.iterdir()) == ["trial_00000.safetensors", "trial_00002.safetensors"]
+
+
+def test_two_drivers_ending_at_once_remove_the_same_weights_and_both_end_well(tmp_path, monkeypatch):
+    """Two drivers on one results folder that end together both list the weights, then both remove
+    a dominated trial's: the second found the file gone and its whole run ended in a traceback."""
+    from search.records import weights_dir
+
+    driver = idle_driver(tmp_path)
+    study = driver.client.study
+    study.tell(study.ask(), [0.9, 0.001])  # the front
+    study.tell(study.ask(), [0.1, 0.002])  # dominated: its weights go
+    folder = weights_dir(driver.results, driver.spec.study.name)
+    folder.mkdir(parents=True)
+    for number in range(2):
+        (folder / f"trial_{number:05d}.safetensors").write_bytes(b"")
+    listed = sorted(folder.glob("trial_*.safetensors"))
+    (folder / "trial_00001.safetensors").unlink()  # the other driver's removal, after this one listed
+    glob = Path.glob
+    monkeypatch.setattr(Path, "glob", lambda self, pattern: iter(listed) if self == folder else glob(self, pattern))
+    driver._finish_weights()
+    assert [p.name for p in folder.iterdir()] == ["trial_00000.safetensors"]
 
 
 def test_an_outage_is_reported_in_the_databases_own_words():

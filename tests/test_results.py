@@ -45,6 +45,27 @@ def study_args(folder: Path) -> list[str]:
     return ["--study", "tiny", "--storage", sqlite_url(folder), "--results", str(folder / "results")]
 
 
+def test_a_report_cut_short_while_written_leaves_the_previous_one_whole(searched, tmp_path, monkeypatch):
+    """Drivers ending together write the same report, and the dashboard uploads it: written in
+    place, a writer stopped mid-write (or a second one truncating it) left half a page there."""
+    from search.results.report import build_report
+
+    report = tmp_path / "report.html"
+    report.write_text("the previous report")
+    write_text = Path.write_text
+
+    def half_then_stopped(self, data, *args, **kwargs):
+        write_text(self, data[: len(data) // 2], *args, **kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Path, "write_text", half_then_stopped)
+    with pytest.raises(KeyboardInterrupt):
+        build_report(load_study(sqlite_url(searched)), report, storage_label="sqlite")
+    monkeypatch.undo()
+    assert report.read_text() == "the previous report"
+    assert [p.name for p in tmp_path.iterdir()] == ["report.html"]  # and no temporary file left
+
+
 def test_report_renders_in_a_real_browser(searched):
     from playwright.sync_api import sync_playwright
 

@@ -29,7 +29,7 @@ from ..records import directions as study_directions
 from ..records import records as read_records
 from ..space import BudgetSection, RecordedSettings
 from .efficiency import CurvePoint, hypervolume_at, hypervolume_curve, reference_point
-from .report import PALETTE, Section, describe, html_page, html_table
+from .report import PALETTE, Section, describe, html_page, html_table, save_page
 
 BUDGET_KEYS = tuple(f.name for f in dataclasses.fields(BudgetSection))
 
@@ -247,6 +247,4 @@ def build_comparison(studies: Sequence[Compared], reference: Sequence[float] | N
     document = html_page(
         "Comparison", "studies compared", summary, sections, summary_table(studies, reference, equal_compute)
     )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(document)
-    return path
+    return save_page(document, path)

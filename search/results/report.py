@@ -24,6 +24,7 @@ from plotly.subplots import make_subplots
 
 from layers import ArchConfig, complexity
 
+from ..files import replacing
 from ..pareto import front
 from ..records import COMPLETE, PRUNED, TrialRecord, counts_line, objective_names, pareto_front
 from ..records import directions as study_directions
@@ -489,6 +490,13 @@ def build_report(study: optuna.Study, path: Path, *, storage_label: str) -> Path
     )
     front_section = f"<section><h2>The Pareto front</h2>{front_table(on_front, objectives, exponents)}</section>"
     document = html_page(study.study_name, "search report", summary, sections, front_section)
+    return save_page(document, path)
+
+
+def save_page(document: str, path: Path) -> Path:
+    """Write a page whole, or leave the previous one: drivers ending together write the same
+    report, and the dashboard uploads it."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(document)
+    with replacing(path) as tmp:
+        tmp.write_text(document)
     return path

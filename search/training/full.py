@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 import pickle
 import zipfile
 from collections.abc import Callable
@@ -28,6 +27,7 @@ from safetensors.torch import load_file, save_file
 
 import layers
 
+from ..files import replacing
 from .data import DataSpec, describe, load_dataset
 from .trainer import Trainer, TrainSpec, cpu_weights
 
@@ -121,7 +121,8 @@ def train_architecture(
     while trainer.epoch < training.epochs:
         loss = trainer.train_epoch()
         curve.append(trainer.evaluate())
-        _atomic_save({"run": run, "trainer": trainer.state_dict(), "curve": curve}, checkpoint)
+        with replacing(checkpoint) as tmp:  # an interruption never leaves half a checkpoint
+            torch.save({"run": run, "trainer": trainer.state_dict(), "curve": curve}, tmp)
         log(f"epoch {trainer.epoch}/{training.epochs}: loss {loss:.4f}, validation accuracy {curve[-1]:.4f}")
     metrics: dict[str, Any] = {
         "curve": curve,
@@ -183,10 +184,3 @@ def _own_checkpoint(path: Path, run: dict[str, Any]) -> dict[str, Any] | None:
             "(train into another folder, or delete the checkpoint to start again)"
         )
     return state
-
-
-def _atomic_save(state: dict[str, Any], path: Path) -> None:
-    """Write then rename, so an interruption never leaves half a checkpoint."""
-    tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
